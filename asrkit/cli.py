@@ -1,0 +1,347 @@
+"""``asrkit`` command line: one subcommand per recipe stage.
+
+The CLI is thin (DESIGN.md): it parses arguments, calls one library function, shows progress
+and reports. Errors for bad input end the command with exit status 2 and one readable line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("asrkit")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+_EPILOG = """stages (Kaldi order):
+  prep       corpus on disk -> Kaldi data dir (wav.scp text utt2spk spk2utt utt2dur)
+  validate   check a data dir like Kaldi's utils/validate_data_dir.sh
+  features   data dir -> fbank/MFCC features (feats.scp + ark) and global CMVN stats
+  tokenizer  training text -> sentencepiece model (blank=0, unk=1, sos/eos=2)
+  train      Hydra config -> exp/<tag>/ (config.yaml, checkpoints/, train.log)
+  decode     experiment + feature data dir -> hypotheses in Kaldi text format
+  score      reference text + hypothesis text -> WER/CER tables (sclite style)
+
+example (AN4):  recipes/an4/run.sh --an4-dir /path/to/an4
+"""
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="utt", file=sys.stderr, dynamic_ncols=True,
+                disable=None)
+
+
+def _add_prep(sub) -> None:
+    p = sub.add_parser("prep", help="prepare Kaldi data dirs from a corpus",
+                       description="Write Kaldi data dirs (wav.scp, text, utt2spk, spk2utt, "
+                       "utt2dur), sorted and validated.")
+    ps = p.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+    a = ps.add_parser("an4", help="CMU AN4 (SphinxTrain WAV layout or the original SPHERE/raw "
+                      "distribution) -> OUT/{train,dev,test}")
+    a.add_argument("src", type=Path, help="AN4 root (holds etc/ and wav/)")
+    a.add_argument("out", type=Path, help="output root for the data dirs")
+    a.add_argument("--dev-utts", type=int, default=100,
+                   help="about this many train utterances of held-out speakers form dev")
+    a.add_argument("--download", type=Path, metavar="DIR",
+                   help="first download and unpack the official archive into DIR (resumes, "
+                   "verifies checksums); SRC is then looked up inside DIR")
+    a.add_argument("--url", help="archive URL for --download (a mirror or a file:// path)")
+    ls = ps.add_parser("librispeech", help="LibriSpeech (PART/SPK/CHAPTER/*.flac layout)")
+    ls.add_argument("src", type=Path, help="LibriSpeech root holding the part folders")
+    ls.add_argument("out", type=Path, help="output root; one data dir per part (dev_clean …)")
+    ls.add_argument("--parts", default="dev-clean,test-clean",
+                    help="comma-separated parts, e.g. train-clean-100,dev-clean,test-clean")
+    ls.add_argument("--download", type=Path, metavar="DIR",
+                    help="first download and unpack the parts' archives into DIR")
+    ls.add_argument("--base-url", help="mirror for --download: <base-url>/<part>.tar.gz")
+    k = ps.add_parser("kaldi", help="import an existing Kaldi data dir (copy, sort, validate)")
+    k.add_argument("src", type=Path)
+    k.add_argument("out", type=Path)
+    k.add_argument("--allow-pipe", action="store_true",
+                   help="allow 'cmd |' entries in wav.scp (they are run as commands)")
+
+
+def _run_prep(args) -> int:
+    from asrkit.data.datadir import read_kaldi_map
+
+    if args.corpus == "an4":
+        from asrkit.data.corpora.an4 import prepare_an4
+
+        src = args.src
+        if args.download:
+            from asrkit.data.corpora.an4 import AN4_URL, download_an4
+
+            src = download_an4(args.download, args.url or AN4_URL)
+        dirs = prepare_an4(src, args.out, dev_utts=args.dev_utts)
+    elif args.corpus == "librispeech":
+        from asrkit.data.corpora.librispeech import download_librispeech, prepare_librispeech
+
+        parts = [p for p in args.parts.split(",") if p]
+        src = download_librispeech(args.download, parts, args.base_url) if args.download \
+            else args.src
+        dirs = prepare_librispeech(src, args.out, parts)
+    else:
+        from asrkit.data.corpora.kaldi import import_kaldi_dir
+
+        dirs = {"data": import_kaldi_dir(args.src, args.out, allow_pipe=args.allow_pipe)}
+    for name, d in dirs.items():
+        n = len(read_kaldi_map(Path(d) / "text"))
+        print(f"{name}: {d} ({n} utterances)")
+    return 0
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser("validate", help="validate a Kaldi data dir",
+                       description="Checks sorting, unique ids, matching ids across files, "
+                       "UTF-8 non-empty text and readable audio; names the bad file and line.")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--no-audio", action="store_true", help="skip opening every recording")
+    p.add_argument("--allow-pipe", action="store_true", help="allow 'cmd |' wav.scp entries")
+
+
+def _run_validate(args) -> int:
+    from asrkit.data.datadir import validate_data_dir
+
+    validate_data_dir(args.data_dir, check_audio=not args.no_audio, allow_pipe=args.allow_pipe)
+    print(f"{args.data_dir}: OK")
+    return 0
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="compute fbank/MFCC features and CMVN stats",
+                       description="Kaldi-compatible features with torchaudio.compliance.kaldi, "
+                       "stored as Kaldi ark/scp in OUT, which also becomes a data dir of the "
+                       "utterances that succeeded; failures are listed in OUT/bad_utts.")
+    p.add_argument("data_dir", type=Path, help="input Kaldi data dir")
+    p.add_argument("out", type=Path, help="output data dir (feats.scp, cmvn.ark, …)")
+    p.add_argument("--type", choices=["fbank", "mfcc"],
+                   help="feature type (default: the --conf file's, else fbank)")
+    p.add_argument("--conf", type=Path, help="a features YAML (e.g. conf/features/fbank.yaml); "
+                   "command-line options below override it")
+    p.add_argument("--num-mel-bins", type=int, help="mel bins (fbank default 80)")
+    p.add_argument("--num-ceps", type=int, help="cepstra for MFCC (default 13)")
+    p.add_argument("--sample-rate", type=int, help="Hz; audio at other rates is resampled")
+    p.add_argument("--nj", type=int, default=1, help="parallel jobs (processes)")
+    p.add_argument("--allow-pipe", action="store_true", help="allow 'cmd |' wav.scp entries")
+
+
+def _run_features(args) -> int:
+    import dataclasses
+
+    import yaml
+
+    from asrkit.features.compute import FeatureConfig, compute_features
+
+    values = {}
+    if args.conf:
+        with open(args.conf, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    values["type"] = args.type or values.get("type", "fbank")
+    for opt, key in (("num_mel_bins", "num_mel_bins"), ("num_ceps", "num_ceps"),
+                     ("sample_rate", "sample_rate")):
+        if getattr(args, opt) is not None:
+            values[key] = getattr(args, opt)
+    known = {f.name for f in dataclasses.fields(FeatureConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown feature options {unknown}; known: {sorted(known)}")
+    cfg = FeatureConfig(**values)
+    from asrkit.data.datadir import read_kaldi_map
+
+    total = len(read_kaldi_map(args.data_dir / "wav.scp")) if not (
+        args.data_dir / "segments").is_file() else len(read_kaldi_map(args.data_dir / "segments"))
+    with _progress(total, f"features {args.data_dir.name}") as bar:
+        rep = compute_features(args.data_dir, args.out, cfg, nj=args.nj,
+                               allow_pipe=args.allow_pipe, progress=bar.update)
+    print(f"{rep.out_dir}: {rep.num_done} utterances, {rep.num_failed} failed "
+          f"(see bad_utts), dim {rep.feat_dim}, {rep.seconds_audio / 3600:.2f} h of audio")
+    return 0
+
+
+def _add_tokenizer(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on a Kaldi text file",
+                       description="Ids: 0 <blank> (CTC), 1 <unk>, 2 <sos/eos>, then pieces.")
+    p.add_argument("text", type=Path, help="Kaldi text file (utt-id transcript)")
+    p.add_argument("out_prefix", type=Path, help="writes OUT_PREFIX.model and .vocab")
+    p.add_argument("--model-type", choices=["char", "bpe", "unigram"], default="char")
+    p.add_argument("--vocab-size", type=int, default=100,
+                   help="vocabulary size (an upper bound for char)")
+
+
+def _run_tokenizer(args) -> int:
+    from asrkit.text.tokenizer import Tokenizer, train_tokenizer
+
+    model = train_tokenizer(args.text, args.out_prefix, vocab_size=args.vocab_size,
+                            model_type=args.model_type)
+    print(f"{model}: {Tokenizer(model).vocab_size} tokens")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model from a Hydra config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compose conf/config.yaml (groups: model, features, optim, trainer, data) "
+        "with Hydra and train.\n\n"
+        "  asrkit train data.train=dump/train data.dev=dump/dev data.tokenizer=data/bpe.model \\\n"
+        "      exp_dir=exp/tf model=transformer optim.optimizer.lr=1e-3\n"
+        "  asrkit train conf=recipes/an4/conf/train_quick.yaml exp_dir=exp/quick\n\n"
+        "conf=FILE names a recipe config whose defaults list starts with 'config' (the package "
+        "config) and overrides groups/values; later KEY=VALUE arguments override it. "
+        "Rerunning resumes from exp_dir/checkpoints/last.pt.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides; conf=FILE selects a recipe config")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the composed config and exit")
+
+
+def compose_train_config(overrides: list[str]):
+    """Compose the training config from ``conf/`` (+ an optional ``conf=FILE``) and overrides.
+
+    Args:
+        overrides: Hydra override strings; one may be ``conf=PATH`` naming a recipe YAML.
+
+    Returns:
+        The composed ``DictConfig``.
+
+    Raises:
+        FileNotFoundError: when ``conf=PATH`` does not exist.
+    """
+    from hydra import compose, initialize_config_dir
+
+    conf = [o for o in overrides if o.startswith("conf=")]
+    rest = [o for o in overrides if not o.startswith("conf=")]
+    if conf:
+        path = Path(conf[-1].split("=", 1)[1]).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe config {path} not found")
+        config_dir, name = str(path.parent), path.stem
+        rest = [f"hydra.searchpath=[file://{CONF_DIR}]"] + rest
+    else:
+        config_dir, name = str(CONF_DIR), "config"
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        return compose(name, overrides=rest)
+
+
+def _run_train(args) -> int:
+    from omegaconf import OmegaConf
+
+    cfg = compose_train_config(args.overrides)
+    if args.print_config:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from asrkit.train.loop import train
+
+    exp = train(cfg)
+    print(f"trained: {exp}")
+    return 0
+
+
+def _add_decode(sub) -> None:
+    from asrkit.decode.run import METHODS
+
+    p = sub.add_parser("decode", help="decode a feature data dir with a trained experiment",
+                       description="Writes Kaldi text hypotheses to "
+                       "EXP/decode_<data>_<method>/text (or --out).")
+    p.add_argument("exp_dir", type=Path, help="experiment directory (asrkit train output)")
+    p.add_argument("data_dir", type=Path, help="feature data dir (asrkit features output)")
+    p.add_argument("--out", type=Path, help="output directory")
+    p.add_argument("--method", choices=METHODS, default="ctc_greedy")
+    p.add_argument("--avg", type=int, default=1,
+                   help="average the weights of the last N epoch checkpoints")
+    p.add_argument("--checkpoint", type=Path, help="decode this checkpoint file instead")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 …")
+    p.add_argument("--max-frames", type=int, default=60000, help="padded frames per batch")
+
+
+def _run_decode(args) -> int:
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.decode.run import decode_data_dir
+
+    total = len(read_kaldi_map(args.data_dir / "feats.scp")) \
+        if (args.data_dir / "feats.scp").is_file() else None
+    with _progress(total, f"decode {args.data_dir.name}") as bar:
+        rep = decode_data_dir(args.exp_dir, args.data_dir, args.out, method=args.method,
+                              checkpoint=args.checkpoint, avg=args.avg, device=args.device,
+                              max_frames=args.max_frames, progress=bar.update)
+    print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="WER/CER of hypotheses against references",
+                       description="Both files in Kaldi text format (utt-id WORDS…). Writes "
+                       "score.txt (sclite-style #Snt #Wrd Corr Sub Del Ins Err S.Err tables for "
+                       "WER and CER) and per_utt (alignments) beside HYP, and appends the tables "
+                       "to --results.")
+    p.add_argument("ref", type=Path, help="reference text (e.g. data/test/text)")
+    p.add_argument("hyp", type=Path, help="hypothesis text (e.g. exp/x/decode_test_*/text)")
+    p.add_argument("--out-dir", type=Path, help="where score.txt/per_utt go (default: HYP's dir)")
+    p.add_argument("--name", help="dataset name in the table (default: HYP's dir name)")
+    p.add_argument("--results", type=Path,
+                   help="RESULTS.md to append to (default: RESULTS.md in the experiment dir "
+                   "above HYP's dir)")
+
+
+def _run_score(args) -> int:
+    from asrkit.score import append_results, score_files, write_score_dir
+
+    out_dir = args.out_dir or args.hyp.parent
+    name = args.name or args.hyp.parent.name
+    report = score_files(args.ref, args.hyp)
+    text = write_score_dir(report, out_dir, name)
+    results = args.results or args.hyp.parent.parent / "RESULTS.md"
+    append_results(results, name, text)
+    print(text, end="")
+    print(f"(per-utterance alignments: {out_dir / 'per_utt'}; appended to {results})")
+    return 0
+
+
+_COMMANDS = {
+    "prep": (_add_prep, _run_prep),
+    "validate": (_add_validate, _run_validate),
+    "features": (_add_features, _run_features),
+    "tokenizer": (_add_tokenizer, _run_tokenizer),
+    "train": (_add_train, _run_train),
+    "decode": (_add_decode, _run_decode),
+    "score": (_add_score, _run_score),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``asrkit`` argument parser with every subcommand."""
+    from asrkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="asrkit", description="Kaldi-style staged speech recognition with PyTorch models.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"asrkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in _COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``asrkit`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return _COMMANDS[args.command][1](args)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        if args.verbose:
+            raise
+        print(f"asrkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

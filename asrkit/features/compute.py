@@ -1,0 +1,592 @@
+"""Filterbank / MFCC feature extraction into Kaldi ark/scp, the ``features`` stage.
+
+:func:`extract` turns one waveform into a ``(T, F)`` matrix with
+``torchaudio.compliance.kaldi.fbank`` / ``.mfcc``, which reproduce Kaldi's
+``compute-fbank-feats`` / ``compute-mfcc-feats`` (Povey window, pre-emphasis 0.97, DC removal,
+``snip_edges``), on int16-scaled samples as Kaldi reads them.
+
+:func:`compute_features` runs it over a Kaldi data dir like Kaldi's ``steps/make_fbank.sh``
+followed by ``compute-cmvn-stats``, and leaves an output directory that is itself a Kaldi
+data dir with features (ESPnet's ``dump/fbank/<set>``)::
+
+    out_dir/
+      feats.scp            utt -> <abs path>/data/feats.JOB.ark:offset, sorted (C order)
+      utt2num_frames       utt -> T
+      feat_dim             F (one integer)
+      cmvn.ark             global CMVN stats, one binary Kaldi matrix (2, F+1)
+      bad_utts             utt<TAB>reason for every skipped utterance (may be empty)
+      wav.scp text utt2spk spk2utt utt2dur [segments]   filtered to the successful utts
+      feature_config.yaml  the FeatureConfig used
+      data/feats.JOB.{ark,scp} and per-job bookkeeping (utt2num_frames.JOB, utt2dur.JOB,
+                           bad_utts.JOB, cmvn.JOB.ark)
+      .done                written last
+
+Each job's ``feats.JOB.scp`` is written last, atomically, after its ark and bookkeeping, so a
+complete scp marks a complete job: a killed run resumes by redoing only the jobs without one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+import yaml
+from torchaudio.compliance import kaldi
+
+from asrkit.data.audio import AudioError, load_audio
+from asrkit.data.datadir import DataDir, read_kaldi_map, write_kaldi_map
+from asrkit.features.cmvn import (
+    compute_cmvn_stats,
+    read_cmvn_stats,
+    write_ark,
+    write_cmvn_stats,
+    write_scp,
+)
+from asrkit.fileio import atomic_write, is_done, mark_done
+
+__all__ = ["FeatureConfig", "FeatureError", "FeatureReport", "compute_features", "extract"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "feature_config.yaml"
+JOB_DIR = "data"
+INT16_SCALE = 32768.0
+"""Kaldi reads 16-bit PCM as integers; float waveforms in [-1, 1] are scaled by this."""
+
+# (utt_id, wav.scp value or None when missing, start s, end s or None)
+_Utt = tuple[str, str | None, float, float | None]
+
+
+class FeatureError(ValueError):
+    """Features could not be computed: too-short audio, NaN/Inf output, or no usable utterance.
+
+    The message names the utterance when one is involved.
+    """
+
+
+@dataclass
+class FeatureConfig:
+    """Feature extraction options; defaults follow Kaldi except where noted.
+
+    Attributes:
+        type: ``"fbank"`` (log mel filterbank, ``compute-fbank-feats``) or ``"mfcc"``
+            (``compute-mfcc-feats``).
+        num_mel_bins: mel bins for fbank (80, ESPnet's usual; Kaldi's default is 23).
+        num_ceps: cepstra kept for MFCC (13, Kaldi default).
+        mfcc_num_mel_bins: mel bins used inside MFCC (23, Kaldi's ``--num-mel-bins`` default
+            for ``compute-mfcc-feats``); ``num_mel_bins`` applies to fbank only.
+        sample_rate: Hz the features are computed at; other audio is resampled.
+        frame_length: window length in ms (25).
+        frame_shift: frame shift in ms (10).
+        dither: dithering constant (0.0 here for reproducible features; Kaldi's default 1.0).
+        low_freq: lowest mel-bin frequency in Hz (20, Kaldi default).
+        high_freq: highest mel-bin frequency in Hz; 0 means Nyquist, negative is an offset
+            from Nyquist (Kaldi default 0).
+        energy_floor: floor on the log energy term (0.0, Kaldi default; torchaudio's is 1.0).
+        use_energy: append (fbank) or substitute for C0 (MFCC) the log frame energy. False,
+            as in Kaldi recipes' ``conf/mfcc.conf`` (the Kaldi binary's MFCC default is true).
+    """
+
+    type: str = "fbank"
+    num_mel_bins: int = 80
+    num_ceps: int = 13
+    mfcc_num_mel_bins: int = 23
+    sample_rate: int = 16000
+    frame_length: float = 25.0
+    frame_shift: float = 10.0
+    dither: float = 0.0
+    low_freq: float = 20.0
+    high_freq: float = 0.0
+    energy_floor: float = 0.0
+    use_energy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in ("fbank", "mfcc"):
+            raise ValueError(f"FeatureConfig.type must be 'fbank' or 'mfcc', got {self.type!r}")
+        for name in ("num_mel_bins", "num_ceps", "mfcc_num_mel_bins", "sample_rate",
+                     "frame_length", "frame_shift"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"FeatureConfig.{name} must be positive, got "
+                                 f"{getattr(self, name)!r}")
+        if self.type == "mfcc" and self.num_ceps > self.mfcc_num_mel_bins:
+            raise ValueError(f"num_ceps={self.num_ceps} exceeds mfcc_num_mel_bins="
+                             f"{self.mfcc_num_mel_bins}")
+        if self.frame_shift > self.frame_length:
+            raise ValueError(f"frame_shift {self.frame_shift} ms exceeds frame_length "
+                             f"{self.frame_length} ms")
+
+    @property
+    def feat_dim(self) -> int:
+        """Output dimension ``F``."""
+        if self.type == "mfcc":
+            return self.num_ceps
+        return self.num_mel_bins + int(self.use_energy)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one analysis window at ``sample_rate`` (as torchaudio/Kaldi round)."""
+        return int(self.sample_rate * self.frame_length * 0.001)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureConfig:
+        """Build from a dict such as a loaded ``feature_config.yaml``.
+
+        Raises:
+            ValueError: unknown keys or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown FeatureConfig keys: {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class FeatureReport:
+    """Summary of a :func:`compute_features` run.
+
+    Attributes:
+        num_done: utterances with features in ``feats.scp``.
+        num_failed: utterances skipped (listed in ``bad_utts``).
+        feat_dim: ``F``.
+        total_frames: sum of ``T`` over ``feats.scp``.
+        seconds_audio: total duration in seconds of the successful utterances (``utt2dur``).
+        out_dir: the output directory.
+    """
+
+    num_done: int
+    num_failed: int
+    feat_dim: int
+    total_frames: int
+    seconds_audio: float
+    out_dir: Path
+
+
+def _kaldi_compute(samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """Call torchaudio's Kaldi-compatible fbank/mfcc on ``(num_samples,)`` int16-scale input."""
+    common = {"sample_frequency": float(cfg.sample_rate), "frame_length": cfg.frame_length,
+              "frame_shift": cfg.frame_shift, "dither": cfg.dither, "low_freq": cfg.low_freq,
+              "high_freq": cfg.high_freq, "energy_floor": cfg.energy_floor,
+              "use_energy": cfg.use_energy}
+    if cfg.type == "fbank":
+        return kaldi.fbank(samples.unsqueeze(0), num_mel_bins=cfg.num_mel_bins, **common)
+    return kaldi.mfcc(samples.unsqueeze(0), num_ceps=cfg.num_ceps,
+                      num_mel_bins=cfg.mfcc_num_mel_bins, **common)
+
+
+def extract(waveform: torch.Tensor, sample_rate: int, cfg: FeatureConfig, *,
+            utt_id: str | None = None) -> torch.Tensor:
+    """Compute Kaldi-compatible fbank or MFCC features of one waveform.
+
+    Resamples to ``cfg.sample_rate`` with ``torchaudio.functional.resample`` when
+    ``sample_rate`` differs (logged at DEBUG; :func:`compute_features` reports a per-job
+    summary), scales samples to the int16 range (``* 32768``) as Kaldi reads PCM, and calls
+    ``torchaudio.compliance.kaldi.fbank`` / ``.mfcc`` (Kaldi ``compute-fbank-feats`` /
+    ``compute-mfcc-feats`` with ``snip_edges=true``: ``T = 1 + (N - window) // shift``).
+
+    Args:
+        waveform: ``(num_samples,)`` float waveform in [-1, 1] (``(1, num_samples)`` accepted).
+        sample_rate: rate of ``waveform`` in Hz.
+        cfg: feature options.
+        utt_id: utterance id used in error messages.
+
+    Returns:
+        ``(T, F)`` float32 features, ``T`` frames every ``cfg.frame_shift`` ms,
+        ``F = cfg.feat_dim``.
+
+    Raises:
+        FeatureError: multi-channel input, audio shorter than one window (0 frames), or
+            NaN/Inf in the features; the message names ``utt_id`` when given.
+    """
+    name = f"utterance {utt_id!r}" if utt_id is not None else "waveform"
+    if waveform.dim() == 2 and waveform.shape[0] == 1:
+        waveform = waveform[0]
+    if waveform.dim() != 1:
+        raise FeatureError(f"{name}: expected a mono waveform (num_samples,), got shape "
+                           f"{tuple(waveform.shape)}")
+    wav = waveform.to(torch.float32)
+    if sample_rate != cfg.sample_rate:
+        logger.debug("%s: resampling %d Hz -> %d Hz", name, sample_rate, cfg.sample_rate)
+        wav = AF.resample(wav, orig_freq=sample_rate, new_freq=cfg.sample_rate)
+    if wav.numel() < cfg.window_samples:
+        raise FeatureError(f"{name}: audio too short: {wav.numel()} samples at "
+                           f"{cfg.sample_rate} Hz ({wav.numel() / cfg.sample_rate:.3f} s) is less "
+                           f"than one {cfg.frame_length:g} ms window; 0 frames")
+    feats = _kaldi_compute(wav * INT16_SCALE, cfg)
+    if feats.shape[0] == 0:
+        raise FeatureError(f"{name}: 0 feature frames from {wav.numel()} samples")
+    if not torch.isfinite(feats).all():
+        bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+        raise FeatureError(f"{name}: features contain NaN/Inf in {bad} of {feats.shape[0]} "
+                           "frames (corrupt or non-finite audio?)")
+    return feats.to(torch.float32)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def _job_paths(data_out: Path, job: int) -> dict[str, Path]:
+    return {
+        "ark": data_out / f"feats.{job}.ark",
+        "scp": data_out / f"feats.{job}.scp",
+        "frames": data_out / f"utt2num_frames.{job}",
+        "dur": data_out / f"utt2dur.{job}",
+        "bad": data_out / f"bad_utts.{job}",
+        "cmvn": data_out / f"cmvn.{job}.ark",
+    }
+
+
+def _read_bad(path: Path) -> dict[str, str]:
+    return read_kaldi_map(path) if path.stat().st_size else {}
+
+
+def _write_bad(path: Path, bad: dict[str, str]) -> None:
+    with atomic_write(path) as f:
+        for utt in sorted(bad, key=lambda u: u.encode("utf-8")):
+            f.write(f"{utt}\t{bad[utt]}\n")
+
+
+def _job_complete(data_out: Path, job: int, utt_ids: list[str]) -> bool:
+    """A job is complete when its scp exists and scp + bad_utts cover exactly its utterances."""
+    p = _job_paths(data_out, job)
+    if not all(p[k].is_file() for k in ("ark", "scp", "frames", "dur", "bad")):
+        return False
+    try:
+        done = read_kaldi_map(p["scp"]) if p["scp"].stat().st_size else {}
+        bad = _read_bad(p["bad"])
+    except ValueError:
+        return False
+    if done and not p["cmvn"].is_file():
+        return False
+    return set(done) | set(bad) == set(utt_ids) and not set(done) & set(bad)
+
+
+def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
+             allow_pipe: bool, emit: Callable[[str, object], None]) -> None:
+    """Compute one job's features into ``data_out/feats.JOB.{ark,scp}`` plus bookkeeping.
+
+    ``emit(kind, payload)`` reports ``("progress", n)``, ``("bad", (utt, reason))`` and
+    ``("info", message)`` to the parent. Per-utterance failures (:class:`AudioError`,
+    :class:`FeatureError`) are recorded; anything else propagates.
+    """
+    p = _job_paths(data_out, job)
+    p["scp"].unlink(missing_ok=True)  # the scp marks completion; never trust an old one
+    num_frames: dict[str, int] = {}
+    durations: dict[str, float] = {}
+    bad: dict[str, str] = {}
+    resampled: Counter[int] = Counter()
+    stats: np.ndarray | None = None
+
+    def features() -> Iterator[tuple[str, np.ndarray]]:
+        nonlocal stats
+        for utt, spec, start, end in utts:
+            try:
+                if spec is None:
+                    raise AudioError(f"no wav.scp entry for utterance {utt!r}")
+                wav, sr = load_audio(spec, allow_pipe=allow_pipe, start=start, end=end)
+                if sr != cfg.sample_rate:
+                    resampled[sr] += 1
+                feats = extract(wav, sr, cfg, utt_id=utt).numpy()
+            except (AudioError, FeatureError) as e:
+                reason = " ".join(f"{type(e).__name__}: {e}".split())
+                bad[utt] = reason
+                emit("bad", (utt, reason))
+                emit("progress", 1)
+                continue
+            num_frames[utt] = int(feats.shape[0])
+            durations[utt] = wav.numel() / sr
+            s = compute_cmvn_stats([feats])
+            stats = s if stats is None else stats + s
+            emit("progress", 1)
+            yield utt, feats
+
+    entries = write_ark(p["ark"], features())
+    _write_bad(p["bad"], bad)
+    write_kaldi_map(p["frames"], num_frames)
+    write_kaldi_map(p["dur"], {u: f"{d:.6f}" for u, d in durations.items()})
+    if stats is not None:
+        write_cmvn_stats(p["cmvn"], stats)
+    for sr, n in sorted(resampled.items()):
+        emit("info", f"job {job}: resampled {n} utterance(s) from {sr} Hz to "
+                     f"{cfg.sample_rate} Hz")
+    write_scp(p["scp"], entries)  # last: marks the job complete
+
+
+def _worker_main(job: int, utts: list[_Utt], data_out: str, cfg: FeatureConfig,
+                 allow_pipe: bool, q: mp.Queue) -> None:
+    """Worker-process entry point: one job on one thread, reporting through ``q``."""
+    torch.set_num_threads(1)
+
+    def emit(kind: str, payload: object) -> None:
+        q.put((job, kind, payload))
+
+    try:
+        _run_job(job, utts, Path(data_out), cfg, allow_pipe, emit)
+    except BaseException:  # noqa: BLE001 - any failure must reach the parent, not vanish
+        q.put((job, "error", traceback.format_exc()))
+    else:
+        q.put((job, "done", None))
+
+
+def _make_handler(progress: Callable[[int], None] | None) -> Callable[[int, str, object], None]:
+    def handle(job: int, kind: str, payload: object) -> None:
+        if kind == "progress":
+            if progress is not None:
+                progress(int(payload))  # type: ignore[arg-type]
+        elif kind == "bad":
+            utt, reason = payload  # type: ignore[misc]
+            logger.warning("skipping utterance %s: %s", utt, reason)
+        elif kind == "info":
+            logger.info("%s", payload)
+    return handle
+
+
+def _run_parallel(jobs: dict[int, list[_Utt]], data_out: Path, cfg: FeatureConfig,
+                  allow_pipe: bool, progress: Callable[[int], None] | None) -> None:
+    """Run ``jobs`` in one spawned process each; wait for all, then raise if any failed."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    handle = _make_handler(progress)
+    procs = {job: ctx.Process(target=_worker_main, name=f"asrkit-feats-{job}", daemon=True,
+                              args=(job, utts, str(data_out), cfg, allow_pipe, q))
+             for job, utts in jobs.items()}
+    errors: dict[int, str] = {}
+    remaining = set(procs)
+    try:
+        for proc in procs.values():
+            proc.start()
+        while remaining:
+            try:
+                job, kind, payload = q.get(timeout=0.5)
+            except queue.Empty:
+                for job in sorted(remaining):
+                    code = procs[job].exitcode
+                    if code is not None and code != 0:
+                        errors[job] = f"worker process exited with code {code}"
+                        remaining.discard(job)
+                continue
+            if kind == "done":
+                remaining.discard(job)
+            elif kind == "error":
+                errors[job] = str(payload)
+                remaining.discard(job)
+            else:
+                handle(job, kind, payload)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+        q.close()
+    if errors:
+        for job, msg in sorted(errors.items()):
+            logger.error("feature job %d failed:\n%s", job, msg)
+        first = min(errors)
+        raise RuntimeError(f"{len(errors)} of {len(jobs)} feature job(s) failed; first, job "
+                           f"{first}: {errors[first].strip().splitlines()[-1]}. Rerun to resume "
+                           "(completed jobs are kept).")
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def _split(items: list[_Utt], nj: int) -> list[list[_Utt]]:
+    """Split into ``nj`` contiguous chunks whose sizes differ by at most one (Kaldi split)."""
+    k, m = divmod(len(items), nj)
+    out, i = [], 0
+    for j in range(nj):
+        n = k + (1 if j < m else 0)
+        out.append(items[i:i + n])
+        i += n
+    return out
+
+
+def _read_config(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _write_config(path: Path, cfg: FeatureConfig) -> None:
+    with atomic_write(path) as f:
+        yaml.safe_dump(asdict(cfg), f, sort_keys=False)
+
+
+def _utt_sort_key(u: str) -> bytes:
+    return u.encode("utf-8")
+
+
+def _read_report(out_dir: Path) -> FeatureReport:
+    feats = read_kaldi_map(out_dir / "feats.scp")
+    bad = _read_bad(out_dir / "bad_utts")
+    frames = read_kaldi_map(out_dir / "utt2num_frames")
+    durs = read_kaldi_map(out_dir / "utt2dur")
+    feat_dim = int((out_dir / "feat_dim").read_text(encoding="utf-8").split()[0])
+    return FeatureReport(num_done=len(feats), num_failed=len(bad), feat_dim=feat_dim,
+                         total_frames=sum(int(v) for v in frames.values()),
+                         seconds_audio=sum(float(v) for v in durs.values()), out_dir=out_dir)
+
+
+def _clean_stale_jobs(data_out: Path, nj: int) -> None:
+    """Remove temp files of killed runs and per-job files of job indices beyond ``nj``."""
+    if not data_out.is_dir():
+        return
+    for f in data_out.iterdir():
+        if f.name.startswith(".") and f.name.endswith(".tmp"):
+            f.unlink()
+            continue
+        parts = f.name.split(".")
+        idx = [int(x) for x in parts[1:] if x.isdigit()]
+        if idx and idx[0] > nj:
+            f.unlink()
+
+
+def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     cfg: FeatureConfig, *, nj: int = 1, allow_pipe: bool = False,
+                     progress: Callable[[int], None] | None = None) -> FeatureReport:
+    """Compute features for a Kaldi data dir into ark/scp, plus global CMVN stats.
+
+    Like Kaldi's ``steps/make_fbank.sh`` / ``make_mfcc.sh`` then ``compute-cmvn-stats``: the
+    C-sorted utterances are split into ``nj`` contiguous chunks, each computed by one job (in
+    this process for ``nj=1``, else one spawned single-threaded worker process per job),
+    written to ``out_dir/data/feats.JOB.{ark,scp}`` through kaldiio, then merged. The layout
+    of ``out_dir`` is described in this module's docstring; it is a valid Kaldi data dir
+    holding only the utterances that succeeded.
+
+    Utterances whose audio cannot be read, is empty or shorter than one window, or whose
+    features are NaN/Inf are skipped, logged and listed with the reason in
+    ``out_dir/bad_utts`` (``utt<TAB>reason``), never silently dropped.
+
+    Resuming: if ``out_dir`` is complete (``.done``) with an equal ``feature_config.yaml`` the
+    work is skipped and the report read back. Otherwise jobs whose ``feats.JOB.scp`` is
+    complete for the same utterances and config are kept and only the others rerun. A
+    changed config recomputes everything. Changed audio under unchanged utterance ids is not
+    detected: delete ``out_dir`` to force a recompute.
+
+    Args:
+        data_dir: input Kaldi data dir (``wav.scp``, ``text``, ``utt2spk``, optional
+            ``segments``, ``utt2dur``).
+        out_dir: output directory (created).
+        cfg: feature options; written to ``out_dir/feature_config.yaml``.
+        nj: number of parallel jobs (processes); capped at the number of utterances.
+        allow_pipe: allow ``wav.scp`` entries that are commands (``... |``).
+        progress: called with the number of utterances just processed (skipped ones
+            included), live from the workers; also called once per job skipped on resume.
+
+    Returns:
+        :class:`FeatureReport` of the output directory.
+
+    Raises:
+        FeatureError: the data dir has no utterances, or every utterance failed (``bad_utts``
+            is still written).
+        asrkit.data.datadir.DataDirError: the data dir is malformed.
+        RuntimeError: a job failed for a reason other than a bad utterance (I/O error,
+            crashed worker); completed jobs are kept for the rerun.
+        ValueError: ``nj < 1``.
+    """
+    if nj < 1:
+        raise ValueError(f"nj must be >= 1, got {nj}")
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(data_dir).resolve():
+        raise ValueError(f"out_dir must differ from data_dir ({data_dir})")
+    data_out = out_dir / JOB_DIR
+    want = asdict(cfg)
+    if is_done(out_dir):
+        if _read_config(out_dir / CONFIG_NAME) == want:
+            logger.info("%s: features already complete; skipping", out_dir)
+            return _read_report(out_dir)
+        logger.info("%s: complete but with a different feature config; recomputing", out_dir)
+        (out_dir / ".done").unlink()
+
+    data = DataDir.load(data_dir)
+    utts: list[_Utt] = []
+    for utt in data.utt_ids:
+        if data.segments is not None:
+            if utt in data.segments:
+                rec, start, end = data.segments[utt]
+                utts.append((utt, data.wav_scp.get(rec), start, end))
+            else:
+                utts.append((utt, None, 0.0, None))
+        else:
+            utts.append((utt, data.wav_scp.get(utt), 0.0, None))
+    if not utts:
+        raise FeatureError(f"{data_dir}: data dir has no utterances")
+
+    job_cfg_path = data_out / CONFIG_NAME
+    if _read_config(job_cfg_path) not in (None, want) and data_out.is_dir():
+        logger.info("%s: discarding job outputs computed with a different config", data_out)
+        for f in data_out.iterdir():
+            f.unlink()
+    _write_config(job_cfg_path, cfg)
+
+    nj = min(nj, len(utts))
+    _clean_stale_jobs(data_out, nj)
+    chunks = _split(utts, nj)
+    pending: dict[int, list[_Utt]] = {}
+    for job, chunk in enumerate(chunks, start=1):
+        if _job_complete(data_out, job, [u[0] for u in chunk]):
+            logger.info("feature job %d/%d already complete; skipping", job, nj)
+            if progress is not None:
+                progress(len(chunk))
+        else:
+            pending[job] = chunk
+    logger.info("computing %s features (dim %d) for %d utterances of %s in %d job(s) "
+                "(%d to run)", cfg.type, cfg.feat_dim, len(utts), data_dir, nj, len(pending))
+
+    if nj == 1 and pending:
+        handle = _make_handler(progress)
+        _run_job(1, pending[1], data_out, cfg, allow_pipe,
+                 lambda kind, payload: handle(1, kind, payload))
+    elif pending:
+        _run_parallel(pending, data_out, cfg, allow_pipe, progress)
+
+    # Merge the jobs.
+    feats_scp: dict[str, str] = {}
+    num_frames: dict[str, str] = {}
+    durations: dict[str, float] = {}
+    bad: dict[str, str] = {}
+    stats: np.ndarray | None = None
+    for job in range(1, nj + 1):
+        p = _job_paths(data_out, job)
+        job_scp = read_kaldi_map(p["scp"]) if p["scp"].stat().st_size else {}
+        feats_scp.update(job_scp)
+        bad.update(_read_bad(p["bad"]))
+        if job_scp:
+            num_frames.update(read_kaldi_map(p["frames"]))
+            durations.update({u: float(d) for u, d in read_kaldi_map(p["dur"]).items()})
+            s = read_cmvn_stats(p["cmvn"])
+            stats = s if stats is None else stats + s
+    _write_bad(out_dir / "bad_utts", bad)
+    if not feats_scp or stats is None:
+        raise FeatureError(f"{data_dir}: all {len(utts)} utterances failed; reasons in "
+                           f"{out_dir / 'bad_utts'}")
+    if bad:
+        logger.warning("%d of %d utterances skipped; see %s", len(bad), len(utts),
+                       out_dir / "bad_utts")
+    ok = sorted(feats_scp, key=_utt_sort_key)
+    write_scp(out_dir / "feats.scp", {u: feats_scp[u] for u in ok})
+    write_kaldi_map(out_dir / "utt2num_frames", num_frames)
+    with atomic_write(out_dir / "feat_dim") as f:
+        f.write(f"{stats.shape[1] - 1}\n")
+    write_cmvn_stats(out_dir / "cmvn.ark", stats)
+    sub = data.subset(ok)
+    sub.utt2dur = {u: durations[u] for u in ok}
+    sub.write(out_dir)
+    _write_config(out_dir / CONFIG_NAME, cfg)
+    mark_done(out_dir)
+    report = _read_report(out_dir)
+    logger.info("features done: %d utterances (%d skipped), %d frames, %.1f s of audio, "
+                "dim %d -> %s", report.num_done, report.num_failed, report.total_frames,
+                report.seconds_audio, report.feat_dim, out_dir)
+    return report

@@ -1,0 +1,80 @@
+"""Atomic file writing and stage-completion markers shared by every stage.
+
+Every stage writes its outputs through :func:`atomic_write` (write to a temporary file in the
+same directory, ``fsync``, then ``os.replace``), so a process killed mid-write never leaves a
+half-written file that a later stage would trust. A stage that finished writes a ``.done``
+marker with :func:`mark_done`; rerunning it with :func:`is_done` true skips the work, which is
+Kaldi's ``--stage`` habit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_write", "is_done", "mark_done", "setup_file_logging"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"
+                 ) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and move it over ``path`` only on success.
+
+    Args:
+        path: final file path; its parent directory is created if missing.
+        mode: ``"w"`` (text, default) or ``"wb"`` (binary).
+        encoding: text encoding for text mode (ignored in binary mode).
+
+    Yields:
+        The open temporary file object.
+
+    Raises:
+        Whatever the body raises; the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding,
+                       newline=None if binary else "\n") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def mark_done(out_dir: str | os.PathLike, name: str = ".done") -> None:
+    """Write the completion marker ``out_dir/name`` atomically (after all outputs exist)."""
+    with atomic_write(Path(out_dir) / name) as f:
+        f.write("ok\n")
+
+
+def is_done(out_dir: str | os.PathLike, name: str = ".done") -> bool:
+    """Return True when ``out_dir/name`` exists, i.e. the stage writing there completed."""
+    return (Path(out_dir) / name).is_file()
+
+
+def setup_file_logging(log_path: str | os.PathLike, level: int = logging.INFO) -> logging.Handler:
+    """Attach a file handler writing to ``log_path`` to the ``asrkit`` logger and return it.
+
+    One log file per stage lives in that stage's output directory (DESIGN.md). The caller
+    removes the handler with ``logging.getLogger("asrkit").removeHandler(h)`` when done.
+    """
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("asrkit")
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logger.level or level))
+    return handler

@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asrkit.cli import compose_train_config, main
+from asrkit.decode.run import decode_data_dir
+from asrkit.score import score_files
+from asrkit.text.tokenizer import train_tokenizer
+from asrkit.train.checkpoint import average_checkpoints, epoch_checkpoints, load_checkpoint
+from asrkit.train.loop import train
+from tests.synth import make_feature_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["model.d_model=32", "model.nhead=2", "model.num_layers=2", "model.dim_feedforward=64",
+        "model.dropout=0.0", "model.specaug=null", "optim.optimizer.lr=0.005",
+        "optim.scheduler.warmup_steps=20", "trainer.log_interval=2", "trainer.num_threads=1",
+        "data.max_frames=1500", "trainer.keep_checkpoints=3"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    train_dir = make_feature_dir(root / "train", n_utts=48, seed=0)
+    dev_dir = make_feature_dir(root / "dev", n_utts=12, seed=1)
+    tok = train_tokenizer(train_dir / "text", root / "tok" / "char", model_type="char")
+    return {"train": train_dir, "dev": dev_dir, "tok": tok, "root": root}
+
+
+def overrides(synth, exp, *extra):
+    return [f"exp_dir={exp}", f"data.train={synth['train']}", f"data.dev={synth['dev']}",
+            f"data.tokenizer={synth['tok']}", *TINY, *extra]
+
+
+def test_train_learns_writes_experiment_and_decodes(synth, tmp_path):
+    exp = tmp_path / "exp"
+    cfg = compose_train_config(overrides(synth, exp, "trainer.max_epochs=12"))
+    train(cfg)
+    # experiment layout
+    assert (exp / ".done").is_file()
+    saved = (exp / "config.yaml").read_text()
+    assert "d_model: 32" in saved and "vocab_size:" in saved and "input_dim: 20" in saved
+    log = (exp / "train.log").read_text()
+    assert "loss" in log and "dev WER" in log and "parameters" in log
+    metrics = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, 13))
+    # it learned: dev WER fell from the first epoch to the last, and the loss fell
+    assert metrics[-1]["dev_wer"] < metrics[0]["dev_wer"]
+    assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
+    assert [p.name for p in epoch_checkpoints(exp)] == ["epoch10.pt", "epoch11.pt", "epoch12.pt"]
+    # decode the dev set with checkpoint averaging, score it
+    rep = decode_data_dir(exp, synth["dev"], avg=3, device="cpu")
+    assert rep.text == exp / "decode_dev_ctc_greedy" / "text" and rep.num_utts == 12
+    assert rep.rtf > 0
+    score = score_files(synth["dev"] / "text", rep.text)
+    assert score.wer.sentences == 12
+    assert score.cer.rate < 30.0, score.cer.rate
+    # a finished experiment is skipped on rerun
+    mtime = (exp / "checkpoints" / "last.pt").stat().st_mtime
+    train(cfg)
+    assert (exp / "checkpoints" / "last.pt").stat().st_mtime == mtime
+
+
+def test_average_checkpoints_is_mean(tmp_path):
+    from asrkit.train.checkpoint import save_checkpoint
+
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
+    save_checkpoint(tmp_path / "a.pt", {"model": a})
+    save_checkpoint(tmp_path / "b.pt", {"model": b})
+    avg = average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"])
+    torch.testing.assert_close(avg["w"], torch.tensor([2.0, 4.0]))
+    assert int(avg["n"]) == 5
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_checkpoint(p)
+
+
+def test_killed_mid_epoch_resumes_to_the_same_model(synth, tmp_path):
+    """SIGKILL a training process mid-epoch, rerun: the result equals an uninterrupted run."""
+    epochs = "trainer.max_epochs=15"
+    ref_exp = tmp_path / "ref"
+    train(compose_train_config(overrides(synth, ref_exp, epochs, "trainer.save_every_batches=1",
+                                             "data.max_frames=400")))
+
+    exp = tmp_path / "killed"
+    args = overrides(synth, exp, epochs, "trainer.save_every_batches=1", "data.max_frames=400")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "asrkit.cli", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = exp / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                st = load_checkpoint(last)
+            except RuntimeError:
+                continue
+            if st["epoch"] >= 2 and st["batch_in_epoch"] >= 2:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = (st["epoch"], st["batch_in_epoch"])
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None, "training finished before it could be killed mid-epoch"
+    assert not (exp / ".done").exists()
+    # no half-written files were left behind by the kill
+    assert not list((exp / "checkpoints").glob(".*.tmp"))
+
+    assert main(["train", *args]) == 0
+    assert (exp / ".done").is_file()
+    assert "resumed from" in (exp / "train.log").read_text()
+    ref = load_checkpoint(ref_exp / "checkpoints" / "epoch15.pt")["model"]
+    got = load_checkpoint(exp / "checkpoints" / "epoch15.pt")["model"]
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4, msg=k)
