@@ -67,7 +67,16 @@ def _add_prep(sub) -> None:
 
 def _run_prep(args) -> int:
     from asrkit.data.datadir import read_kaldi_map
+    from asrkit.fileio import stage_log
 
+    with stage_log(Path(args.out) / "log" / f"prep_{args.corpus}.log"):
+        dirs = _prepare(args)
+    for name, d in dirs.items():
+        print(f"{name}: {d} ({len(read_kaldi_map(Path(d) / 'text'))} utterances)")
+    return 0
+
+
+def _prepare(args) -> dict:
     if args.corpus == "an4":
         from asrkit.data.corpora.an4 import prepare_an4
 
@@ -88,10 +97,7 @@ def _run_prep(args) -> int:
         from asrkit.data.corpora.kaldi import import_kaldi_dir
 
         dirs = {"data": import_kaldi_dir(args.src, args.out, allow_pipe=args.allow_pipe)}
-    for name, d in dirs.items():
-        n = len(read_kaldi_map(Path(d) / "text"))
-        print(f"{name}: {d} ({n} utterances)")
-    return 0
+    return dirs
 
 
 def _add_validate(sub) -> None:
@@ -154,7 +160,10 @@ def _run_features(args) -> int:
 
     total = len(read_kaldi_map(args.data_dir / "wav.scp")) if not (
         args.data_dir / "segments").is_file() else len(read_kaldi_map(args.data_dir / "segments"))
-    with _progress(total, f"features {args.data_dir.name}") as bar:
+    from asrkit.fileio import stage_log
+
+    with stage_log(args.out / "log" / "features.log"), \
+            _progress(total, f"features {args.data_dir.name}") as bar:
         rep = compute_features(args.data_dir, args.out, cfg, nj=args.nj,
                                allow_pipe=args.allow_pipe, progress=bar.update)
     print(f"{rep.out_dir}: {rep.num_done} utterances, {rep.num_failed} failed "

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "is_done", "mark_done", "setup_file_logging"]
+__all__ = ["atomic_write", "is_done", "mark_done", "stage_log"]
 
 
 @contextlib.contextmanager
@@ -64,17 +64,27 @@ def is_done(out_dir: str | os.PathLike, name: str = ".done") -> bool:
     return (Path(out_dir) / name).is_file()
 
 
-def setup_file_logging(log_path: str | os.PathLike, level: int = logging.INFO) -> logging.Handler:
-    """Attach a file handler writing to ``log_path`` to the ``asrkit`` logger and return it.
+@contextlib.contextmanager
+def stage_log(log_path: str | os.PathLike, level: int = logging.INFO) -> Iterator[Path]:
+    """Copy the ``asrkit`` logger's records to ``log_path`` while the ``with`` body runs.
 
-    One log file per stage lives in that stage's output directory (DESIGN.md). The caller
-    removes the handler with ``logging.getLogger("asrkit").removeHandler(h)`` when done.
+    One log file per stage lives in that stage's output directory (DESIGN.md); the file is
+    appended to, so a resumed stage keeps the history of its earlier runs.
+
+    Yields:
+        The log file path.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("asrkit")
     logger.addHandler(handler)
-    logger.setLevel(min(level, logger.level or level))
-    return handler
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield log_path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

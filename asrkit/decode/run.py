@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from asrkit.data.datadir import read_kaldi_map
 from asrkit.decode.ctc import ctc_greedy
-from asrkit.fileio import atomic_write, setup_file_logging
+from asrkit.fileio import atomic_write, stage_log
 from asrkit.text.tokenizer import Tokenizer
 from asrkit.train.checkpoint import load_model
 from asrkit.train.data import FeatureDataset, collate, frame_batches
@@ -76,8 +77,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = setup_file_logging(out_dir / "decode.log")
-    try:
+    with stage_log(out_dir / "decode.log"):
         dev = pick_device(device)
         model, cfg = load_model(exp_dir, checkpoint=checkpoint, avg=avg, device=dev)
         tok = Tokenizer(cfg["data"]["tokenizer"])
@@ -96,11 +96,10 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         with atomic_write(out_dir / "text") as f:
             for utt in sorted(hyps, key=lambda u: u.encode("utf-8")):
                 f.write(f"{utt} {hyps[utt]}\n".replace(" \n", "\n"))
-        audio = sum(ds.lengths) * 0.01
+        durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
+        audio = sum(float(durs[u]) if u in durs else n * 0.01
+                    for u, n in zip(ds.ids, ds.lengths))
         report = DecodeReport(out_dir / "text", len(hyps), audio, wall)
         logger.info("decoded %d utterances (%.1f s of audio) in %.1f s on %s, RTF %.4f",
                     report.num_utts, audio, wall, dev, report.rtf)
         return report
-    finally:
-        logging.getLogger("asrkit").removeHandler(handler)
-        handler.close()

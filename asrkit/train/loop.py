@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from asrkit.decode.ctc import ctc_greedy
 from asrkit.decode.run import pick_device
 from asrkit.features.cmvn import read_cmvn_stats
-from asrkit.fileio import atomic_write, is_done, mark_done, setup_file_logging
+from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.score import score_texts
 from asrkit.text.tokenizer import Tokenizer
 from asrkit.train.checkpoint import epoch_checkpoints, load_checkpoint, save_checkpoint
@@ -89,12 +89,8 @@ def train(cfg: DictConfig) -> Path:
         logger.info("%s is complete (.done exists); nothing to train", exp_dir)
         return exp_dir
     exp_dir.mkdir(parents=True, exist_ok=True)
-    handler = setup_file_logging(exp_dir / "train.log")
-    try:
+    with stage_log(exp_dir / "train.log"):
         return _train(cfg, exp_dir)
-    finally:
-        logging.getLogger("asrkit").removeHandler(handler)
-        handler.close()
 
 
 def _train(cfg: DictConfig, exp_dir: Path) -> Path:

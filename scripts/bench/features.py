@@ -22,8 +22,8 @@ are kept in the JSON). Prints a table (method, seconds of audio, wall seconds, x
 per core) and writes it to ``--out``: JSON lines for ``.json``/``.jsonl``, a markdown table
 for ``.md``.
 
-``--an4-dir`` builds a throwaway data dir of AN4 train from ``etc/an4_train.fileids``,
-``etc/an4_train.transcription`` and ``wav/<fileid>.wav`` (the corpus itself is only read).
+``--an4-dir`` prepares AN4 into a temporary directory with ``asrkit.data.corpora.an4`` and
+benchmarks all 948 utterances of AN4 train (our train + dev splits; the corpus is only read).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -42,33 +41,22 @@ import torch
 from torchaudio.compliance import kaldi
 
 from asrkit.data.audio import load_audio
-from asrkit.data.datadir import DataDir, write_kaldi_map
+from asrkit.data.corpora.an4 import prepare_an4
+from asrkit.data.datadir import DataDir
 from asrkit.features.compute import INT16_SCALE, FeatureConfig, compute_features
 from asrkit.fileio import atomic_write
 
-_TRANS_RE = re.compile(r"^(?P<words>.*)\((?P<id>[^()]+)\)\s*$")
-
 
 def build_an4_train(an4_dir: Path, out: Path) -> Path:
-    """Write a Kaldi data dir of AN4 train (utt id ``<speaker>-<file id>``) into ``out``."""
-    fileids = (an4_dir / "etc" / "an4_train.fileids").read_text().split()
-    words = {}
-    for line in (an4_dir / "etc" / "an4_train.transcription").read_text().splitlines():
-        m = _TRANS_RE.match(line.strip())
-        if m:
-            text = " ".join(w for w in m["words"].split() if w not in ("<s>", "</s>"))
-            words[m["id"]] = text or "<EMPTY>"
-    wav_scp, text, utt2spk = {}, {}, {}
-    for fid in fileids:
-        spk, base = fid.split("/")[-2], fid.split("/")[-1]
-        utt = f"{spk}-{base}"
-        wav_scp[utt] = str(an4_dir / "wav" / f"{fid}.wav")
-        text[utt] = words.get(base, "<UNK>")
-        utt2spk[utt] = spk
-    write_kaldi_map(out / "wav.scp", wav_scp)
-    write_kaldi_map(out / "text", text)
-    write_kaldi_map(out / "utt2spk", utt2spk)
-    return out
+    """Prepare AN4 with ``prepare_an4`` and merge its train and dev splits (all 948 utterances
+    of AN4 train) into the data dir ``out/train_all``."""
+    dirs = prepare_an4(an4_dir, out / "an4")
+    parts = [DataDir.load(dirs["train"]), DataDir.load(dirs["dev"])]
+    merged = DataDir(wav_scp={k: v for d in parts for k, v in d.wav_scp.items()},
+                     text={k: v for d in parts for k, v in d.text.items()},
+                     utt2spk={k: v for d in parts for k, v in d.utt2spk.items()})
+    merged.write(out / "train_all")
+    return out / "train_all"
 
 
 def _row(method: str, seconds_audio: float, walls: list[float], **extra) -> dict:
@@ -122,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="asrkit-bench-feats-") as tmp:
         tmp = Path(tmp)
-        data_dir = args.data_dir or build_an4_train(args.an4_dir, tmp / "an4_train")
+        data_dir = args.data_dir or build_an4_train(args.an4_dir, tmp)
         data = DataDir.load(data_dir)
         if args.limit is not None:
             data = data.subset(data.utt_ids[:args.limit])
