@@ -9,7 +9,7 @@ import pytest
 from asrkit.cli import build_parser, compose_train_config, main
 from asrkit.data.datadir import read_kaldi_map
 from tests.synth import make_text_file
-from tests.test_prep_corpora import _make_an4
+from tests.test_prep_corpora import _make_an4, _make_librispeech
 
 SUBCOMMANDS = ["prep", "validate", "features", "tokenizer", "train", "decode", "score"]
 
@@ -99,3 +99,34 @@ def test_parser_builds_without_heavy_imports():
     p = build_parser()
     assert p.parse_args(["decode", "exp", "data"]).avg == 1
     assert p.parse_args(["features", "d", "o"]).nj == 1
+
+
+def test_prep_librispeech_download_from_local_mirror_then_features(tmp_path, capsys,
+                                                                   data_write_audio):
+    """The LibriSpeech layout via --download from a file:// mirror, then the feature stage."""
+    src = _make_librispeech(tmp_path / "build", data_write_audio)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / "dev-clean.tar.gz", "w:gz") as tar:
+        tar.add(src / "LibriSpeech", arcname="LibriSpeech")
+    from asrkit.data.corpora import librispeech
+
+    # the real archive's checksum cannot match our fixture; verification is tested elsewhere
+    saved = dict(librispeech.LIBRISPEECH_SHA256)
+    librispeech.LIBRISPEECH_SHA256["dev-clean"] = None
+    try:
+        rc = main(["prep", "librispeech", "unused", str(tmp_path / "data"), "--parts",
+                   "dev-clean", "--download", str(tmp_path / "dl"), "--base-url",
+                   mirror.as_uri()])
+    finally:
+        librispeech.LIBRISPEECH_SHA256.update(saved)
+    assert rc == 0, capsys.readouterr().err
+    assert "dev-clean: " in capsys.readouterr().out
+    data = tmp_path / "data" / "dev_clean"
+    assert len(read_kaldi_map(data / "text")) == 4  # 2 of the 6 files are unpaired: skipped
+    assert (tmp_path / "data" / "log" / "prep_librispeech.log").is_file()
+    out = tmp_path / "fbank"
+    assert main(["features", str(data), str(out), "--type", "mfcc"]) == 0
+    assert set(read_kaldi_map(out / "feats.scp")) == set(read_kaldi_map(data / "text"))
+    assert (out / "feat_dim").read_text().strip() == "13"
+    assert (out / "log" / "features.log").is_file()
