@@ -253,13 +253,34 @@ def _run_train(args) -> int:
 def _add_decode(sub) -> None:
     from asrkit.decode.run import METHODS
 
-    p = sub.add_parser("decode", help="decode a feature data dir with a trained experiment",
-                       description="Writes Kaldi text hypotheses to "
-                       "EXP/decode_<data>_<method>/text (or --out).")
+    p = sub.add_parser(
+        "decode", help="decode a feature data dir with a trained experiment",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Writes Kaldi text hypotheses (utt-id WORDS...) to
+EXP/decode_<data>_<method>/text (or --out/text).
+
+methods:
+  ctc_greedy       best path: argmax per frame, merge repeats, drop blanks
+  ctc_prefix_beam  CTC prefix beam search (Hannun et al., 2014) keeping --beam prefixes
+
+n-best (--method ctc_prefix_beam --nbest N, N > 1) also writes OUT/nbest, one hypothesis a
+line, Kaldi lattice-to-nbest style, utterances sorted, ranks consecutive from 1 (best):
+  <utt-id>-<rank> <score> <WORDS...>
+where score is the natural-log probability of the hypothesis (higher is better). Texts are
+distinct (token sequences spelling the same words are merged, keeping the best score), so
+an utterance may get fewer than N lines; a --beam of 2-3 x N avoids that. Rank 1 is the
+hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per rank).""")
     p.add_argument("exp_dir", type=Path, help="experiment directory (asrkit train output)")
     p.add_argument("data_dir", type=Path, help="feature data dir (asrkit features output)")
     p.add_argument("--out", type=Path, help="output directory")
-    p.add_argument("--method", choices=METHODS, default="ctc_greedy")
+    p.add_argument("--method", choices=METHODS, default="ctc_greedy",
+                   help="search algorithm (default: %(default)s)")
+    p.add_argument("--beam", type=int, default=10,
+                   help="ctc_prefix_beam: prefixes kept per frame; also the number of "
+                   "candidate tokens tried per frame (default: %(default)s)")
+    p.add_argument("--nbest", type=int, default=1,
+                   help="ctc_prefix_beam: write the N best distinct hypotheses per utterance "
+                   "to OUT/nbest (1 <= N <= --beam; default: %(default)s, no nbest file)")
     p.add_argument("--avg", type=int, default=1,
                    help="average the weights of the last N epoch checkpoints")
     p.add_argument("--checkpoint", type=Path, help="decode this checkpoint file instead")
@@ -275,9 +296,12 @@ def _run_decode(args) -> int:
         if (args.data_dir / "feats.scp").is_file() else None
     with _progress(total, f"decode {args.data_dir.name}") as bar:
         rep = decode_data_dir(args.exp_dir, args.data_dir, args.out, method=args.method,
+                              beam=args.beam, nbest=args.nbest,
                               checkpoint=args.checkpoint, avg=args.avg, device=args.device,
                               max_frames=args.max_frames, progress=bar.update)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
+    if rep.nbest is not None:
+        print(f"{rep.nbest}: {args.nbest}-best lists")
     return 0
 
 

@@ -1,12 +1,37 @@
-"""CTC search algorithms over frame posteriors."""
+"""CTC search algorithms over frame posteriors.
+
+* :func:`ctc_greedy` — best path: argmax per frame, merge repeats, drop blanks.
+* :func:`ctc_prefix_beam_search` — prefix beam search (Hannun et al., 2014, "First-pass large
+  vocabulary continuous speech recognition using bi-directional recurrent DNNs",
+  arXiv:1408.2873): keeps the ``beam`` best label prefixes, each with the total probability of
+  all alignments that collapse to it, split into alignments ending in blank and in non-blank.
+  It returns an n-best list and accepts an optional prefix scorer (an LM) through a hook.
+
+Shapes: ``B`` batch, ``T`` frames, ``V`` vocabulary (blank included). Scores are natural-log
+probabilities; higher is better.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 
 from asrkit.text.tokenizer import BLANK_ID
 
-__all__ = ["ctc_greedy"]
+__all__ = [
+    "PrefixScorer",
+    "ctc_greedy",
+    "ctc_prefix_beam_search",
+    "ctc_prefix_beam_search_batch",
+]
+
+#: An LM hook: ``scorer(prefix, token)`` → log P(token | prefix) (natural log). ``prefix`` is the
+#: tuple of non-blank token ids already emitted (``()`` at the start of the sentence).
+PrefixScorer = Callable[[tuple[int, ...], int], float]
+
+_NEG_INF = float("-inf")
 
 
 def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK_ID
@@ -27,3 +52,165 @@ def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLAN
         path = torch.unique_consecutive(best[b, :n])
         out.append(path[path != blank].tolist())
     return out
+
+
+def _logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) for Python floats, exact when either is -inf."""
+    if a < b:
+        a, b = b, a
+    if b == _NEG_INF:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+def _candidates(log_probs: torch.Tensor, blank: int, prune: float | None,
+                token_topk: int | None) -> list[list[int]]:
+    """Per frame, the non-blank token ids worth extending a prefix with, best first.
+
+    Vectorised over frames and vocabulary: one ``torch.topk`` over the (T, V) matrix with the
+    blank column masked out, then the log-probability threshold ``prune``.
+    """
+    num_frames, vocab = log_probs.shape
+    k = vocab - 1 if token_topk is None else min(token_topk, vocab - 1)
+    if k <= 0 or num_frames == 0:
+        return [[] for _ in range(num_frames)]
+    masked = log_probs.clone()
+    masked[:, blank] = _NEG_INF
+    top_lp, top_id = masked.topk(k, dim=-1)
+    keep = top_lp > _NEG_INF
+    if prune is not None:
+        keep &= top_lp >= prune
+    ids, kept = top_id.tolist(), keep.tolist()
+    return [[c for c, ok in zip(row, ok_row) if ok] for row, ok_row in zip(ids, kept)]
+
+
+def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: int = BLANK_ID,
+                           prune: float | None = None, token_topk: int | None = None,
+                           scorer: PrefixScorer | None = None, lm_weight: float = 0.0,
+                           ) -> list[tuple[list[int], float]]:
+    """CTC prefix beam search over one utterance (Hannun et al., 2014, arXiv:1408.2873).
+
+    For every kept prefix ``l`` (a tuple of non-blank ids) the search tracks, in log space,
+    ``p_b(l)`` and ``p_nb(l)``: the total probability of the alignments of frames ``1..t`` that
+    collapse to ``l`` and end in blank / in ``l``'s last token. Frame ``t+1`` with posteriors
+    ``y`` updates them (``+`` is ``logaddexp``, ``*`` adds log-probabilities):
+
+    * blank: ``p_b'(l) += (p_b(l) + p_nb(l)) * y[blank]``;
+    * repeat of the last token ``c = l[-1]`` without a blank: ``p_nb'(l) += p_nb(l) * y[c]``;
+    * extension by ``c``: ``p_nb'(l + c) += p_b(l) * y[c]`` if ``c == l[-1]`` (a blank must
+      separate two equal labels), else ``(p_b(l) + p_nb(l)) * y[c]``.
+
+    The ``beam`` prefixes with the best score are kept after each frame. Without pruning and
+    with a beam wide enough to hold every prefix, the acoustic score of a prefix is exactly
+    ``log`` of the sum over all its alignments (the CTC forward probability).
+
+    LM hook: with ``scorer`` set (and ``lm_weight != 0``), each prefix carries
+    ``lm(l) = sum_i scorer(l[:i], l[i])``, computed incrementally once per new prefix, and is
+    ranked by ``log P_ctc(l) + lm_weight * lm(l)``. Because ``lm(l)`` depends only on ``l``, this
+    equals Hannun's form that multiplies ``P(c | l) ** lm_weight`` into ``p_nb(l + c)`` at
+    extension time. No end-of-sentence score and no length bonus are added.
+
+    Args:
+        log_probs: (T, V) log posteriors of one utterance (``log_softmax`` output, natural log);
+            other scores work for ranking, but then the returned values are not probabilities.
+        beam: number of prefixes kept per frame, and the maximum length of the n-best list.
+        blank: blank id (0 in asrkit's tokenizer).
+        prune: per-frame threshold: a token extends prefixes at a frame only if its log
+            posterior there is ``>= prune`` (e.g. ``math.log(1e-4)``); None keeps all tokens.
+        token_topk: per frame, only the ``token_topk`` most probable non-blank tokens extend
+            prefixes; None keeps all. The blank and the repeat of a prefix's own last token are
+            always scored, so the pruning only drops unlikely new prefixes.
+        scorer: optional ``(prefix, token) -> log P(token | prefix)`` (see :data:`PrefixScorer`).
+        lm_weight: weight of the scorer's log-probabilities.
+
+    Returns:
+        Up to ``beam`` ``(token ids, score)`` pairs, unique, sorted best first (ties broken by
+        the token ids); ``score = log P_ctc + lm_weight * lm`` in nats. ``T == 0`` gives
+        ``[([], 0.0)]``.
+
+    Raises:
+        ValueError: ``log_probs`` not 2-D, ``beam < 1``, ``token_topk < 1`` or ``blank`` out of
+            range.
+    """
+    if log_probs.dim() != 2:
+        raise ValueError(f"log_probs must be (T, V), got shape {tuple(log_probs.shape)}")
+    num_frames, vocab = log_probs.shape
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    if token_topk is not None and token_topk < 1:
+        raise ValueError(f"token_topk must be >= 1 or None, got {token_topk}")
+    if not 0 <= blank < vocab:
+        raise ValueError(f"blank id {blank} out of range for vocabulary size {vocab}")
+    use_lm = scorer is not None and lm_weight != 0.0
+    lp = log_probs.detach().to("cpu", torch.float64)
+    cands = _candidates(lp, blank, prune, token_topk)
+    rows = lp.tolist()
+
+    # prefix -> [log p_b, log p_nb]; lm_score: prefix -> accumulated scorer log-prob
+    hyps: dict[tuple[int, ...], list[float]] = {(): [0.0, _NEG_INF]}
+    lm_score: dict[tuple[int, ...], float] = {(): 0.0}
+
+    def rank(item: tuple[tuple[int, ...], list[float]]) -> float:
+        prefix, (pb, pnb) = item
+        score = _logaddexp(pb, pnb)
+        return score + lm_weight * lm_score[prefix] if use_lm else score
+
+    for t in range(num_frames):
+        y = rows[t]
+        y_blank = y[blank]
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (pb, pnb) in hyps.items():
+            total = _logaddexp(pb, pnb)
+            cell = nxt.setdefault(prefix, [_NEG_INF, _NEG_INF])
+            cell[0] = _logaddexp(cell[0], total + y_blank)
+            last = prefix[-1] if prefix else None
+            if last is not None:
+                cell[1] = _logaddexp(cell[1], pnb + y[last])
+            for c in cands[t]:
+                new = prefix + (c,)
+                add = (pb if c == last else total) + y[c]
+                if add == _NEG_INF:  # e.g. "a"+"a" with no blank path yet: impossible
+                    continue
+                cell_new = nxt.get(new)
+                if cell_new is None:
+                    nxt[new] = [_NEG_INF, add]
+                    if use_lm and new not in lm_score:
+                        lm_score[new] = lm_score[prefix] + float(scorer(prefix, c))
+                else:
+                    cell_new[1] = _logaddexp(cell_new[1], add)
+        kept = sorted(nxt.items(), key=lambda it: (-rank(it), it[0]))[:beam]
+        hyps = dict(kept)
+        if use_lm:  # keep the LM cache bounded: only the surviving prefixes
+            lm_score = {p: lm_score[p] for p in hyps}
+    final = sorted(((list(p), rank((p, s))) for p, s in hyps.items()),
+                   key=lambda h: (-h[1], h[0]))
+    return final
+
+
+def ctc_prefix_beam_search_batch(log_probs: torch.Tensor, lengths: torch.Tensor,
+                                 beam: int = 10, **kwargs
+                                 ) -> list[list[tuple[list[int], float]]]:
+    """:func:`ctc_prefix_beam_search` over a padded batch, one utterance at a time.
+
+    Args:
+        log_probs: (B, T, V) log posteriors, padded along T.
+        lengths: (B,) valid frames of each utterance.
+        beam: beam size.
+        **kwargs: ``blank``, ``prune``, ``token_topk``, ``scorer``, ``lm_weight`` as for
+            :func:`ctc_prefix_beam_search`.
+
+    Returns:
+        One n-best list (``[(token ids, score), ...]``, best first) per utterance.
+
+    Raises:
+        ValueError: ``log_probs`` not 3-D, ``lengths`` not (B,) or a length outside ``0..T``.
+    """
+    if log_probs.dim() != 3:
+        raise ValueError(f"log_probs must be (B, T, V), got shape {tuple(log_probs.shape)}")
+    if lengths.shape != (log_probs.size(0),):
+        raise ValueError(f"lengths must be ({log_probs.size(0)},), got {tuple(lengths.shape)}")
+    lens = lengths.tolist()
+    if any(n < 0 or n > log_probs.size(1) for n in lens):
+        raise ValueError(f"lengths {lens} outside 0..{log_probs.size(1)} frames")
+    lp = log_probs.detach().cpu()
+    return [ctc_prefix_beam_search(lp[b, :n], beam, **kwargs) for b, n in enumerate(lens)]

@@ -1,4 +1,12 @@
-"""The decode stage: a trained experiment + a feature data dir → Kaldi ``text`` hypotheses."""
+"""The decode stage: a trained experiment + a feature data dir → Kaldi ``text`` hypotheses.
+
+Methods (:data:`METHODS`):
+
+* ``ctc_greedy`` — best path (:func:`asrkit.decode.ctc.ctc_greedy`);
+* ``ctc_prefix_beam`` — CTC prefix beam search (Hannun et al., 2014;
+  :func:`asrkit.decode.ctc.ctc_prefix_beam_search`), which can also write an n-best list
+  (``nbest``, format in :mod:`asrkit.decode.nbest`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,8 @@ from pathlib import Path
 import torch
 
 from asrkit.data.datadir import read_kaldi_map
-from asrkit.decode.ctc import ctc_greedy
+from asrkit.decode.ctc import ctc_greedy, ctc_prefix_beam_search_batch
+from asrkit.decode.nbest import write_nbest
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.text.tokenizer import Tokenizer
 from asrkit.train.checkpoint import load_model
@@ -21,17 +30,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "DecodeReport", "decode_data_dir", "pick_device"]
 
-METHODS = ("ctc_greedy",)
+METHODS = ("ctc_greedy", "ctc_prefix_beam")
 
 
 @dataclass
 class DecodeReport:
-    """What a decode run did: output ``text`` path, utterances, audio seconds, wall seconds."""
+    """What a decode run did: output ``text`` path, utterances, audio seconds, wall seconds,
+    and the ``nbest`` file when one was written (else None)."""
 
     text: Path
     num_utts: int
     audio_seconds: float
     wall_seconds: float
+    nbest: Path | None = None
 
     @property
     def rtf(self) -> float:
@@ -46,19 +57,54 @@ def pick_device(device: str | None = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
+                    ) -> list[tuple[str, float]]:
+    """The first ``n`` distinct texts of a token-level n-best list (best first).
+
+    Different token sequences can spell the same words (e.g. with and without a trailing word
+    boundary piece); a text keeps the score of its best token sequence.
+    """
+    out: list[tuple[str, float]] = []
+    seen: set[str] = set()
+    for ids, score in nbest:
+        text = " ".join(tok.decode(ids).split())
+        if text not in seen:
+            seen.add(text)
+            out.append((text, score))
+            if len(out) == n:
+                break
+    return out
+
+
 @torch.inference_mode()
 def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     out_dir: str | os.PathLike | None = None, *, method: str = "ctc_greedy",
+                    beam: int = 10, nbest: int = 1, token_topk: int | None = None,
                     checkpoint: str | os.PathLike | None = None, avg: int = 1,
                     device: str | None = "auto", max_frames: int = 60000,
                     progress=None) -> DecodeReport:
-    """Decode every utterance of a feature data dir and write ``out_dir/text``.
+    """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
+
+    With ``method="ctc_prefix_beam"`` and ``nbest > 1`` it also writes ``out_dir/nbest``
+    (``<utt-id>-<N> <score> <WORDS…>``, see :mod:`asrkit.decode.nbest`); with ``nbest == 1``
+    a ``nbest`` file left there by an earlier run is removed, so the directory stays
+    consistent.
 
     Args:
         exp_dir: experiment written by ``asrkit train`` (``config.yaml``, ``checkpoints/``).
         data_dir: data dir with ``feats.scp`` and ``utt2num_frames`` (``asrkit features``).
         out_dir: default ``exp_dir/decode_<data dir name>_<method>``.
         method: one of :data:`METHODS`.
+        beam: prefixes kept per frame by ``ctc_prefix_beam`` (ignored by ``ctc_greedy``).
+        nbest: distinct hypothesis texts per utterance to write to ``nbest``
+            (``1 <= nbest <= beam``; > 1 only with ``ctc_prefix_beam``). They are taken from
+            the ``beam`` token sequences the search ends with; token sequences spelling the
+            same text are merged (the best one's score is kept), so an utterance gets fewer
+            lines when the beam holds fewer distinct texts; a beam of 2-3 × ``nbest`` avoids
+            that in practice.
+        token_topk: how many of each frame's most probable non-blank tokens may extend a
+            prefix in ``ctc_prefix_beam`` (default: ``beam``); see
+            :func:`asrkit.decode.ctc.ctc_prefix_beam_search`.
         checkpoint: decode this checkpoint instead of the average of the last ``avg`` epochs.
         avg: number of last epoch checkpoints to average.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
@@ -69,11 +115,19 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         A :class:`DecodeReport` (RTF = wall time / audio time, model loading excluded).
 
     Raises:
-        ValueError: unknown ``method``.
+        ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam`` or
+            ``nbest > 1`` with ``ctc_greedy``.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown decoding method {method!r}; choose from {METHODS}")
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    if not 1 <= nbest <= beam:
+        raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
+    if nbest > 1 and method != "ctc_prefix_beam":
+        raise ValueError(f"nbest > 1 needs method ctc_prefix_beam, not {method}")
+    topk = beam if token_topk is None else token_topk
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,24 +136,43 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         model, cfg = load_model(exp_dir, checkpoint=checkpoint, avg=avg, device=dev)
         tok = Tokenizer(cfg["data"]["tokenizer"])
         ds = FeatureDataset(data_dir, None, max_frames=10**9)
+        if method == "ctc_prefix_beam":
+            logger.info("%s: beam %d, %d candidate tokens per frame, n-best %d",
+                        method, beam, topk, nbest)
         hyps: dict[str, str] = {}
+        nbests: dict[str, list[tuple[str, float]]] = {}
         start = time.perf_counter()
         for batch_idx in frame_batches(ds.lengths, max_frames, shuffle=False):
             batch = collate([ds[i] for i in batch_idx])
             log_probs, lens = model.ctc_log_probs(batch["feats"].to(dev),
                                                   batch["feat_lens"].to(dev))
-            for utt, ids in zip(batch["ids"], ctc_greedy(log_probs, lens)):
-                hyps[utt] = tok.decode(ids)
+            if method == "ctc_greedy":
+                for utt, ids in zip(batch["ids"], ctc_greedy(log_probs, lens)):
+                    hyps[utt] = tok.decode(ids)
+            else:
+                results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
+                                                       token_topk=topk)
+                for utt, res in zip(batch["ids"], results):
+                    hyps[utt] = tok.decode(res[0][0])
+                    if nbest > 1:
+                        nbests[utt] = _distinct_texts(res, tok, nbest)
             if progress:
                 progress(len(batch_idx))
         wall = time.perf_counter() - start
         with atomic_write(out_dir / "text") as f:
             for utt in sorted(hyps, key=lambda u: u.encode("utf-8")):
                 f.write(f"{utt} {hyps[utt]}\n".replace(" \n", "\n"))
+        nbest_path = None
+        if nbest > 1:
+            nbest_path = write_nbest(out_dir / "nbest", nbests)
+        elif (out_dir / "nbest").is_file():
+            logger.info("removing stale %s (this run asked for the 1-best only)",
+                        out_dir / "nbest")
+            (out_dir / "nbest").unlink()
         durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
         audio = sum(float(durs[u]) if u in durs else n * 0.01
                     for u, n in zip(ds.ids, ds.lengths))
-        report = DecodeReport(out_dir / "text", len(hyps), audio, wall)
+        report = DecodeReport(out_dir / "text", len(hyps), audio, wall, nbest_path)
         logger.info("decoded %d utterances (%.1f s of audio) in %.1f s on %s, RTF %.4f",
                     report.num_utts, audio, wall, dev, report.rtf)
         return report
