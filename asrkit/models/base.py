@@ -1,29 +1,44 @@
-"""What every neural acoustic model family shares: CMVN, SpecAugment, CTC head, loss.
+"""What every neural acoustic model family shares: CMVN, SpecAugment, CTC head, loss, decoder.
 
 A family (one file under ``asrkit/models/``) subclasses :class:`CTCModel` and implements
 :meth:`CTCModel.encoder_forward`: normalised, augmented features (B, T, F) in, encoder output
 (B, T', D) and its lengths out. Everything else (global CMVN from the training set's Kaldi
-stats, SpecAugment in training mode only, the CTC output layer and loss) is here, so decoding
-and training code talk to every family through the same three methods:
+stats, SpecAugment in training mode only, the CTC output layer and loss, and the optional
+attention decoder of the hybrid CTC/attention objective) is here, so decoding and training
+code talk to every family through the same methods:
 
 - ``encode(feats, feat_lens) -> (enc (B, T', D), enc_lens (B,))``
 - ``ctc_log_probs(feats, feat_lens) -> (log_probs (B, T', V), lens (B,))``
 - ``forward(feats, feat_lens, targets, target_lens) -> {"loss": scalar, ...}``
+- ``has_decoder`` and ``decoder.score(enc, enc_lens, prefixes)`` for attention search
+  (:mod:`asrkit.decode.attention`).
+
+Hybrid CTC/attention (Watanabe et al., 2017, "Hybrid CTC/attention architecture for end-to-end
+speech recognition"; ESPnet's ``ctc_weight``): with a ``decoder`` spec the model also owns an
+attention decoder (:mod:`asrkit.models.modules.decoder`) trained with label-smoothed
+cross-entropy, and the loss is ``ctc_weight * ctc + (1 - ctc_weight) * att``. The family classes
+keep their ``…CTC`` names (so configs and checkpoints keep working) but are hybrid models when a
+decoder is configured. Without a decoder nothing changes: no new parameters, the same
+``state_dict`` keys, the same loss.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from asrkit.features.cmvn import GlobalCMVN
+from asrkit.models.modules.decoder import build_decoder
 from asrkit.models.modules.specaug import SpecAugment
-from asrkit.text.tokenizer import BLANK_ID
+from asrkit.text.tokenizer import BLANK_ID, SOS_EOS_ID
 
-__all__ = ["CTCModel", "identity_cmvn_stats"]
+__all__ = ["CTCModel", "add_sos_eos", "identity_cmvn_stats"]
 
 
 def identity_cmvn_stats(dim: int) -> np.ndarray:
@@ -34,26 +49,89 @@ def identity_cmvn_stats(dim: int) -> np.ndarray:
     return stats
 
 
+def add_sos_eos(targets: torch.Tensor, target_lens: torch.Tensor, sos_eos: int = SOS_EOS_ID,
+                ignore_id: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder input and output sequences from padded targets.
+
+    Args:
+        targets: (B, U) token ids, padded with any value past ``target_lens``.
+        target_lens: (B,) valid tokens.
+        sos_eos: the ``<sos/eos>`` id (2).
+        ignore_id: value of the padded output positions.
+
+    Returns:
+        ``ys_in`` (B, U + 1) = ``[sos, y_1 … y_n]`` padded with ``sos_eos`` (a valid id for the
+        embedding; causal decoders never look at it), and ``ys_out`` (B, U + 1) =
+        ``[y_1 … y_n, eos]`` padded with ``ignore_id``.
+    """
+    b, u = targets.shape
+    pos = torch.arange(u + 1, device=targets.device)[None, :]
+    lens = target_lens.to(targets.device)[:, None]
+    body = torch.cat([targets, targets.new_full((b, 1), sos_eos)], dim=1)
+    ys_out = torch.where(pos < lens, body, torch.full_like(body, ignore_id))
+    ys_out = torch.where(pos == lens, torch.full_like(body, sos_eos), ys_out)
+    shifted = torch.cat([targets.new_full((b, 1), sos_eos), targets], dim=1)
+    ys_in = torch.where(pos <= lens, shifted, torch.full_like(shifted, sos_eos))
+    return ys_in, ys_out
+
+
 class CTCModel(nn.Module, abc.ABC):
-    """Base of the neural families: front end + ``encoder_forward`` + CTC (Graves et al., 2006).
+    """Base of the neural families: front end + ``encoder_forward`` + CTC (Graves et al., 2006),
+    optionally + an attention decoder (hybrid CTC/attention, Watanabe et al., 2017).
 
     Args:
         input_dim: feature dimension F.
-        vocab_size: output vocabulary V including the CTC blank at id 0.
+        vocab_size: output vocabulary V including the CTC blank at id 0 and ``<sos/eos>`` at 2.
         encoder_dim: D, the width of ``encoder_forward``'s output.
         specaug: keyword arguments of :class:`SpecAugment`, or None to disable it.
         cmvn_stats: Kaldi global CMVN stats (2, F + 1); None starts with identity
             normalisation (a checkpoint restores the trained values).
+        decoder: None for a CTC-only model, or a plain spec
+            ``{"type": "transformer" | "lstm", **kwargs}`` given to
+            :func:`asrkit.models.modules.decoder.build_decoder` (``vocab_size`` and the encoder
+            width are filled in). A plain dict rather than a Hydra ``_target_``: the decoder's
+            sizes depend on the model's, and Hydra would instantiate a nested ``_target_``
+            before the model exists.
+        ctc_weight: λ in ``loss = λ · ctc + (1 - λ) · att``, in [0, 1]. Must be 1.0 without a
+            decoder; 0.0 trains the decoder alone (the CTC head is then untrained, and its loss
+            is still reported, computed without gradient).
+        lsm_weight: label smoothing ε of the decoder's cross-entropy, in [0, 1). PyTorch's
+            ``label_smoothing`` (ε spread over all V classes, the target included); ESPnet's
+            ``LabelSmoothingLoss`` spreads it over the V - 1 others, a negligible difference.
+
+    Raises:
+        ValueError: on ``ctc_weight`` outside [0, 1], ``ctc_weight != 1`` without a decoder,
+            ``lsm_weight`` outside [0, 1), or a bad decoder spec (see ``build_decoder``).
     """
 
     def __init__(self, input_dim: int, vocab_size: int, encoder_dim: int,
-                 specaug: dict | None = None, cmvn_stats: np.ndarray | None = None):
+                 specaug: dict | None = None, cmvn_stats: np.ndarray | None = None,
+                 decoder: Mapping[str, Any] | None = None, ctc_weight: float = 1.0,
+                 lsm_weight: float = 0.1):
         super().__init__()
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
+        if decoder is None and ctc_weight != 1.0:
+            raise ValueError(f"ctc_weight={ctc_weight} needs an attention decoder; set "
+                             "model.decoder (see conf/model/*.yaml) or ctc_weight=1.0")
+        if not 0.0 <= lsm_weight < 1.0:
+            raise ValueError(f"lsm_weight must be in [0, 1), got {lsm_weight}")
         stats = identity_cmvn_stats(input_dim) if cmvn_stats is None else cmvn_stats
         self.normalize = GlobalCMVN(stats)
         self.specaug = SpecAugment(**specaug) if specaug else None
         self.ctc_out = nn.Linear(encoder_dim, vocab_size)
         self.ctc_loss = nn.CTCLoss(blank=BLANK_ID, reduction="sum", zero_infinity=True)
+        self.ctc_weight = float(ctc_weight)
+        self.lsm_weight = float(lsm_weight)
+        # created after ctc_out and registered only when configured, so a CTC-only model has
+        # exactly the parameters, state_dict keys and initial values it always had
+        self.decoder = (build_decoder(decoder, vocab_size, encoder_dim)
+                        if decoder is not None else None)
+
+    @property
+    def has_decoder(self) -> bool:
+        """True when the model has an attention decoder (hybrid CTC/attention)."""
+        return self.decoder is not None
 
     @abc.abstractmethod
     def encoder_forward(self, x: torch.Tensor, lengths: torch.Tensor
@@ -88,17 +166,65 @@ class CTCModel(nn.Module, abc.ABC):
         loss = self.ctc_loss(log_probs.transpose(0, 1), targets, enc_lens, target_lens)
         return loss / enc.size(0)
 
+    def attention_loss_from_encoder(self, enc: torch.Tensor, enc_lens: torch.Tensor,
+                                    targets: torch.Tensor, target_lens: torch.Tensor
+                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label-smoothed decoder cross-entropy and token accuracy.
+
+        The decoder reads ``[sos, y_1 … y_n]`` and is trained to emit ``[y_1 … y_n, eos]``
+        (:func:`add_sos_eos`); padded positions are ignored.
+
+        Args:
+            enc: (B, T', D) encoder output; enc_lens: (B,).
+            targets: (B, U) token ids padded with any value; target_lens: (B,).
+
+        Returns:
+            (loss, acc): the cross-entropy summed over tokens / B (ESPnet's
+            ``normalize_length=False``), and the detached fraction of output tokens (eos
+            included) whose argmax is right.
+
+        Raises:
+            RuntimeError: if the model has no decoder.
+        """
+        if self.decoder is None:
+            raise RuntimeError("this model has no attention decoder (model.decoder is null)")
+        ys_in, ys_out = add_sos_eos(targets, target_lens)
+        logits = self.decoder(enc, enc_lens, ys_in).float()
+        loss = F.cross_entropy(logits.transpose(1, 2), ys_out, ignore_index=-1,
+                               reduction="sum", label_smoothing=self.lsm_weight)
+        valid = ys_out != -1
+        correct = (logits.detach().argmax(-1) == ys_out) & valid
+        acc = correct.sum().float() / valid.sum().clamp(min=1).float()
+        return loss / enc.size(0), acc
+
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, targets: torch.Tensor,
                 target_lens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """CTC loss averaged over the utterances of the batch.
+        """Training loss averaged over the utterances of the batch.
+
+        CTC-only: the CTC loss. Hybrid: ``ctc_weight * ctc + (1 - ctc_weight) * att``.
 
         Args:
             feats: (B, T, F) features; feat_lens: (B,).
             targets: (B, U) token ids padded with any value; target_lens: (B,).
 
         Returns:
-            ``{"loss": scalar, "ctc": detached scalar}``.
+            CTC-only: ``{"loss": scalar, "ctc": detached scalar}``. Hybrid: also
+            ``"att"`` (detached decoder loss) and ``"acc"`` (decoder token accuracy in [0, 1]).
         """
         enc, lens = self.encode(feats, feat_lens)
-        loss = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
-        return {"loss": loss, "ctc": loss.detach()}
+        if self.decoder is None:
+            loss = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
+            return {"loss": loss, "ctc": loss.detach()}
+        if self.ctc_weight > 0.0:
+            ctc = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
+        else:
+            with torch.no_grad():
+                ctc = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
+        att, acc = self.attention_loss_from_encoder(enc, lens, targets, target_lens)
+        if self.ctc_weight == 1.0:
+            loss = ctc
+        elif self.ctc_weight == 0.0:
+            loss = att
+        else:
+            loss = self.ctc_weight * ctc + (1.0 - self.ctc_weight) * att
+        return {"loss": loss, "ctc": ctc.detach(), "att": att.detach(), "acc": acc}

@@ -1,4 +1,4 @@
-"""Conformer encoder with a CTC head (``model=conformer``).
+"""Conformer encoder with a CTC head, optionally hybrid CTC/attention (``model=conformer``).
 
 Conv2d ×4 subsampling (its linear layer maps to D) → absolute sinusoidal positions + dropout →
 ``torchaudio.models.Conformer`` layers (Gulati et al., 2020, "Conformer: Convolution-augmented
@@ -21,9 +21,16 @@ Two departures from torchaudio's ``Conformer.forward``, both about positions and
   The parameters are exactly ``torchaudio.models.Conformer``'s, under ``conformer.``. In
   training mode the BatchNorm of the conv module still counts padded frames in its statistics
   (as ESPnet's does); eval mode uses running statistics.
+
+With ``decoder`` set the model is a hybrid CTC/attention model (Watanabe et al., 2017): the same
+encoder and CTC head plus an attention decoder (ESPnet's Conformer recipes use a Transformer
+decoder). The class keeps its name so configs and checkpoints keep working.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +75,8 @@ def _conformer_layer(layer: nn.Module, x: torch.Tensor, pad: torch.Tensor) -> to
 
 
 class ConformerCTC(CTCModel):
-    """Conformer-CTC acoustic model (Gulati et al., 2020; defaults near Conformer-S).
+    """Conformer-CTC acoustic model (Gulati et al., 2020; defaults near Conformer-S); hybrid
+    CTC/attention when ``decoder`` is set.
 
     Args:
         input_dim: feature dimension F.
@@ -84,18 +92,26 @@ class ConformerCTC(CTCModel):
         specaug: keyword arguments of :class:`asrkit.models.modules.specaug.SpecAugment`,
             or None to disable it.
         cmvn_stats: Kaldi global CMVN stats (2, F + 1), or None (identity until loaded).
+        decoder: attention decoder spec (``{"type": "transformer" | "lstm", ...}``) for the
+            hybrid CTC/attention objective, or None for CTC only; see
+            :class:`asrkit.models.base.CTCModel`.
+        ctc_weight: CTC weight λ of the hybrid loss (1.0 = CTC only; < 1 needs a decoder).
+        lsm_weight: label smoothing of the decoder's cross-entropy.
 
     Raises:
         ValueError: if ``depthwise_conv_kernel_size`` is even (from torchaudio), or ``d_model``
             is not divisible by ``num_heads`` (from ``nn.MultiheadAttention``; an
-            AssertionError in some PyTorch versions).
+            AssertionError in some PyTorch versions); a bad ``decoder`` / ``ctc_weight``.
     """
 
     def __init__(self, input_dim: int, vocab_size: int, d_model: int = 144, num_heads: int = 4,
                  ffn_dim: int = 576, num_layers: int = 16, depthwise_conv_kernel_size: int = 31,
                  dropout: float = 0.1, subsampling_channels: int | None = None,
-                 specaug: dict | None = None, cmvn_stats: np.ndarray | None = None):
-        super().__init__(input_dim, vocab_size, d_model, specaug, cmvn_stats)
+                 specaug: dict | None = None, cmvn_stats: np.ndarray | None = None,
+                 decoder: Mapping[str, Any] | None = None, ctc_weight: float = 1.0,
+                 lsm_weight: float = 0.1):
+        super().__init__(input_dim, vocab_size, d_model, specaug, cmvn_stats, decoder=decoder,
+                         ctc_weight=ctc_weight, lsm_weight=lsm_weight)
         self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels)
         self.pos = SinusoidalPositionalEncoding(d_model, dropout)
         self.conformer = torchaudio.models.Conformer(

@@ -1,4 +1,4 @@
-"""Transformer encoder with a CTC head (``model=transformer``).
+"""Transformer encoder with a CTC head, optionally hybrid CTC/attention (``model=transformer``).
 
 Conv2d ×4 subsampling → sinusoidal positions → pre-LayerNorm Transformer encoder layers
 (Vaswani et al., 2017; the speech recipe of Karita et al., 2019, "A comparative study on
@@ -6,9 +6,16 @@ Transformer vs RNN in speech applications") → linear CTC output (Graves et al.
 
 Global CMVN and SpecAugment live inside the model (:class:`asrkit.models.base.CTCModel`), so a
 checkpoint is self-contained: decoding needs only ``config.yaml`` and the weights.
+
+With ``decoder`` set the model is a hybrid CTC/attention model (Watanabe et al., 2017; the
+speech Transformer of Karita et al., 2019 with ``{type: transformer}``): the same encoder and CTC
+head plus an attention decoder. The class keeps its name so configs and checkpoints keep working.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +30,7 @@ __all__ = ["TransformerCTC"]
 
 
 class TransformerCTC(CTCModel):
-    """Transformer-CTC acoustic model.
+    """Transformer-CTC acoustic model (hybrid CTC/attention when ``decoder`` is set).
 
     Args:
         input_dim: feature dimension F.
@@ -38,13 +45,20 @@ class TransformerCTC(CTCModel):
         specaug: keyword arguments of :class:`asrkit.models.modules.specaug.SpecAugment`,
             or None to disable it.
         cmvn_stats: Kaldi global CMVN stats (2, F + 1), or None (identity until loaded).
+        decoder: attention decoder spec (``{"type": "transformer" | "lstm", ...}``) for the
+            hybrid CTC/attention objective, or None for CTC only; see
+            :class:`asrkit.models.base.CTCModel`.
+        ctc_weight: CTC weight λ of the hybrid loss (1.0 = CTC only; < 1 needs a decoder).
+        lsm_weight: label smoothing of the decoder's cross-entropy.
     """
 
     def __init__(self, input_dim: int, vocab_size: int, d_model: int = 256, nhead: int = 4,
                  num_layers: int = 12, dim_feedforward: int = 2048, dropout: float = 0.1,
                  subsampling_channels: int | None = None, specaug: dict | None = None,
-                 cmvn_stats: np.ndarray | None = None):
-        super().__init__(input_dim, vocab_size, d_model, specaug, cmvn_stats)
+                 cmvn_stats: np.ndarray | None = None, decoder: Mapping[str, Any] | None = None,
+                 ctc_weight: float = 1.0, lsm_weight: float = 0.1):
+        super().__init__(input_dim, vocab_size, d_model, specaug, cmvn_stats, decoder=decoder,
+                         ctc_weight=ctc_weight, lsm_weight=lsm_weight)
         self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels)
         self.pos = SinusoidalPositionalEncoding(d_model, dropout)
         layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
