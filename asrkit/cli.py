@@ -132,6 +132,10 @@ def _add_features(sub) -> None:
     p.add_argument("--num-ceps", type=int, help="cepstra for MFCC (default 13)")
     p.add_argument("--sample-rate", type=int, help="Hz; audio at other rates is resampled")
     p.add_argument("--nj", type=int, default=1, help="parallel jobs (processes)")
+    p.add_argument("--speed-perturb", metavar="F1,F2,…",
+                   help="speed perturbation (Ko et al., 2015), e.g. 0.9,1.0,1.1: each factor f "
+                   "!= 1 adds copies sp<f>-<utt> of speaker sp<f>-<spk> (Kaldi's "
+                   "perturb_data_dir_speed.sh naming); leave 1.0 out to keep only copies")
     p.add_argument("--allow-pipe", action="store_true", help="allow 'cmd |' wav.scp entries")
 
 
@@ -156,16 +160,26 @@ def _run_features(args) -> int:
     if unknown:
         raise ValueError(f"unknown feature options {unknown}; known: {sorted(known)}")
     cfg = FeatureConfig(**values)
+    speed = None
+    if args.speed_perturb:
+        try:
+            speed = [float(x) for x in args.speed_perturb.split(",") if x]
+        except ValueError:
+            raise ValueError(f"--speed-perturb expects numbers like 0.9,1.0,1.1, got "
+                             f"{args.speed_perturb!r}") from None
     from asrkit.data.datadir import read_kaldi_map
 
     total = len(read_kaldi_map(args.data_dir / "wav.scp")) if not (
         args.data_dir / "segments").is_file() else len(read_kaldi_map(args.data_dir / "segments"))
     from asrkit.fileio import stage_log
 
+    if speed:
+        total *= len(speed)
     with stage_log(args.out / "log" / "features.log"), \
             _progress(total, f"features {args.data_dir.name}") as bar:
         rep = compute_features(args.data_dir, args.out, cfg, nj=args.nj,
-                               allow_pipe=args.allow_pipe, progress=bar.update)
+                               allow_pipe=args.allow_pipe, progress=bar.update,
+                               speed_perturb=speed)
     print(f"{rep.out_dir}: {rep.num_done} utterances, {rep.num_failed} failed "
           f"(see bad_utts), dim {rep.feat_dim}, {rep.seconds_audio / 3600:.2f} h of audio")
     return 0
@@ -262,8 +276,12 @@ EXP/decode_<data>_<method>/text (or --out/text).
 methods:
   ctc_greedy       best path: argmax per frame, merge repeats, drop blanks
   ctc_prefix_beam  CTC prefix beam search (Hannun et al., 2014) keeping --beam prefixes
+  attention_beam   attention-decoder beam search (models trained with a decoder)
+  joint_ctc_attention
+                   one-pass joint CTC/attention beam search with CTC prefix scoring
+                   (Watanabe et al., 2017), weight --ctc-weight on CTC
 
-n-best (--method ctc_prefix_beam --nbest N, N > 1) also writes OUT/nbest, one hypothesis a
+n-best (a beam method with --nbest N, N > 1) also writes OUT/nbest, one hypothesis a
 line, Kaldi lattice-to-nbest style, utterances sorted, ranks consecutive from 1 (best):
   <utt-id>-<rank> <score> <WORDS...>
 where score is the natural-log probability of the hypothesis (higher is better). Texts are
@@ -276,11 +294,20 @@ hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per r
     p.add_argument("--method", choices=METHODS, default="ctc_greedy",
                    help="search algorithm (default: %(default)s)")
     p.add_argument("--beam", type=int, default=10,
-                   help="ctc_prefix_beam: prefixes kept per frame; also the number of "
-                   "candidate tokens tried per frame (default: %(default)s)")
+                   help="beam methods: hypotheses kept; for ctc_prefix_beam also the number "
+                   "of candidate tokens tried per frame (default: %(default)s)")
     p.add_argument("--nbest", type=int, default=1,
-                   help="ctc_prefix_beam: write the N best distinct hypotheses per utterance "
+                   help="beam methods: write the N best distinct hypotheses per utterance "
                    "to OUT/nbest (1 <= N <= --beam; default: %(default)s, no nbest file)")
+    p.add_argument("--ctc-weight", type=float, default=0.3,
+                   help="joint_ctc_attention: weight of the CTC prefix score "
+                   "(default: %(default)s)")
+    p.add_argument("--length-penalty", type=float, default=0.0,
+                   help="attention methods: score added per output token "
+                   "(default: %(default)s)")
+    p.add_argument("--maxlen-ratio", type=float, default=1.0,
+                   help="attention methods: at most this × encoder frames output tokens "
+                   "(default: %(default)s)")
     p.add_argument("--avg", type=int, default=1,
                    help="average the weights of the last N epoch checkpoints")
     p.add_argument("--checkpoint", type=Path, help="decode this checkpoint file instead")
@@ -296,8 +323,9 @@ def _run_decode(args) -> int:
         if (args.data_dir / "feats.scp").is_file() else None
     with _progress(total, f"decode {args.data_dir.name}") as bar:
         rep = decode_data_dir(args.exp_dir, args.data_dir, args.out, method=args.method,
-                              beam=args.beam, nbest=args.nbest,
-                              checkpoint=args.checkpoint, avg=args.avg, device=args.device,
+                              beam=args.beam, nbest=args.nbest, ctc_weight=args.ctc_weight,
+                              length_penalty=args.length_penalty,
+                              maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint, avg=args.avg, device=args.device,
                               max_frames=args.max_frames, progress=bar.update)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
     if rep.nbest is not None:

@@ -26,7 +26,7 @@ def test_top_level_help_lists_every_stage(capsys):
 @pytest.mark.parametrize("cmd,words", [
     ("prep", ["an4", "librispeech", "kaldi"]),
     ("validate", ["--no-audio", "--allow-pipe"]),
-    ("features", ["--type", "--nj", "--num-mel-bins", "--sample-rate"]),
+    ("features", ["--type", "--nj", "--num-mel-bins", "--sample-rate", "--speed-perturb"]),
     ("tokenizer", ["--model-type", "--vocab-size", "blank"]),
     ("train", ["conf=", "exp_dir", "resumes"]),
     ("decode", ["--avg", "--checkpoint", "--device", "--method"]),
@@ -130,3 +130,9 @@ def test_prep_librispeech_download_from_local_mirror_then_features(tmp_path, cap
     assert set(read_kaldi_map(out / "feats.scp")) == set(read_kaldi_map(data / "text"))
     assert (out / "feat_dim").read_text().strip() == "13"
     assert (out / "log" / "features.log").is_file()
+    sp = tmp_path / "fbank_sp"
+    assert main(["features", str(data), str(sp), "--speed-perturb", "0.9,1.0,1.1"]) == 0
+    ids = set(read_kaldi_map(sp / "feats.scp"))
+    base = set(read_kaldi_map(data / "text"))
+    assert ids == base | {f"sp0.9-{u}" for u in base} | {f"sp1.1-{u}" for u in base}
+    assert main(["features", str(data), str(sp), "--speed-perturb", "fast"]) == 2

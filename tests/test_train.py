@@ -41,7 +41,9 @@ def overrides(synth, exp, *extra):
 
 def test_train_learns_writes_experiment_and_decodes(synth, tmp_path):
     exp = tmp_path / "exp"
-    cfg = compose_train_config(overrides(synth, exp, "trainer.max_epochs=12"))
+    # keep_best_by=[]: only the last N epochs are kept, whatever the dev curves look like
+    cfg = compose_train_config(overrides(synth, exp, "trainer.max_epochs=12",
+                                         "trainer.keep_best_by=[]"))
     train(cfg)
     # experiment layout
     assert (exp / ".done").is_file()
@@ -55,6 +57,11 @@ def test_train_learns_writes_experiment_and_decodes(synth, tmp_path):
     assert metrics[-1]["dev_wer"] < metrics[0]["dev_wer"]
     assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
     assert [p.name for p in epoch_checkpoints(exp)] == ["epoch10.pt", "epoch11.pt", "epoch12.pt"]
+    # per-epoch throughput and memory; TensorBoard events and the curves PNG
+    assert all(m["frames_per_second"] > 0 and m["peak_memory_mb"] > 0 for m in metrics)
+    assert "peak memory" in log
+    assert list((exp / "tensorboard").glob("events.out.tfevents.*"))
+    assert (exp / "training_curves.png").stat().st_size > 0
     # decode the dev set with checkpoint averaging, score it
     rep = decode_data_dir(exp, synth["dev"], avg=3, device="cpu")
     assert rep.text == exp / "decode_dev_ctc_greedy" / "text" and rep.num_utts == 12
@@ -109,6 +116,13 @@ def test_killed_mid_epoch_resumes_to_the_same_model(synth, tmp_path):
             except RuntimeError:
                 continue
             if st["epoch"] >= 2 and st["batch_in_epoch"] >= 2:
+                # Freeze the process first: a SIGKILL in the middle of a checkpoint write
+                # necessarily leaves atomic_write's temp file (last.pt itself stays whole; the
+                # rerun removes the temp). Kill only between writes, so the check below holds.
+                proc.send_signal(signal.SIGSTOP)
+                if list((exp / "checkpoints").glob(".*.tmp")):
+                    proc.send_signal(signal.SIGCONT)
+                    continue
                 proc.send_signal(signal.SIGKILL)
                 killed_at = (st["epoch"], st["batch_in_epoch"])
                 break
@@ -119,9 +133,13 @@ def test_killed_mid_epoch_resumes_to_the_same_model(synth, tmp_path):
     # no half-written files were left behind by the kill
     assert not list((exp / "checkpoints").glob(".*.tmp"))
 
+    # a temp file of a write interrupted by a kill is cleaned up by the rerun
+    (exp / "checkpoints" / ".last.pt.killed.tmp").write_bytes(b"half a checkpoint")
+
     assert main(["train", *args]) == 0
     assert (exp / ".done").is_file()
     assert "resumed from" in (exp / "train.log").read_text()
+    assert not list((exp / "checkpoints").glob(".*.tmp"))
     ref = load_checkpoint(ref_exp / "checkpoints" / "epoch15.pt")["model"]
     got = load_checkpoint(exp / "checkpoints" / "epoch15.pt")["model"]
     for k in ref:

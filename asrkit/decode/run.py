@@ -4,8 +4,14 @@ Methods (:data:`METHODS`):
 
 * ``ctc_greedy`` — best path (:func:`asrkit.decode.ctc.ctc_greedy`);
 * ``ctc_prefix_beam`` — CTC prefix beam search (Hannun et al., 2014;
-  :func:`asrkit.decode.ctc.ctc_prefix_beam_search`), which can also write an n-best list
-  (``nbest``, format in :mod:`asrkit.decode.nbest`).
+  :func:`asrkit.decode.ctc.ctc_prefix_beam_search`);
+* ``attention_beam`` — beam search with the attention decoder alone
+  (:func:`asrkit.decode.attention.attention_beam_search`; needs a model with a decoder);
+* ``joint_ctc_attention`` — one-pass joint CTC/attention beam search with CTC prefix scoring
+  (Watanabe et al., 2017; :func:`asrkit.decode.attention.joint_ctc_attention_beam_search`).
+
+Every beam method can also write an n-best list (``nbest``, format in
+:mod:`asrkit.decode.nbest`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 import torch
 
 from asrkit.data.datadir import read_kaldi_map
+from asrkit.decode.attention import attention_beam_search, joint_ctc_attention_beam_search
 from asrkit.decode.ctc import ctc_greedy, ctc_prefix_beam_search_batch
 from asrkit.decode.nbest import write_nbest
 from asrkit.fileio import atomic_write, stage_log
@@ -28,9 +35,10 @@ from asrkit.train.data import FeatureDataset, collate, frame_batches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "DecodeReport", "decode_data_dir", "pick_device"]
+__all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "decode_data_dir", "pick_device"]
 
-METHODS = ("ctc_greedy", "ctc_prefix_beam")
+METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention")
+ATTENTION_METHODS = ("attention_beam", "joint_ctc_attention")
 
 
 @dataclass
@@ -80,12 +88,14 @@ def _distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
 def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     out_dir: str | os.PathLike | None = None, *, method: str = "ctc_greedy",
                     beam: int = 10, nbest: int = 1, token_topk: int | None = None,
+                    ctc_weight: float = 0.3, length_penalty: float = 0.0,
+                    maxlen_ratio: float = 1.0,
                     checkpoint: str | os.PathLike | None = None, avg: int = 1,
                     device: str | None = "auto", max_frames: int = 60000,
                     progress=None) -> DecodeReport:
     """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
 
-    With ``method="ctc_prefix_beam"`` and ``nbest > 1`` it also writes ``out_dir/nbest``
+    With a beam method and ``nbest > 1`` it also writes ``out_dir/nbest``
     (``<utt-id>-<N> <score> <WORDS…>``, see :mod:`asrkit.decode.nbest`); with ``nbest == 1``
     a ``nbest`` file left there by an earlier run is removed, so the directory stays
     consistent.
@@ -95,9 +105,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         data_dir: data dir with ``feats.scp`` and ``utt2num_frames`` (``asrkit features``).
         out_dir: default ``exp_dir/decode_<data dir name>_<method>``.
         method: one of :data:`METHODS`.
-        beam: prefixes kept per frame by ``ctc_prefix_beam`` (ignored by ``ctc_greedy``).
+        beam: hypotheses kept by the beam methods (ignored by ``ctc_greedy``).
         nbest: distinct hypothesis texts per utterance to write to ``nbest``
-            (``1 <= nbest <= beam``; > 1 only with ``ctc_prefix_beam``). They are taken from
+            (``1 <= nbest <= beam``; > 1 only with a beam method). They are taken from
             the ``beam`` token sequences the search ends with; token sequences spelling the
             same text are merged (the best one's score is kept), so an utterance gets fewer
             lines when the beam holds fewer distinct texts; a beam of 2-3 × ``nbest`` avoids
@@ -105,6 +115,10 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         token_topk: how many of each frame's most probable non-blank tokens may extend a
             prefix in ``ctc_prefix_beam`` (default: ``beam``); see
             :func:`asrkit.decode.ctc.ctc_prefix_beam_search`.
+        ctc_weight: λ of ``joint_ctc_attention``: ``(1 - λ) log p_att + λ log p_ctc``.
+        length_penalty: added per output token by the attention methods (> 0 favours longer
+            hypotheses).
+        maxlen_ratio: the attention methods stop at ``maxlen_ratio × T'`` output tokens.
         checkpoint: decode this checkpoint instead of the average of the last ``avg`` epochs.
         avg: number of last epoch checkpoints to average.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
@@ -115,8 +129,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         A :class:`DecodeReport` (RTF = wall time / audio time, model loading excluded).
 
     Raises:
-        ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam`` or
-            ``nbest > 1`` with ``ctc_greedy``.
+        ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam``,
+            ``nbest > 1`` with ``ctc_greedy``, or an attention method for a model without
+            an attention decoder.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
@@ -125,8 +140,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         raise ValueError(f"beam must be >= 1, got {beam}")
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
-    if nbest > 1 and method != "ctc_prefix_beam":
-        raise ValueError(f"nbest > 1 needs method ctc_prefix_beam, not {method}")
+    if nbest > 1 and method == "ctc_greedy":
+        raise ValueError("nbest > 1 needs a beam method, not ctc_greedy")
     topk = beam if token_topk is None else token_topk
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
@@ -135,23 +150,35 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         dev = pick_device(device)
         model, cfg = load_model(exp_dir, checkpoint=checkpoint, avg=avg, device=dev)
         tok = Tokenizer(cfg["data"]["tokenizer"])
+        if method in ATTENTION_METHODS and not getattr(model, "has_decoder", False):
+            raise ValueError(f"{method} needs a model with an attention decoder; {exp_dir} "
+                             "is CTC-only (use ctc_greedy or ctc_prefix_beam)")
         ds = FeatureDataset(data_dir, None, max_frames=10**9)
-        if method == "ctc_prefix_beam":
-            logger.info("%s: beam %d, %d candidate tokens per frame, n-best %d",
-                        method, beam, topk, nbest)
+        if method != "ctc_greedy":
+            logger.info("%s: beam %d, n-best %d%s", method, beam, nbest,
+                        f", CTC weight {ctc_weight}" if method == "joint_ctc_attention" else "")
         hyps: dict[str, str] = {}
         nbests: dict[str, list[tuple[str, float]]] = {}
         start = time.perf_counter()
         for batch_idx in frame_batches(ds.lengths, max_frames, shuffle=False):
             batch = collate([ds[i] for i in batch_idx])
-            log_probs, lens = model.ctc_log_probs(batch["feats"].to(dev),
-                                                  batch["feat_lens"].to(dev))
+            enc, lens = model.encode(batch["feats"].to(dev), batch["feat_lens"].to(dev))
+            log_probs = model.ctc_out(enc).float().log_softmax(-1)
             if method == "ctc_greedy":
                 for utt, ids in zip(batch["ids"], ctc_greedy(log_probs, lens)):
                     hyps[utt] = tok.decode(ids)
             else:
-                results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
-                                                       token_topk=topk)
+                if method == "ctc_prefix_beam":
+                    results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
+                                                           token_topk=topk)
+                elif method == "attention_beam":
+                    results = attention_beam_search(
+                        model, enc, lens, beam, maxlen_ratio=maxlen_ratio,
+                        length_penalty=length_penalty)
+                else:
+                    results = joint_ctc_attention_beam_search(
+                        model, enc, lens, beam, ctc_weight, ctc_log_probs=log_probs,
+                        maxlen_ratio=maxlen_ratio, length_penalty=length_penalty)
                 for utt, res in zip(batch["ids"], results):
                     hyps[utt] = tok.decode(res[0][0])
                     if nbest > 1:

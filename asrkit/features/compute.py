@@ -23,17 +23,37 @@ data dir with features (ESPnet's ``dump/fbank/<set>``)::
 
 Each job's ``feats.JOB.scp`` is written last, atomically, after its ark and bookkeeping, so a
 complete scp marks a complete job: a killed run resumes by redoing only the jobs without one.
+
+Speed perturbation (Ko et al., 2015, "Audio augmentation for speech recognition"):
+``compute_features(..., speed_perturb=[0.9, 1.0, 1.1])`` writes one copy of every utterance
+per factor. Factor ``f != 1`` plays the audio ``f`` times faster, pitch and tempo together,
+as Kaldi's ``sox speed f``: :func:`perturb_speed` relabels the samples as recorded at
+``f × sample_rate`` Hz and resamples them back to ``sample_rate`` with
+``torchaudio.functional.resample``, so the duration becomes ``1/f`` and every frequency is
+scaled by ``f``. Ids and speakers follow Kaldi's ``utils/perturb_data_dir_speed.sh``:
+utterance ``sp{f}-{utt}``, speaker ``sp{f}-{spk}``, recording ``sp{f}-{rec}`` (segments
+scaled by ``1/f``), text copied, ``utt2dur`` the perturbed duration; factor 1.0 keeps the
+original ids (leave it out to keep only perturbed copies). The perturbed ``wav.scp`` entries
+are Kaldi's ``sox ... speed f |`` pipes, so the output data dir describes its audio for
+other tools; the features themselves are computed in-process with the resampler above, not
+by running sox (which needs not be installed). The factors are recorded in
+``out_dir/speed_perturb`` (absent without perturbation) and are part of the resume check, but
+not of :class:`FeatureConfig`, which describes how to turn any waveform into features and is
+reused unchanged for dev/test sets and decoding.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
+import re
+import shlex
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -43,7 +63,14 @@ import torchaudio.functional as AF
 import yaml
 from torchaudio.compliance import kaldi
 
-from asrkit.data.audio import AudioError, load_audio
+from asrkit.data.audio import (
+    RAW_ENDIAN,
+    RAW_EXTENSIONS,
+    RAW_SAMPLE_RATE,
+    AudioError,
+    is_pipe,
+    load_audio,
+)
 from asrkit.data.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from asrkit.features.cmvn import (
     compute_cmvn_stats,
@@ -54,17 +81,21 @@ from asrkit.features.cmvn import (
 )
 from asrkit.fileio import atomic_write, is_done, mark_done
 
-__all__ = ["FeatureConfig", "FeatureError", "FeatureReport", "compute_features", "extract"]
+__all__ = ["FeatureConfig", "FeatureError", "FeatureReport", "compute_features", "extract",
+           "perturb_speed", "speed_prefix"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "feature_config.yaml"
+_ARK_OFFSET = re.compile(r"^.+\.ark:\d+$")  # wav.scp "<file>.ark:<offset>" (asrkit.data.audio)
+SPEED_NAME = "speed_perturb"
+"""File in the output dir listing the speed-perturbation factors (absent: none)."""
 JOB_DIR = "data"
 INT16_SCALE = 32768.0
 """Kaldi reads 16-bit PCM as integers; float waveforms in [-1, 1] are scaled by this."""
 
-# (utt_id, wav.scp value or None when missing, start s, end s or None)
-_Utt = tuple[str, str | None, float, float | None]
+# (utt_id, wav.scp value or None when missing, start s, end s or None, speed factor)
+_Utt = tuple[str, str | None, float, float | None, float]
 
 
 class FeatureError(ValueError):
@@ -232,6 +263,120 @@ def extract(waveform: torch.Tensor, sample_rate: int, cfg: FeatureConfig, *,
     return feats.to(torch.float32)
 
 
+# ----------------------------------------------------------------------------- speed
+
+
+def perturb_speed(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
+    """Speed-perturb a waveform by ``factor``, as ``sox speed`` (Ko et al., 2015).
+
+    The samples are taken to be at ``round(factor × sample_rate)`` Hz and resampled to
+    ``sample_rate`` with ``torchaudio.functional.resample`` (windowed sinc): the result
+    plays ``factor`` times faster, lasts ``1/factor`` as long, and every frequency is
+    multiplied by ``factor``. The rate is rounded to an integer Hz, so the effective factor
+    is ``round(factor × sample_rate) / sample_rate``.
+
+    Args:
+        waveform: ``(..., num_samples)`` float waveform.
+        sample_rate: its rate in Hz.
+        factor: speed factor (> 0); 1.0 returns ``waveform`` unchanged.
+
+    Returns:
+        ``(..., ceil(num_samples / factor))`` waveform at ``sample_rate``.
+
+    Raises:
+        ValueError: ``factor`` not a positive finite number, ``sample_rate <= 0``, or a
+            factor so small that the rounded rate is 0.
+    """
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"speed factor must be a positive number, got {factor!r}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if factor == 1.0:
+        return waveform
+    fast_rate = round(factor * sample_rate)
+    if fast_rate <= 0:
+        raise ValueError(f"speed factor {factor} is too small for {sample_rate} Hz audio")
+    return AF.resample(waveform, orig_freq=fast_rate, new_freq=sample_rate)
+
+
+def speed_prefix(factor: float) -> str:
+    """Kaldi's id prefix for a speed factor: ``"sp0.9-"``, ``"sp1.1-"``; ``""`` for 1.0."""
+    return "" if factor == 1.0 else f"sp{factor:g}-"
+
+
+def _speed_factors(speed_perturb: Sequence[float] | None) -> list[float] | None:
+    """Validated, sorted, de-duplicated factors; None for no perturbation (None or [1.0])."""
+    if speed_perturb is None:
+        return None
+    factors = sorted({float(f) for f in speed_perturb})
+    if not factors:
+        raise ValueError("speed_perturb is empty; pass None for no perturbation")
+    for f in factors:
+        if not (math.isfinite(f) and f > 0):
+            raise ValueError(f"speed_perturb factors must be positive numbers, got {f!r}")
+    if len({speed_prefix(f) for f in factors}) != len(factors):
+        raise ValueError(f"speed_perturb factors {factors} give the same id prefix twice "
+                         "(they differ beyond 6 significant digits)")
+    return None if factors == [1.0] else factors
+
+
+def _speed_wav_entry(spec: str, factor: float) -> str:
+    """The ``wav.scp`` value of a recording sped up by ``factor`` (Kaldi's sox pipe)."""
+    spec = spec.strip()
+    speed = f"speed {factor:g} |"
+    if is_pipe(spec):
+        return f"{spec} sox -t wav - -t wav - {speed}"
+    if _ARK_OFFSET.match(spec) and not Path(spec).exists():
+        return f"wav-copy {shlex.quote(spec)} - | sox -t wav - -t wav - {speed}"
+    if spec.lower().endswith(RAW_EXTENSIONS):
+        endian = "-B" if RAW_ENDIAN == "BIG" else "-L"
+        return (f"sox -t raw -r {RAW_SAMPLE_RATE} -e signed -b 16 {endian} -c 1 "
+                f"{shlex.quote(spec)} -t wav - {speed}")
+    return f"sox {shlex.quote(spec)} -t wav - {speed}"
+
+
+def _speed_data_dir(data: DataDir, factors: list[float]
+                    ) -> tuple[DataDir, dict[str, tuple[str, float]]]:
+    """The perturbed data dir (one copy per factor) and ``{new utt: (source utt, factor)}``."""
+    wav_scp: dict[str, str] = {}
+    text: dict[str, str] = {}
+    utt2spk: dict[str, str] = {}
+    utt2dur: dict[str, float] | None = {} if data.utt2dur is not None else None
+    segments: dict[str, tuple[str, float, float]] | None = \
+        {} if data.segments is not None else None
+    sources: dict[str, tuple[str, float]] = {}
+    for f in factors:
+        p = speed_prefix(f)
+        for rec, spec in data.wav_scp.items():
+            wav_scp[p + rec] = spec if f == 1.0 else _speed_wav_entry(spec, f)
+        for utt, spk in data.utt2spk.items():
+            sources[p + utt] = (utt, f)
+            utt2spk[p + utt] = p + spk
+            if utt in data.text:
+                text[p + utt] = data.text[utt]
+            if utt2dur is not None and utt in data.utt2dur:  # type: ignore[operator]
+                utt2dur[p + utt] = data.utt2dur[utt] / f  # type: ignore[index]
+            if segments is not None and utt in data.segments:  # type: ignore[operator]
+                rec, start, end = data.segments[utt]  # type: ignore[index]
+                segments[p + utt] = (p + rec, start / f, end / f)
+    return DataDir(wav_scp=wav_scp, text=text, utt2spk=utt2spk, utt2dur=utt2dur,
+                   segments=segments), sources
+
+
+def _read_speed(path: Path) -> list[float] | None:
+    if not path.is_file():
+        return None
+    return [float(x) for x in path.read_text(encoding="utf-8").split()]
+
+
+def _write_speed(path: Path, factors: list[float] | None) -> None:
+    if factors is None:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_write(path) as f:
+        f.write(" ".join(f"{x:g}" for x in factors) + "\n")
+
+
 # ----------------------------------------------------------------------------- jobs
 
 
@@ -289,11 +434,12 @@ def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
 
     def features() -> Iterator[tuple[str, np.ndarray]]:
         nonlocal stats
-        for utt, spec, start, end in utts:
+        for utt, spec, start, end, factor in utts:
             try:
                 if spec is None:
                     raise AudioError(f"no wav.scp entry for utterance {utt!r}")
                 wav, sr = load_audio(spec, allow_pipe=allow_pipe, start=start, end=end)
+                wav = perturb_speed(wav, sr, factor)
                 if sr != cfg.sample_rate:
                     resampled[sr] += 1
                 feats = extract(wav, sr, cfg, utt_id=utt).numpy()
@@ -454,7 +600,8 @@ def _clean_stale_jobs(data_out: Path, nj: int) -> None:
 
 def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      cfg: FeatureConfig, *, nj: int = 1, allow_pipe: bool = False,
-                     progress: Callable[[int], None] | None = None) -> FeatureReport:
+                     progress: Callable[[int], None] | None = None,
+                     speed_perturb: Sequence[float] | None = None) -> FeatureReport:
     """Compute features for a Kaldi data dir into ark/scp, plus global CMVN stats.
 
     Like Kaldi's ``steps/make_fbank.sh`` / ``make_mfcc.sh`` then ``compute-cmvn-stats``: the
@@ -468,8 +615,13 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     features are NaN/Inf are skipped, logged and listed with the reason in
     ``out_dir/bad_utts`` (``utt<TAB>reason``), never silently dropped.
 
-    Resuming: if ``out_dir`` is complete (``.done``) with an equal ``feature_config.yaml`` the
-    work is skipped and the report read back. Otherwise jobs whose ``feats.JOB.scp`` is
+    With ``speed_perturb``, every utterance is processed once per factor and the output
+    holds ``sp{f}-``-prefixed copies (module docstring; Kaldi's
+    ``utils/data/perturb_data_dir_speed_3way.sh`` is ``[0.9, 1.0, 1.1]``); the CMVN stats
+    cover all copies.
+
+    Resuming: if ``out_dir`` is complete (``.done``) with an equal ``feature_config.yaml``
+    and the same speed factors the work is skipped and the report read back. Otherwise jobs whose ``feats.JOB.scp`` is
     complete for the same utterances and config are kept and only the others rerun. A
     changed config recomputes everything. Changed audio under unchanged utterance ids is not
     detected: delete ``out_dir`` to force a recompute.
@@ -483,6 +635,8 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         allow_pipe: allow ``wav.scp`` entries that are commands (``... |``).
         progress: called with the number of utterances just processed (skipped ones
             included), live from the workers; also called once per job skipped on resume.
+        speed_perturb: speed factors, e.g. ``[0.9, 1.0, 1.1]``; 1.0 keeps the original
+            utterances, others add ``sp{f}-`` copies; None (or ``[1.0]``) perturbs nothing.
 
     Returns:
         :class:`FeatureReport` of the output directory.
@@ -493,7 +647,7 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         asrkit.data.datadir.DataDirError: the data dir is malformed.
         RuntimeError: a job failed for a reason other than a bad utterance (I/O error,
             crashed worker); completed jobs are kept for the rerun.
-        ValueError: ``nj < 1``.
+        ValueError: ``nj < 1``, or a speed factor that is not a positive number.
     """
     if nj < 1:
         raise ValueError(f"nj must be >= 1, got {nj}")
@@ -502,24 +656,35 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"out_dir must differ from data_dir ({data_dir})")
     data_out = out_dir / JOB_DIR
     want = asdict(cfg)
+    factors = _speed_factors(speed_perturb)
     if is_done(out_dir):
-        if _read_config(out_dir / CONFIG_NAME) == want:
+        if _read_config(out_dir / CONFIG_NAME) == want and \
+                _read_speed(out_dir / SPEED_NAME) == factors:
             logger.info("%s: features already complete; skipping", out_dir)
             return _read_report(out_dir)
-        logger.info("%s: complete but with a different feature config; recomputing", out_dir)
+        logger.info("%s: complete but with a different feature config or speed factors; "
+                    "recomputing", out_dir)
         (out_dir / ".done").unlink()
 
     data = DataDir.load(data_dir)
+    if factors is None:
+        sources = {u: (u, 1.0) for u in data.utt_ids}
+        out_data = data
+    else:
+        out_data, sources = _speed_data_dir(data, factors)
+        logger.info("speed perturbation %s: %d utterances -> %d", factors, len(data.utt2spk),
+                    len(sources))
     utts: list[_Utt] = []
-    for utt in data.utt_ids:
+    for new_utt in out_data.utt_ids:
+        utt, factor = sources[new_utt]
         if data.segments is not None:
             if utt in data.segments:
                 rec, start, end = data.segments[utt]
-                utts.append((utt, data.wav_scp.get(rec), start, end))
+                utts.append((new_utt, data.wav_scp.get(rec), start, end, factor))
             else:
-                utts.append((utt, None, 0.0, None))
+                utts.append((new_utt, None, 0.0, None, factor))
         else:
-            utts.append((utt, data.wav_scp.get(utt), 0.0, None))
+            utts.append((new_utt, data.wav_scp.get(utt), 0.0, None, factor))
     if not utts:
         raise FeatureError(f"{data_dir}: data dir has no utterances")
 
@@ -580,10 +745,11 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     with atomic_write(out_dir / "feat_dim") as f:
         f.write(f"{stats.shape[1] - 1}\n")
     write_cmvn_stats(out_dir / "cmvn.ark", stats)
-    sub = data.subset(ok)
+    sub = out_data.subset(ok)
     sub.utt2dur = {u: durations[u] for u in ok}
     sub.write(out_dir)
     _write_config(out_dir / CONFIG_NAME, cfg)
+    _write_speed(out_dir / SPEED_NAME, factors)
     mark_done(out_dir)
     report = _read_report(out_dir)
     logger.info("features done: %d utterances (%d skipped), %d frames, %.1f s of audio, "

@@ -22,7 +22,7 @@ from asrkit.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureDataset", "collate", "frame_batches"]
+__all__ = ["FeatureDataset", "collate", "frame_batches", "shard_batches"]
 
 
 class FeatureDataset(Dataset):
@@ -116,6 +116,55 @@ def frame_batches(lengths: list[int], max_frames: int, *, shuffle: bool = True, 
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         batches = [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
     return batches
+
+
+def shard_batches(batches: list[list[int]], rank: int, world_size: int, *,
+                  remainder: str = "drop", skip: int = 0) -> list[list[int]]:
+    """This rank's share of an epoch's batch list, the same count on every rank.
+
+    The list is first made a multiple of ``world_size`` long (``remainder="drop"``: the last
+    ``len % world_size`` batches are left out; ``"pad"``: the first ones are appended again,
+    as ``DistributedSampler`` pads), then the first ``skip`` batches of it are removed (the
+    batches all ranks together already trained on before a mid-epoch resume) and rank
+    ``rank`` takes every ``world_size``-th batch from position ``rank`` on. With
+    ``world_size == 1`` this is ``batches[skip:]``. When the world size changed between a
+    kill and the resume, ``skip`` need not be a multiple of it; the rest is trimmed again.
+
+    Args:
+        batches: the epoch's batches in the shared seeded order (:func:`frame_batches`).
+        rank: this process's rank in ``[0, world_size)``.
+        world_size: number of processes.
+        remainder: ``"drop"`` or ``"pad"``.
+        skip: global batches of this epoch already consumed (``batches_in_epoch × world``).
+
+    Returns:
+        ``(len(full) - skip) // world_size`` batches, ``full`` being the trimmed or padded
+        list, so every rank gets the same count.
+
+    Raises:
+        ValueError: bad ``rank``/``world_size``/``remainder``, or fewer batches than ranks
+            with ``remainder="drop"`` (nothing to train on; lower ``data.max_frames``).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if remainder not in ("drop", "pad"):
+        raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
+    if world_size == 1:
+        return batches[skip:]
+    n = len(batches)
+    if remainder == "drop":
+        if n < world_size:
+            raise ValueError(f"{n} batch(es) cannot be shared by {world_size} ranks; lower "
+                             "data.max_frames or use data.shard_remainder=pad")
+        full = batches[: n - n % world_size]
+    else:
+        if n == 0:
+            raise ValueError("no batches to share")
+        pad = (-n) % world_size
+        full = batches + [batches[i % n] for i in range(pad)]
+    rest = full[skip:]
+    rest = rest[: len(rest) - len(rest) % world_size]
+    return rest[rank::world_size]
 
 
 def collate(items: list[tuple[str, torch.Tensor, list[int]]]) -> dict:

@@ -1,18 +1,59 @@
 """The training stage: a resolved Hydra config → ``exp_dir`` with checkpoints and logs.
 
-``exp_dir`` holds ``config.yaml`` (the resolved config plus the model's input and output sizes),
-``train.log`` (loss per ``log_interval`` updates; dev loss and dev WER per epoch),
-``checkpoints/epoch<N>.pt`` and ``checkpoints/last.pt`` (written atomically) and, when
-finished, ``.done``. Rerunning after a kill resumes from ``last.pt``, mid-epoch included: batch
-order is a function of (seed, epoch), so the batches already trained on are skipped.
+``exp_dir`` holds:
+
+- ``config.yaml``: the resolved config plus the model's input and output sizes;
+- ``train.log``: parameter count, loss and learning rate every ``trainer.log_interval``
+  batches, and per epoch train loss, dev loss and dev WER, frames/second and peak memory;
+- ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``dev_loss``,
+  ``dev_wer`` in %, ``lr``, ``step``, ``epoch_seconds``, ``frames_per_second`` summed over
+  ranks, ``peak_memory_mb`` with ``peak_memory_kind``, ``num_params``, ``world_size``);
+  rewritten atomically each epoch, so a resumed run never duplicates an epoch;
+- ``tensorboard/``: TensorBoard event files (``train/loss`` and ``train/lr`` per logged
+  update; ``epoch/*`` per epoch: train/dev loss, dev WER, lr, frames/s, peak memory);
+- ``training_curves.png``: loss, dev WER and lr per epoch (:mod:`asrkit.train.plot`);
+- ``checkpoints/epoch<N>.pt`` (weights + that epoch's metrics) and ``checkpoints/last.pt``
+  (everything needed to resume), written atomically; ``train_summary.json`` and ``.done``
+  when finished.
+
+Peak memory is ``torch.cuda.max_memory_allocated`` for the epoch on CUDA; on CPU it is the
+process's maximum resident set size so far (``resource.getrusage(RUSAGE_SELF).ru_maxrss``),
+which cannot be reset and so never decreases between epochs. Under DDP the maximum over ranks
+is reported.
+
+Resume: rerunning after a kill continues from ``last.pt``, mid-epoch included: the batch
+order is a function of (seed, epoch), so the batches already trained on are skipped, and the
+RNG state of every rank is restored.
+
+Checkpoint retention (``trainer.keep_checkpoints`` = N, 0 keeps all): the last N epoch
+checkpoints plus, for each metric in ``trainer.keep_best_by`` (``dev_loss``, ``dev_wer``), the
+N best epochs by it; :func:`asrkit.train.checkpoint.load_model` (``select="best"``) averages
+the best ones. Early stopping (``trainer.early_stop.metric`` = ``dev_loss``/``dev_wer``) ends
+training after ``patience`` epochs in a row without an improvement larger than ``min_delta``.
+
+Data-parallel training: launched under ``torchrun`` (``WORLD_SIZE > 1``), each process trains
+on its shard of every epoch's batches (:func:`asrkit.train.data.shard_batches`) with the model
+wrapped in ``DistributedDataParallel`` (:mod:`asrkit.train.ddp`); rank 0 alone writes
+``exp_dir`` and evaluates the dev set while the other ranks wait on a barrier. DDP averages
+the ranks' gradients; as the loss is a per-utterance mean within each rank's batch, one update
+equals single-process training on the union of the ranks' batches when those batches hold the
+same number of utterances (batches by frames usually differ a little, which weights the
+utterances of smaller batches slightly more). Autocast wraps the DDP forward as it wraps the
+plain model; gradient accumulation skips the all-reduce (``no_sync``) on all but the last
+micro-batch of each update.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import math
 import random
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,22 +61,100 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from asrkit.decode.ctc import ctc_greedy
-from asrkit.decode.run import pick_device
 from asrkit.features.cmvn import read_cmvn_stats
 from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.score import score_texts
 from asrkit.text.tokenizer import Tokenizer
-from asrkit.train.checkpoint import epoch_checkpoints, load_checkpoint, save_checkpoint
-from asrkit.train.data import FeatureDataset, collate, frame_batches
+from asrkit.train.checkpoint import (
+    METRICS,
+    epoch_checkpoints,
+    load_checkpoint,
+    rank_epochs,
+    read_metrics,
+    save_checkpoint,
+)
+from asrkit.train.data import FeatureDataset, collate, frame_batches, shard_batches
+from asrkit.train.ddp import (
+    DistInfo,
+    all_gather_object,
+    all_reduce,
+    all_true,
+    barrier,
+    broadcast_object,
+    distributed,
+    wrap_model,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_parameters", "train"]
+__all__ = ["EarlyStopping", "count_parameters", "evaluate", "peak_memory_mb", "train"]
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float | None, str]:
+    """Peak memory in MiB and what was measured.
+
+    Returns:
+        ``(torch.cuda.max_memory_allocated / 2**20, "cuda_max_allocated")`` on CUDA (since
+        the last ``reset_peak_memory_stats``); on CPU ``(ru_maxrss in MiB, "cpu_max_rss")``,
+        the process's peak resident set size since it started (Linux reports KiB, macOS
+        bytes); ``(None, "unavailable")`` where ``resource`` does not exist (Windows).
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:
+        return None, "unavailable"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu_max_rss"
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when a dev metric has not improved for ``patience`` epochs (lower is better).
+
+    An epoch improves when its value is below the best so far by more than ``min_delta``
+    (the best is updated only then); an epoch without the metric (NaN, missing) does not
+    improve. The state is recomputed from the per-epoch records, so it survives a resume.
+
+    Attributes:
+        metric: ``"dev_loss"``, ``"dev_wer"`` or None (never stop).
+        patience: epochs in a row without improvement that stop training (>= 1).
+        min_delta: required improvement (>= 0), in the metric's unit (loss, or WER points).
+    """
+
+    metric: str | None = None
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.metric is not None and self.metric not in METRICS:
+            raise ValueError(f"trainer.early_stop.metric must be one of {METRICS} or null, "
+                             f"got {self.metric!r}")
+        if self.patience < 1:
+            raise ValueError(f"trainer.early_stop.patience must be >= 1, got {self.patience}")
+        if self.min_delta < 0:
+            raise ValueError(f"trainer.early_stop.min_delta must be >= 0, got {self.min_delta}")
+
+    def status(self, history: dict[int, dict]) -> tuple[int | None, int]:
+        """``(best epoch or None, epochs since the last improvement)`` over ``history``."""
+        best_epoch, best, since = None, math.inf, 0
+        for e in sorted(history):
+            v = history[e].get(self.metric) if self.metric else None
+            if isinstance(v, (int, float)) and math.isfinite(v) and v < best - self.min_delta:
+                best_epoch, best, since = e, float(v), 0
+            else:
+                since += 1
+        return best_epoch, since
+
+    def should_stop(self, history: dict[int, dict]) -> bool:
+        """True when ``metric`` is set and has not improved for ``patience`` epochs."""
+        return self.metric is not None and self.status(history)[1] >= self.patience
 
 
 def _feat_dim(data_dir: Path) -> int:
@@ -48,7 +167,11 @@ def _feat_dim(data_dir: Path) -> int:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device: torch.device,
              max_frames: int) -> tuple[float, float]:
-    """Dev loss (per utterance) and greedy-CTC dev WER (%) of ``model`` on ``ds``."""
+    """Dev loss (per utterance) and greedy-CTC dev WER (%) of ``model`` on ``ds``.
+
+    ``model`` is the plain module (not a DDP wrapper, whose forward would start collectives
+    the other ranks do not join).
+    """
     model.eval()
     total, n = 0.0, 0
     hyps, refs = {}, {}
@@ -66,12 +189,75 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
     return total / max(n, 1), score_texts(refs, hyps).wer.rate
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(rng: dict, info: DistInfo, device: torch.device) -> None:
+    """Restore this rank's RNG state from a ``last.pt`` ``rng`` entry."""
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == info.world_size:
+        mine = ranks[info.rank]
+    elif info.rank == 0:
+        mine = rng
+    else:
+        logger.warning("rank %d: checkpoint holds RNG states of %d rank(s); keeping a fresh "
+                       "seed", info.rank, len(ranks) if ranks else 1)
+        return
+    torch.set_rng_state(mine["torch"].cpu())
+    if "cuda" in mine and device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
+
+
+def _write_metrics(exp_dir: Path, history: dict[int, dict]) -> None:
+    with atomic_write(exp_dir / "metrics.jsonl") as f:
+        for e in sorted(history):
+            f.write(json.dumps(history[e]) + "\n")
+
+
+def _prune_checkpoints(exp_dir: Path, keep: int, best_by: list[str],
+                       history: dict[int, dict]) -> None:
+    """Delete epoch checkpoints outside the last ``keep`` and the ``keep`` best per metric."""
+    if keep <= 0:
+        return
+    present = {int(p.stem[len("epoch"):]): p for p in epoch_checkpoints(exp_dir)}
+    kept = set(sorted(present)[-keep:])
+    records = {e: history[e] for e in present if e in history}
+    for metric in best_by:
+        kept.update(rank_epochs(records, metric)[:keep])
+    for e, p in present.items():
+        if e not in kept:
+            p.unlink()
+
+
+def _plot(exp_dir: Path) -> None:
+    from asrkit.train.plot import plot_training_curves
+
+    try:
+        plot_training_curves(exp_dir)
+    except (OSError, ValueError, ImportError, RuntimeError) as e:  # a plot never stops training
+        logger.warning("could not draw %s/training_curves.png: %s", exp_dir, e)
+
+
+@contextlib.contextmanager
+def _quiet(log: logging.Logger):
+    """Only warnings from ranks other than 0 (rank 0 reports progress)."""
+    old = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 def train(cfg: DictConfig) -> Path:
     """Train the model the config describes; resume if ``exp_dir`` holds a checkpoint.
+
+    Runs as one process, or as one of ``WORLD_SIZE`` processes started by ``torchrun``
+    (data-parallel, see the module docstring); the call is the same.
 
     Args:
         cfg: composed config (``conf/config.yaml`` + overrides) with groups ``model``,
@@ -82,37 +268,62 @@ def train(cfg: DictConfig) -> Path:
 
     Raises:
         FileNotFoundError: missing feature dirs, tokenizer or CMVN stats.
+        ValueError: invalid trainer options (early stopping without ``data.dev``, unknown
+            metric), a malformed torchrun environment, fewer batches than ranks.
         RuntimeError: the loss became NaN/Inf for ``trainer.max_bad_steps`` updates in a row.
     """
     exp_dir = Path(cfg.exp_dir)
-    if is_done(exp_dir):
-        logger.info("%s is complete (.done exists); nothing to train", exp_dir)
-        return exp_dir
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    with stage_log(exp_dir / "train.log"):
-        return _train(cfg, exp_dir)
+    tr = cfg.trainer
+    with distributed(tr.device, timeout_s=float(tr.get("ddp_timeout_s", 3600))) as (info, dev):
+        done = broadcast_object(is_done(exp_dir) if info.is_main else None, info)
+        if done:
+            if info.is_main:
+                logger.info("%s is complete (.done exists); nothing to train", exp_dir)
+            return exp_dir
+        if not info.is_main:
+            with _quiet(logging.getLogger("asrkit")):
+                return _train(cfg, exp_dir, info, dev)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        with stage_log(exp_dir / "train.log"):
+            return _train(cfg, exp_dir, info, dev)
 
 
-def _train(cfg: DictConfig, exp_dir: Path) -> Path:
+def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device) -> Path:
     tr, dc = cfg.trainer, cfg.data
+    main = info.is_main
+    world = info.world_size
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if tr.num_threads:
         torch.set_num_threads(int(tr.num_threads))
-    device = pick_device(tr.device)
+    es_cfg = tr.get("early_stop") or {}
+    stopper = EarlyStopping(metric=es_cfg.get("metric"), patience=int(es_cfg.get("patience", 5)),
+                            min_delta=float(es_cfg.get("min_delta", 0.0)))
+    if stopper.metric is not None and not dc.dev:
+        raise ValueError(f"trainer.early_stop.metric={stopper.metric} needs a dev set "
+                         "(data.dev)")
+    keep_best_by = list(tr.get("keep_best_by") or [])
+    for m in keep_best_by:
+        if m not in METRICS:
+            raise ValueError(f"trainer.keep_best_by: unknown metric {m!r}; one of {METRICS}")
+    remainder = dc.get("shard_remainder", "drop")
+
     tok = Tokenizer(dc.tokenizer)
     train_dir, dev_dir = Path(dc.train), Path(dc.dev) if dc.dev else None
     train_ds = FeatureDataset(train_dir, tok, max_frames=dc.max_utt_frames)
-    dev_ds = FeatureDataset(dev_dir, tok, max_frames=10**9) if dev_dir else None
+    dev_ds = FeatureDataset(dev_dir, tok, max_frames=10**9) if dev_dir and main else None
     dims = {"input_dim": _feat_dim(train_dir), "vocab_size": tok.vocab_size}
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["model_dims"] = dims
-    cfg_text = OmegaConf.to_yaml(OmegaConf.create(resolved))
-    if (exp_dir / "config.yaml").is_file() and (exp_dir / "config.yaml").read_text() != cfg_text:
-        logger.warning("%s/config.yaml differs from this run's config; overwriting it", exp_dir)
-    with atomic_write(exp_dir / "config.yaml") as f:
-        f.write(cfg_text)
+    if main:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved["model_dims"] = dims
+        cfg_text = OmegaConf.to_yaml(OmegaConf.create(resolved))
+        cfg_path = exp_dir / "config.yaml"
+        if cfg_path.is_file() and cfg_path.read_text() != cfg_text:
+            logger.warning("%s/config.yaml differs from this run's config; overwriting it",
+                           exp_dir)
+        with atomic_write(cfg_path) as f:
+            f.write(cfg_text)
 
     cmvn = read_cmvn_stats(train_dir / "cmvn.ark")
     model = instantiate(cfg.model, input_dim=dims["input_dim"], vocab_size=dims["vocab_size"],
@@ -121,105 +332,214 @@ def _train(cfg: DictConfig, exp_dir: Path) -> Path:
     scheduler = instantiate(cfg.optim.scheduler, optimizer) if cfg.optim.get("scheduler") \
         else None
     n_params = count_parameters(model)
-    logger.info("model %s: %d parameters (%.2f M); device %s; %d train / %d dev utterances",
-                type(model).__name__, n_params, n_params / 1e6, device, len(train_ds),
-                len(dev_ds) if dev_ds else 0)
+    logger.info("model %s: %d parameters (%.2f M); device %s; %d process(es); %d train / %d "
+                "dev utterances", type(model).__name__, n_params, n_params / 1e6, device, world,
+                len(train_ds), len(dev_ds) if dev_ds else 0)
+    if info.rank > 0:  # same initial weights, but own SpecAugment/dropout draws per rank
+        torch.manual_seed(cfg.seed + 7919 * info.rank)
 
     ckpt_dir = exp_dir / "checkpoints"
-    epoch, batch_in_epoch, step, elapsed = 1, 0, 0, 0.0
-    if (ckpt_dir / "last.pt").is_file():
-        st = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
+    if main:  # a SIGKILL during a checkpoint write leaves atomic_write's temp file behind
+        for tmp in ckpt_dir.glob(".*.tmp"):
+            logger.info("removing %s, left by a killed run", tmp)
+            tmp.unlink()
+    epoch, consumed, step, elapsed = 1, 0, 0, 0.0
+    resumed = broadcast_object((ckpt_dir / "last.pt").is_file() if main else None, info)
+    if resumed:  # every rank reads the file (exp_dir on a filesystem all nodes share)
+        st = load_checkpoint(ckpt_dir / "last.pt", map_location="cpu")
         model.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])
         if scheduler is not None and st.get("scheduler"):
             scheduler.load_state_dict(st["scheduler"])
-        epoch, batch_in_epoch, step = st["epoch"], st["batch_in_epoch"], st["step"]
+        epoch, step = st["epoch"], st["step"]
+        saved_world = int(st.get("world_size", 1))
+        consumed = int(st.get("batches_consumed", st["batch_in_epoch"] * saved_world))
+        if saved_world != world and consumed:
+            logger.warning("resuming mid-epoch with %d process(es) after %d: the %d batches "
+                           "already trained on this epoch are skipped", world, saved_world,
+                           consumed)
         elapsed = st.get("elapsed", 0.0)
-        _set_rng_state(st["rng"])
+        _restore_rng(st["rng"], info, device)
         logger.info("resumed from %s: epoch %d, batch %d, update %d", ckpt_dir / "last.pt",
-                    epoch, batch_in_epoch, step)
+                    epoch, consumed // world, step)
+        del st
+    history = {e: r for e, r in read_metrics(exp_dir).items() if e < epoch} if main else {}
 
-    def snapshot(ep: int, b: int) -> dict:
+    net = wrap_model(model, info, device,
+                     find_unused_parameters=bool(tr.get("ddp_find_unused_parameters", False)))
+    writer = None
+    if main and tr.get("tensorboard", True):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run logged after the update last.pt holds
+        writer = SummaryWriter(str(exp_dir / "tensorboard"),
+                               purge_step=step + 1 if resumed else None)
+
+    def state(ep: int, b: int, used: int, rng: list[dict]) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else {}, "epoch": ep,
-                "batch_in_epoch": b, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
-                "rng": {"torch": torch.get_rng_state()}, "num_params": n_params}
+                "batch_in_epoch": b, "batches_consumed": used, "world_size": world,
+                "step": step, "elapsed": elapsed + time.perf_counter() - t0,
+                "rng": {**rng[0], "ranks": rng}, "num_params": n_params}
 
     use_amp = device.type == "cuda" and tr.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    accum = int(tr.accum_grad)
     bad_steps = 0
     t0 = time.perf_counter()
     model.train()
-    while epoch <= tr.max_epochs:
-        batches = frame_batches(train_ds.lengths, dc.max_frames, shuffle=True, seed=cfg.seed,
-                                epoch=epoch)
-        loader = torch.utils.data.DataLoader(
-            train_ds, batch_sampler=batches[batch_in_epoch:], collate_fn=collate,
-            num_workers=dc.num_workers)
-        ep_loss, ep_utts, ep_frames, ep_t0 = 0.0, 0, 0, time.perf_counter()
-        for b_idx, batch in enumerate(loader, start=batch_in_epoch + 1):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = model(batch["feats"].to(device), batch["feat_lens"].to(device),
-                            batch["targets"].to(device), batch["target_lens"].to(device))
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                bad_steps += 1
-                logger.warning("epoch %d batch %d: non-finite loss (%s); batch skipped",
-                               epoch, b_idx, batch["ids"][:3])
-                optimizer.zero_grad(set_to_none=True)
-                if bad_steps >= tr.max_bad_steps:
-                    raise RuntimeError(f"{bad_steps} non-finite losses in a row; stopping")
-                continue
-            bad_steps = 0
-            (loss / tr.accum_grad).backward()
-            if b_idx % tr.accum_grad == 0 or b_idx == len(batches):
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-                if torch.isfinite(grad_norm):
-                    optimizer.step()
-                else:
-                    logger.warning("epoch %d batch %d: non-finite gradient norm; update "
-                                   "skipped", epoch, b_idx)
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if scheduler is not None:
-                    scheduler.step()
-            ep_loss += loss.item() * len(batch["ids"])
-            ep_utts += len(batch["ids"])
-            ep_frames += int(batch["feat_lens"].sum())
-            if step and b_idx % tr.log_interval == 0:
-                logger.info("epoch %d batch %d/%d update %d loss %.3f lr %.2e", epoch, b_idx,
-                            len(batches), step, loss.item(), optimizer.param_groups[0]["lr"])
-            if tr.save_every_batches and b_idx % tr.save_every_batches == 0:
-                save_checkpoint(ckpt_dir / "last.pt", snapshot(epoch, b_idx))
-        # end of epoch: evaluate, save epoch<N>.pt and last.pt (pointing at the next epoch)
-        ep_time = time.perf_counter() - ep_t0
-        msg = (f"epoch {epoch} done: train loss {ep_loss / max(ep_utts, 1):.3f}, "
-               f"{ep_frames / max(ep_time, 1e-9):.0f} frames/s, {ep_time:.1f} s")
-        record = {"epoch": epoch, "train_loss": ep_loss / max(ep_utts, 1), "step": step,
-                  "epoch_seconds": ep_time, "frames_per_second": ep_frames / max(ep_time, 1e-9),
-                  "lr": optimizer.param_groups[0]["lr"]}
-        if dev_ds is not None:
-            dev_loss, dev_wer = evaluate(model, dev_ds, tok, device, dc.max_frames)
-            msg += f"; dev loss {dev_loss:.3f}, dev WER {dev_wer:.2f}%"
-            record.update(dev_loss=dev_loss, dev_wer=dev_wer)
-        if device.type == "cuda":
-            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        logger.info(msg)
-        state = snapshot(epoch + 1, 0)
-        save_checkpoint(ckpt_dir / f"epoch{epoch}.pt", {"model": state["model"],
-                                                         "epoch": epoch, "metrics": record})
-        with open(exp_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        save_checkpoint(ckpt_dir / "last.pt", state)
-        for old in epoch_checkpoints(exp_dir)[: -tr.keep_checkpoints]:
-            old.unlink()
-        epoch, batch_in_epoch = epoch + 1, 0
+    stop = broadcast_object(stopper.should_stop(history) if main else None, info)
+    try:
+        while epoch <= tr.max_epochs and not stop:
+            order = frame_batches(train_ds.lengths, dc.max_frames, shuffle=True, seed=cfg.seed,
+                                  epoch=epoch)
+            mine = shard_batches(order, info.rank, world, remainder=remainder, skip=consumed)
+            start = consumed // world
+            n_local = start + len(mine)
+            loader = torch.utils.data.DataLoader(train_ds, batch_sampler=mine,
+                                                 collate_fn=collate, num_workers=dc.num_workers)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            ep_loss, ep_utts, ep_frames, ep_t0 = 0.0, 0, 0, time.perf_counter()
+            for i, batch in enumerate(loader):
+                b_idx = start + i + 1
+                used = consumed + (i + 1) * world
+                update = b_idx % accum == 0 or b_idx == n_local
+                # DDP: all-reduce gradients only on the micro-batch that ends an update
+                sync = contextlib.nullcontext() if update or not info.enabled else net.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        out = net(batch["feats"].to(device), batch["feat_lens"].to(device),
+                                  batch["targets"].to(device), batch["target_lens"].to(device))
+                    loss = out["loss"]
+                    finite = all_true(torch.isfinite(loss.detach()), info, device)
+                    if finite or info.enabled:  # DDP expects a backward after each forward
+                        (loss / accum).backward()
+                if not finite:
+                    bad_steps += 1
+                    logger.warning("epoch %d batch %d: non-finite loss%s (%s); batch skipped",
+                                   epoch, b_idx, " on some rank" if info.enabled else "",
+                                   batch["ids"][:3])
+                    optimizer.zero_grad(set_to_none=True)
+                    if bad_steps >= tr.max_bad_steps:
+                        raise RuntimeError(f"{bad_steps} non-finite losses in a row; stopping")
+                    continue
+                bad_steps = 0
+                if update:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
+                    if torch.isfinite(grad_norm):
+                        optimizer.step()
+                    else:
+                        logger.warning("epoch %d batch %d: non-finite gradient norm; update "
+                                       "skipped", epoch, b_idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    if scheduler is not None:
+                        scheduler.step()
+                ep_loss += loss.item() * len(batch["ids"])
+                ep_utts += len(batch["ids"])
+                ep_frames += int(batch["feat_lens"].sum())
+                if step and b_idx % tr.log_interval == 0:
+                    # the loss and the model's other scalar parts ("ctc", "att"), rank mean
+                    names = ["loss"] + sorted(k for k, v in out.items() if k != "loss"
+                                              and torch.is_tensor(v) and v.numel() == 1)
+                    means = dict(zip(names, (v / world for v in all_reduce(
+                        [float(out[k].detach()) for k in names], info, device))))
+                    lr = optimizer.param_groups[0]["lr"]
+                    extra = "".join(f" {k} {means[k]:.3f}" for k in names[1:])
+                    logger.info("epoch %d batch %d/%d update %d loss %.3f%s lr %.2e", epoch,
+                                b_idx, n_local, step, means["loss"], extra, lr)
+                    if writer is not None:
+                        for k, v in means.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                        writer.add_scalar("train/lr", lr, step)
+                if tr.save_every_batches and b_idx % tr.save_every_batches == 0:
+                    rng = all_gather_object(_rng_state(device), info)
+                    if main:
+                        save_checkpoint(ckpt_dir / "last.pt", state(epoch, b_idx, used, rng))
+
+            # end of epoch: totals over ranks; rank 0 evaluates and writes, the others wait
+            ep_time = time.perf_counter() - ep_t0
+            tot_loss, tot_utts, tot_frames = all_reduce([ep_loss, ep_utts, ep_frames], info,
+                                                        device)
+            peak, peak_kind = peak_memory_mb(device)
+            if peak is not None:
+                peak = all_reduce([peak], info, device, op="max")[0]
+            rng = all_gather_object(_rng_state(device), info)
+            if main:
+                stop = _end_epoch(
+                    exp_dir, epoch, writer, stopper, history, tr, keep_best_by,
+                    record={"epoch": epoch,
+                            "train_loss": tot_loss / tot_utts if tot_utts else None,
+                            "step": step, "epoch_seconds": ep_time,
+                            "frames_per_second": tot_frames / max(ep_time, 1e-9),
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+                            "num_params": n_params, "world_size": world},
+                    dev=functools.partial(evaluate, model, dev_ds, tok, device, dc.max_frames)
+                    if dev_ds is not None else None,
+                    save=functools.partial(state, epoch + 1, 0, 0, rng))
+            barrier(info)
+            stop = broadcast_object(stop, info)
+            epoch, consumed = epoch + 1, 0
+    finally:
+        if writer is not None:
+            writer.close()
+
     total = elapsed + time.perf_counter() - t0
-    logger.info("training finished: %d updates, %.1f s wall time, %d parameters", step, total,
-                n_params)
-    with atomic_write(exp_dir / "train_summary.json") as f:
-        json.dump({"num_params": n_params, "train_seconds": total, "updates": step,
-                   "epochs": int(tr.max_epochs), "device": str(device)}, f, indent=1)
-    mark_done(exp_dir)
+    if main:
+        best = {m: (rank_epochs(history, m) or [None])[0] for m in METRICS if dev_dir}
+        stopped = max(history) if stop and history else None
+        if stopped is not None:
+            logger.info("early stopping after epoch %d: no %s improvement over %g for %d "
+                        "epoch(s) (best epoch %s)", stopped, stopper.metric, stopper.min_delta,
+                        stopper.patience, stopper.status(history)[0])
+        logger.info("training finished: %d updates, %.1f s wall time, %d parameters, %d "
+                    "process(es)", step, total, n_params, world)
+        with atomic_write(exp_dir / "train_summary.json") as f:
+            json.dump({"num_params": n_params, "train_seconds": total, "updates": step,
+                       "epochs": max(history) if history else 0,
+                       "max_epochs": int(tr.max_epochs), "stopped_early_at": stopped,
+                       "best_epoch": best, "device": str(device), "world_size": world}, f,
+                      indent=1)
+        mark_done(exp_dir)
+    barrier(info)
     return exp_dir
 
+
+def _end_epoch(exp_dir: Path, epoch: int, writer, stopper: EarlyStopping,
+               history: dict[int, dict], tr: DictConfig, keep_best_by: list[str], *,
+               record: dict, dev, save) -> bool:
+    """Rank 0's end of an epoch: dev evaluation, log, checkpoints, metrics, plots.
+
+    Returns:
+        Whether early stopping ends training now.
+    """
+    train_loss = record["train_loss"]
+    msg = (f"epoch {epoch} done: train loss "
+           f"{'n/a' if train_loss is None else f'{train_loss:.3f}'}, "
+           f"{record['frames_per_second']:.0f} frames/s, {record['epoch_seconds']:.1f} s")
+    if record["peak_memory_mb"] is not None:
+        msg += f", peak memory {record['peak_memory_mb']:.0f} MiB ({record['peak_memory_kind']})"
+    if dev is not None:
+        dev_loss, dev_wer = dev()
+        msg += f"; dev loss {dev_loss:.3f}, dev WER {dev_wer:.2f}%"
+        record.update(dev_loss=dev_loss, dev_wer=dev_wer)
+    logger.info(msg)
+    ckpt_dir = exp_dir / "checkpoints"
+    st = save()
+    save_checkpoint(ckpt_dir / f"epoch{epoch}.pt", {"model": st["model"], "epoch": epoch,
+                                                     "metrics": record})
+    history[epoch] = record
+    _write_metrics(exp_dir, history)
+    save_checkpoint(ckpt_dir / "last.pt", st)
+    _prune_checkpoints(exp_dir, int(tr.keep_checkpoints), keep_best_by, history)
+    if writer is not None:
+        for key in ("train_loss", "dev_loss", "dev_wer", "lr", "frames_per_second",
+                    "peak_memory_mb"):
+            if record.get(key) is not None:
+                writer.add_scalar(f"epoch/{key}", record[key], epoch)
+        writer.flush()
+    if tr.get("plot", True):
+        _plot(exp_dir)
+    return stopper.should_stop(history)

@@ -2,8 +2,8 @@
 # AN4 recipe (CMU census database, 948 train / 130 test utterances, 16 kHz).
 #
 #   stage 0  prep       asrkit prep an4      -> data/{train,dev,test}
-#   stage 1  features   asrkit features      -> dump/fbank/{train,dev,test} (+ global CMVN)
-#   stage 2  tokenizer  asrkit tokenizer     -> data/token/char.model
+#   stage 1  features   asrkit features      -> dump/fbank/{train[_sp],dev,test} (+ global CMVN)
+#   stage 2  tokenizer  asrkit tokenizer     -> data/token/<type>_<vocab>.model
 #   stage 3  train      asrkit train conf=…  -> exp/<tag>
 #   stage 4  decode     asrkit decode        -> exp/<tag>/decode_{dev,test}_ctc_greedy/text
 #   stage 5  score      asrkit score         -> score.txt, per_utt, exp/<tag>/RESULTS.md
@@ -23,7 +23,9 @@ Usage: $0 [options] [-- KEY=VALUE ...]
   --work-dir DIR    where data/ dump/ exp/ are written (default: this recipe's directory)
   --nj N            parallel jobs for feature extraction (default 2)
   --avg N           average the last N epoch checkpoints for decoding (default 1)
-  --vocab-size N    tokenizer vocabulary upper bound (default 100; char units)
+  --token-type T    sentencepiece units: char (default), bpe or unigram
+  --vocab-size N    tokenizer vocabulary (default 100; an upper bound for char)
+  --speed-perturb F speed perturbation factors for train, e.g. 0.9,1.0,1.1 (default: none)
   -- KEY=VALUE ...  extra Hydra overrides for the train stage (e.g. trainer.max_epochs=5)
 USAGE
 }
@@ -38,6 +40,8 @@ work_dir=$recipe_dir
 nj=2
 avg=1
 vocab_size=100
+token_type=char
+speed_perturb=
 overrides=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
     --nj) nj=$2; shift 2 ;;
     --avg) avg=$2; shift 2 ;;
     --vocab-size) vocab_size=$2; shift 2 ;;
+    --token-type) token_type=$2; shift 2 ;;
+    --speed-perturb) speed_perturb=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; overrides=("$@"); break ;;
     *) echo "$0: unknown option $1" >&2; usage >&2; exit 1 ;;
@@ -59,7 +65,9 @@ done
 mkdir -p "$work_dir"
 cd "$work_dir"
 exp=exp/$tag
-token=data/token/char
+token=data/token/${token_type}_${vocab_size}
+train_set=train
+[ -z "$speed_perturb" ] || train_set=train_sp
 
 log() { echo "$(date '+%H:%M:%S') [an4 stage $1] $2" >&2; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
@@ -75,22 +83,25 @@ if run_stage 0; then
 fi
 
 if run_stage 1; then
-  for part in train dev test; do
+  for part in dev test; do
     log 1 "fbank features for $part"
     asrkit features data/$part dump/fbank/$part --type fbank --nj "$nj"
   done
+  log 1 "fbank features for train${speed_perturb:+ with speed perturbation $speed_perturb}"
+  asrkit features data/train dump/fbank/$train_set --type fbank --nj "$nj" \
+    ${speed_perturb:+--speed-perturb "$speed_perturb"}
 fi
 
 if run_stage 2; then
   if [ ! -f $token.model ]; then
-    log 2 "char tokenizer"
-    asrkit tokenizer data/train/text $token --model-type char --vocab-size "$vocab_size"
+    log 2 "$token_type tokenizer ($vocab_size)"
+    asrkit tokenizer data/train/text $token --model-type "$token_type" --vocab-size "$vocab_size"
   fi
 fi
 
 if run_stage 3; then
   log 3 "training $exp with $conf"
-  asrkit train conf="$conf" exp_dir="$exp" data.train=dump/fbank/train data.dev=dump/fbank/dev \
+  asrkit train conf="$conf" exp_dir="$exp" data.train=dump/fbank/$train_set data.dev=dump/fbank/dev \
     data.tokenizer=$token.model ${overrides[@]+"${overrides[@]}"}
 fi
 
