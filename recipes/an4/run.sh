@@ -23,8 +23,9 @@ Usage: $0 [options] [-- KEY=VALUE ...]
   --work-dir DIR    where data/ dump/ exp/ are written (default: this recipe's directory)
   --nj N            parallel jobs for feature extraction (default 2)
   --avg N           average the last N epoch checkpoints for decoding (default 1)
-  --token-type T    sentencepiece units: char (default), bpe or unigram
-  --vocab-size N    tokenizer vocabulary (default 100; an upper bound for char)
+  --token-type T    sentencepiece units: bpe (default; at 150 AN4 words are whole pieces),
+                    char or unigram
+  --vocab-size N    tokenizer vocabulary (default 150; an upper bound for char)
   --speed-perturb F speed perturbation factors for train, e.g. 0.9,1.0,1.1 (default: none)
   -- KEY=VALUE ...  extra Hydra overrides for the train stage (e.g. trainer.max_epochs=5)
 USAGE
@@ -39,8 +40,8 @@ tag=
 work_dir=$recipe_dir
 nj=2
 avg=1
-vocab_size=100
-token_type=char
+vocab_size=150
+token_type=bpe
 speed_perturb=
 overrides=()
 while [ $# -gt 0 ]; do
