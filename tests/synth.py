@@ -18,16 +18,21 @@ ALPHABET = "ABCDE"
 
 
 def make_feature_dir(path: Path, n_utts: int = 40, feat_dim: int = 20, seed: int = 0,
-                     frames_per_letter: int = 12) -> Path:
+                     frames_per_letter: int = 12, n_letters: int | None = None,
+                     n_speakers: int = 4) -> Path:
     """Write a Kaldi feature data dir: feats.scp/ark, utt2num_frames, feat_dim, cmvn.ark,
-    text, utt2spk, spk2utt. Returns ``path``."""
+    text, utt2spk, spk2utt. Returns ``path``.
+
+    Each utterance has 2–4 letters, or exactly ``n_letters`` (then every utterance has
+    ``4 + n_letters * (frames_per_letter + 4)`` frames); speakers ``spk0…`` round-robin."""
     rng = np.random.default_rng(seed)
     proto = np.random.default_rng(1234).normal(size=(len(ALPHABET), feat_dim)) * 3
     path.mkdir(parents=True, exist_ok=True)
     feats, texts = {}, {}
     for i in range(n_utts):
-        utt = f"spk{i % 4}-utt{i:03d}"
-        letters = rng.choice(list(ALPHABET), size=rng.integers(2, 5))
+        utt = f"spk{i % n_speakers}-utt{i:03d}"
+        size = n_letters if n_letters is not None else rng.integers(2, 5)
+        letters = rng.choice(list(ALPHABET), size=size)
         frames = [np.repeat(proto[ALPHABET.index(c)][None], frames_per_letter, 0)
                   for c in letters]
         gap = np.zeros((4, feat_dim))

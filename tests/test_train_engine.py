@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import kaldiio
-import numpy as np
 import pytest
 import torch
 
 from asrkit.cli import compose_train_config
-from asrkit.features.cmvn import compute_cmvn_stats, write_cmvn_stats
 from asrkit.text.tokenizer import train_tokenizer
 from asrkit.train.checkpoint import (
     average_checkpoints,
@@ -27,7 +24,7 @@ from asrkit.train.checkpoint import (
     select_checkpoints,
 )
 from asrkit.train.loop import EarlyStopping, train
-from tests.synth import ALPHABET, make_feature_dir
+from tests.synth import make_feature_dir
 
 torch.set_num_threads(1)
 
@@ -47,29 +44,8 @@ def make_fixed_dir(path: Path, n_utts: int, seed: int = 0, feat_dim: int = 20) -
     (three letters), so batches of any composition need no padding: per-utterance losses and
     gradients then do not depend on which utterances share a batch, which makes "the same
     update from differently cut batches" exact up to float summation order."""
-    rng = np.random.default_rng(seed)
-    proto = np.random.default_rng(1234).normal(size=(len(ALPHABET), feat_dim)) * 3
-    path.mkdir(parents=True, exist_ok=True)
-    feats, texts = {}, {}
-    gap = np.zeros((4, feat_dim))
-    for i in range(n_utts):
-        utt = f"spk{i % 2}-utt{i:03d}"
-        letters = rng.choice(list(ALPHABET), size=FIXED_LETTERS)
-        seq = np.concatenate([gap] + [x for c in letters
-                                      for x in (np.repeat(proto[ALPHABET.index(c)][None], 12, 0),
-                                                gap)])
-        feats[utt] = (seq + rng.normal(scale=0.3, size=seq.shape)).astype(np.float32)
-        texts[utt] = " ".join(letters)
-    ids = sorted(feats)
-    with kaldiio.WriteHelper(f"ark,scp:{path}/feats.ark,{path}/feats.scp") as w:
-        for u in ids:
-            w(u, feats[u])
-    (path / "utt2num_frames").write_text("".join(f"{u} {len(feats[u])}\n" for u in ids))
-    (path / "feat_dim").write_text(f"{feat_dim}\n")
-    (path / "text").write_text("".join(f"{u} {texts[u]}\n" for u in ids))
-    (path / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in ids))
-    write_cmvn_stats(path / "cmvn.ark", compute_cmvn_stats(feats[u] for u in ids))
-    return path
+    return make_feature_dir(path, n_utts, feat_dim=feat_dim, seed=seed,
+                            n_letters=FIXED_LETTERS, n_speakers=2)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,26 @@ def _expand(enc: torch.Tensor, enc_lens: torch.Tensor, n: int
     return enc.expand(n, -1, -1), enc_lens.expand(n)
 
 
-class TransformerDecoder(nn.Module):
+class _PrefixScoring(nn.Module):
+    """``score`` for decoders whose ``forward(enc, enc_lens, ys_in)`` returns (B, U, V) logits."""
+
+    def score(self, enc: torch.Tensor, enc_lens: torch.Tensor, prefixes: torch.Tensor
+              ) -> torch.Tensor:
+        """Next-token log-probabilities for N prefixes, recomputing each prefix in full
+        (no state is cached between steps: O(u) work per call).
+
+        Args:
+            enc: (N, T', D_enc) or (1, T', D_enc); enc_lens: (N,) or (1,).
+            prefixes: (N, u) token ids, each starting with ``<sos/eos>``.
+
+        Returns:
+            (N, V) float32 log-probabilities of the token after each prefix.
+        """
+        enc, enc_lens = _expand(enc, enc_lens, prefixes.size(0))
+        return self(enc, enc_lens, prefixes)[:, -1].float().log_softmax(-1)
+
+
+class TransformerDecoder(_PrefixScoring):
     """Pre-LN Transformer decoder: causal self-attention, cross-attention to the encoder.
 
     Token embedding → sinusoidal positions (×√D, as the encoder's) → ``num_layers`` pre-LN
@@ -100,19 +119,6 @@ class TransformerDecoder(nn.Module):
                         memory_key_padding_mask=pad_mask(enc_lens, enc.size(1)))
         return self.out(self.norm(x))
 
-    def score(self, enc: torch.Tensor, enc_lens: torch.Tensor, prefixes: torch.Tensor
-              ) -> torch.Tensor:
-        """Next-token log-probabilities for N prefixes, recomputing each prefix in full.
-
-        Args:
-            enc: (N, T', D_enc) or (1, T', D_enc); enc_lens: (N,) or (1,).
-            prefixes: (N, u) token ids, each starting with ``<sos/eos>``.
-
-        Returns:
-            (N, V) float32 log-probabilities of the token after each prefix.
-        """
-        enc, enc_lens = _expand(enc, enc_lens, prefixes.size(0))
-        return self(enc, enc_lens, prefixes)[:, -1].float().log_softmax(-1)
 
 
 class _Attention(nn.Module):
@@ -148,7 +154,7 @@ class _Attention(nn.Module):
         return torch.bmm(w.unsqueeze(1), enc).squeeze(1), w
 
 
-class LSTMAttentionDecoder(nn.Module):
+class LSTMAttentionDecoder(_PrefixScoring):
     """Listen, Attend and Spell decoder (Chan et al., 2016) in ESPnet's arrangement.
 
     At output step u, with decoder state s_{u-1} (top LSTM layer), previous attention weights
@@ -225,19 +231,6 @@ class LSTMAttentionDecoder(nn.Module):
             outs.append(torch.cat([x, ctx], dim=-1))
         return self.out(torch.stack(outs, dim=1))
 
-    def score(self, enc: torch.Tensor, enc_lens: torch.Tensor, prefixes: torch.Tensor
-              ) -> torch.Tensor:
-        """Next-token log-probabilities for N prefixes, re-running the recurrence from the start.
-
-        Args:
-            enc: (N, T', D_enc) or (1, T', D_enc); enc_lens: (N,) or (1,).
-            prefixes: (N, u) token ids, each starting with ``<sos/eos>``.
-
-        Returns:
-            (N, V) float32 log-probabilities of the token after each prefix.
-        """
-        enc, enc_lens = _expand(enc, enc_lens, prefixes.size(0))
-        return self(enc, enc_lens, prefixes)[:, -1].float().log_softmax(-1)
 
 
 def build_decoder(spec: Mapping[str, Any], vocab_size: int, enc_dim: int) -> nn.Module:
