@@ -163,7 +163,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         for batch_idx in frame_batches(ds.lengths, max_frames, shuffle=False):
             batch = collate([ds[i] for i in batch_idx])
             enc, lens = model.encode(batch["feats"].to(dev), batch["feat_lens"].to(dev))
-            log_probs = model.ctc_out(enc).float().log_softmax(-1)
+            log_probs = model.ctc_log_probs_from_encoder(enc)
             if method == "ctc_greedy":
                 for utt, ids in zip(batch["ids"], ctc_greedy(log_probs, lens)):
                     hyps[utt] = tok.decode(ids)

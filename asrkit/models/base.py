@@ -157,12 +157,16 @@ class CTCModel(nn.Module, abc.ABC):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """CTC log posteriors (B, T', V) in float32 and their lengths (B,)."""
         enc, lens = self.encode(feats, feat_lens)
-        return self.ctc_out(enc).float().log_softmax(-1), lens
+        return self.ctc_log_probs_from_encoder(enc), lens
+
+    def ctc_log_probs_from_encoder(self, enc: torch.Tensor) -> torch.Tensor:
+        """CTC log posteriors (B, T', V) in float32 for encoder output (B, T', D)."""
+        return self.ctc_out(enc).float().log_softmax(-1)
 
     def ctc_loss_from_encoder(self, enc: torch.Tensor, enc_lens: torch.Tensor,
                               targets: torch.Tensor, target_lens: torch.Tensor) -> torch.Tensor:
         """Summed CTC loss / B for encoder output (B, T', D) and targets (B, U) padded."""
-        log_probs = self.ctc_out(enc).float().log_softmax(-1)
+        log_probs = self.ctc_log_probs_from_encoder(enc)
         loss = self.ctc_loss(log_probs.transpose(0, 1), targets, enc_lens, target_lens)
         return loss / enc.size(0)
 
@@ -212,6 +216,12 @@ class CTCModel(nn.Module, abc.ABC):
             ``"att"`` (detached decoder loss) and ``"acc"`` (decoder token accuracy in [0, 1]).
         """
         enc, lens = self.encode(feats, feat_lens)
+        return self.loss_from_encoder(enc, lens, targets, target_lens)
+
+    def loss_from_encoder(self, enc: torch.Tensor, lens: torch.Tensor, targets: torch.Tensor,
+                          target_lens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses of :meth:`forward` for an encoder output (B, T', D) with lengths (B,)
+        (lets evaluation reuse one encoder pass for the loss and for decoding)."""
         if self.decoder is None:
             loss = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
             return {"loss": loss, "ctc": loss.detach()}

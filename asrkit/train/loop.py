@@ -177,11 +177,12 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
     hyps, refs = {}, {}
     for idx in frame_batches(ds.lengths, max_frames, shuffle=False):
         b = collate([ds[i] for i in idx])
-        out = model(b["feats"].to(device), b["feat_lens"].to(device),
-                    b["targets"].to(device), b["target_lens"].to(device))
+        enc, lens = model.encode(b["feats"].to(device), b["feat_lens"].to(device))
+        out = model.loss_from_encoder(enc, lens, b["targets"].to(device),
+                                      b["target_lens"].to(device))
         total += out["loss"].item() * len(idx)
         n += len(idx)
-        log_probs, lens = model.ctc_log_probs(b["feats"].to(device), b["feat_lens"].to(device))
+        log_probs = model.ctc_log_probs_from_encoder(enc)
         for utt, i, ids in zip(b["ids"], idx, ctc_greedy(log_probs, lens)):
             hyps[utt] = tok.decode(ids)
             refs[utt] = tok.decode(ds.tokens[i])
