@@ -81,7 +81,7 @@ def _count(refs: list[str], hyps: list[str], unit: str) -> tuple[ErrorCounts, li
     for ref, hyp in zip(refs, hyps):
         if unit == "char":
             ref_u, hyp_u = ref.replace(" ", ""), hyp.replace(" ", "")
-            out = jiwer.process_characters(ref_u, hyp_u if hyp_u else "")
+            out = jiwer.process_characters(ref_u, hyp_u)
         else:
             out = jiwer.process_words(ref, hyp)
         counts.ref_units += out.hits + out.substitutions + out.deletions
@@ -130,9 +130,8 @@ def score_texts(refs: dict[str, str], hyps: dict[str, str]) -> ScoreReport:
     alignments = []
     for u, out in zip(ids, word_out):
         block = jiwer.visualize_alignment(out, show_measures=False, skip_correct=False)
-        # jiwer labels the block "sentence 1"; name the utterance instead.
-        body = block.split("\n", 1)[1] if block.startswith("=") or "\n" in block else block
-        lines = [ln for ln in body.splitlines() if ln.strip() and not ln.startswith("sentence")]
+        # jiwer heads the block "=== SENTENCE 1 ==="; name the utterance instead.
+        lines = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("===")]
         alignments.append(f"id: {u}\n" + "\n".join(lines) + "\n")
     return ScoreReport(wer=wer, cer=cer, alignments=alignments, missing_hyps=missing)
 

@@ -180,6 +180,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     if not paths:
         raise ValueError("no checkpoints to average")
     avg: dict[str, torch.Tensor] = {}
+    sd: dict[str, torch.Tensor] = {}
     for i, p in enumerate(paths):
         sd = load_checkpoint(p)["model"]
         if i == 0:
@@ -193,8 +194,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
                 avg[k] += v.double()
             else:
                 avg[k] = v.clone()
-    ref = load_checkpoint(paths[-1])["model"]
-    return {k: (v / len(paths)).to(ref[k].dtype) if v.is_floating_point() else v
+    # ``sd`` is the last checkpoint: its dtypes are the ones to return
+    return {k: (v / len(paths)).to(sd[k].dtype) if v.is_floating_point() else v
             for k, v in avg.items()}
 
 
