@@ -18,6 +18,7 @@ from asrkit.cli import compose_train_config
 from asrkit.decode.attention import (
     CTCPrefixScorer,
     attention_beam_search,
+    attention_greedy,
     end_detect,
     joint_ctc_attention_beam_search,
 )
@@ -458,6 +459,20 @@ def test_search_output_format_and_length_limits():
         assert s == pytest.approx(raw_d[tuple(ids)] / (len(ids) + 1) ** 0.5, rel=1e-6)
 
 
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
+def test_batched_attention_greedy_is_beam_one(ratio):
+    """Batched greedy decoding (padded batch) equals the per-utterance beam-1 search."""
+    m, enc, enc_lens = _random_hybrid()
+    greedy = attention_greedy(m, enc, enc_lens, maxlen_ratio=ratio)
+    beam1 = attention_beam_search(m, enc, enc_lens, beam=1, maxlen_ratio=ratio,
+                                  end_detection=False)
+    assert greedy == [nb[0][0] for nb in beam1]
+    for ids, n in zip(greedy, enc_lens.tolist()):
+        assert len(ids) <= max(1, int(ratio * n)) and 0 not in ids and 2 not in ids
+    with pytest.raises(ValueError, match="attention decoder"):
+        attention_greedy(tiny_tf().eval(), enc, enc_lens)
+
+
 def test_lm_hook_is_applied():
     m, enc, enc_lens = _random_hybrid()
     calls = []
@@ -554,3 +569,46 @@ def test_tiny_hybrid_learns_and_decodes(name, synth_batch):
     joint = joint_ctc_attention_beam_search(m, enc, enc_lens, beam=4, ctc_weight=0.3)
     assert _cer(att, b["tokens"]) < 20.0
     assert _cer(joint, b["tokens"]) < 20.0
+
+
+def test_dev_wer_of_attention_only_model_uses_the_decoder(tmp_path, monkeypatch):
+    """With ctc_weight = 0 the CTC layer is untrained, so evaluate() scores greedy attention
+    decoding; with ctc_weight > 0 it scores greedy CTC."""
+    from asrkit.decode.ctc import ctc_greedy
+    from asrkit.score import score_texts
+    from asrkit.text.tokenizer import Tokenizer, train_tokenizer
+    from asrkit.train import loop
+    from asrkit.train.data import FeatureDataset
+    from tests.synth import make_feature_dir
+
+    d = make_feature_dir(tmp_path / "dev", n_utts=6, seed=3)
+    tok = Tokenizer(train_tokenizer(d / "text", tmp_path / "tok", model_type="char"))
+    ds = FeatureDataset(d, tok, max_frames=10**9)
+    for weight, attention in ((0.0, True), (0.3, False)):
+        torch.manual_seed(0)
+        args = {"d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32,
+                "dropout": 0.0, "subsampling_channels": 4, "specaug": None}
+        m = TransformerCTC(ds[0][1].size(-1), tok.vocab_size, decoder=TF_DEC,
+                           ctc_weight=weight, **args).eval()
+        seen = {}
+
+        def spy(refs, hyps, seen=seen):
+            seen.update(hyps)
+            return score_texts(refs, hyps)
+
+        monkeypatch.setattr(loop, "score_texts", spy)
+        loop.evaluate(m, ds, tok, torch.device("cpu"), max_frames=10**9)
+        m.eval()
+        refs, att, ctc = {}, {}, {}
+        with torch.no_grad():
+            for i in range(len(ds)):
+                feats = ds[i][1][None]
+                lens = torch.tensor([feats.size(1)])
+                enc, enc_lens = m.encode(feats, lens)
+                utt = ds.ids[i]
+                refs[utt] = tok.decode(ds.tokens[i])
+                att[utt] = tok.decode(attention_greedy(m, enc, enc_lens)[0])
+                ctc[utt] = tok.decode(
+                    ctc_greedy(m.ctc_log_probs_from_encoder(enc), enc_lens)[0])
+        assert att != ctc  # the two decoders disagree here, so the check below is real
+        assert seen == (att if attention else ctc), weight

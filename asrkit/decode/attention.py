@@ -57,6 +57,7 @@ __all__ = [
     "NBest",
     "Scorer",
     "attention_beam_search",
+    "attention_greedy",
     "end_detect",
     "joint_ctc_attention_beam_search",
 ]
@@ -397,3 +398,48 @@ def attention_beam_search(
         length_penalty=length_penalty, length_norm=length_norm,
         length_norm_alpha=length_norm_alpha, end_detection=end_detection, nbest=nbest,
         pre_beam_ratio=pre_beam_ratio, scorer=scorer, lm_weight=lm_weight)
+
+
+@torch.no_grad()
+def attention_greedy(model: nn.Module, enc: torch.Tensor, enc_lens: torch.Tensor, *,
+                     maxlen_ratio: float = 1.0) -> list[list[int]]:
+    """Batched greedy decoding with the attention decoder (beam 1, all utterances at once).
+
+    At every step the whole batch's prefixes go through ``model.decoder.score`` as one batch
+    and each utterance takes its most probable next token (blank excluded) until it emits
+    ``<sos/eos>`` or reaches its maximum length (``maxlen_ratio`` as in
+    :func:`joint_ctc_attention_beam_search`). Used for the dev WER of attention-only models
+    during training, where a beam search per utterance would cost too much.
+
+    Args:
+        model: a hybrid :class:`asrkit.models.base.CTCModel` (``has_decoder``), in eval mode.
+        enc: (B, T', D) encoder output; enc_lens: (B,) valid frames.
+        maxlen_ratio: maximum tokens per encoder frame (<= 0: T').
+
+    Returns:
+        B lists of token ids (without ``<sos/eos>``).
+
+    Raises:
+        ValueError: on bad shapes or a model without a decoder.
+    """
+    _check(enc, enc_lens, 1)
+    if not getattr(model, "has_decoder", False):
+        raise ValueError("attention_greedy needs a model trained with an attention decoder")
+    limits = [_max_tokens(maxlen_ratio, int(n)) for n in enc_lens.tolist()]
+    batch = enc.size(0)
+    prefixes = torch.full((batch, 1), SOS_EOS_ID, dtype=torch.long, device=enc.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=enc.device)
+    limit = torch.tensor(limits, device=enc.device)
+    for step in range(max(limits)):
+        lp = model.decoder.score(enc, enc_lens, prefixes)
+        lp[:, BLANK_ID] = _NEG_INF
+        nxt = lp.argmax(-1)
+        nxt = torch.where(done | (limit <= step), torch.full_like(nxt, SOS_EOS_ID), nxt)
+        done |= nxt == SOS_EOS_ID
+        prefixes = torch.cat([prefixes, nxt[:, None]], 1)
+        if bool(done.all()):
+            break
+    out = []
+    for row in prefixes[:, 1:].tolist():
+        out.append(row[:row.index(SOS_EOS_ID)] if SOS_EOS_ID in row else row)
+    return out

@@ -60,6 +60,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from asrkit.decode.attention import attention_greedy
 from asrkit.decode.ctc import ctc_greedy
 from asrkit.features.cmvn import read_cmvn_stats
 from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
@@ -167,7 +168,11 @@ def _feat_dim(data_dir: Path) -> int:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device: torch.device,
              max_frames: int) -> tuple[float, float]:
-    """Dev loss (per utterance) and greedy-CTC dev WER (%) of ``model`` on ``ds``.
+    """Dev loss (per utterance) and greedy dev WER (%) of ``model`` on ``ds``.
+
+    The WER is of greedy CTC decoding, or of batched greedy attention decoding
+    (:func:`asrkit.decode.attention.attention_greedy`) for a hybrid model trained with
+    ``ctc_weight = 0``, whose CTC layer is untrained.
 
     ``model`` is the plain module (not a DDP wrapper, whose forward would start collectives
     the other ranks do not join).
@@ -182,8 +187,11 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
                                       b["target_lens"].to(device))
         total += out["loss"].item() * len(idx)
         n += len(idx)
-        log_probs = model.ctc_log_probs_from_encoder(enc)
-        for utt, i, ids in zip(b["ids"], idx, ctc_greedy(log_probs, lens)):
+        if getattr(model, "has_decoder", False) and model.ctc_weight == 0.0:
+            best = attention_greedy(model, enc, lens)
+        else:
+            best = ctc_greedy(model.ctc_log_probs_from_encoder(enc), lens)
+        for utt, i, ids in zip(b["ids"], idx, best):
             hyps[utt] = tok.decode(ids)
             refs[utt] = tok.decode(ds.tokens[i])
     model.train()
@@ -385,6 +393,8 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
 
     use_amp = device.type == "cuda" and tr.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     accum = int(tr.accum_grad)
     bad_steps = 0
     t0 = time.perf_counter()
@@ -415,7 +425,7 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
                     loss = out["loss"]
                     finite = all_true(torch.isfinite(loss.detach()), info, device)
                     if finite or info.enabled:  # DDP expects a backward after each forward
-                        (loss / accum).backward()
+                        scaler.scale(loss / accum).backward()
                 if not finite:
                     bad_steps += 1
                     logger.warning("epoch %d batch %d: non-finite loss%s (%s); batch skipped",
@@ -427,8 +437,12 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
                     continue
                 bad_steps = 0
                 if update:
+                    scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-                    if torch.isfinite(grad_norm):
+                    if scaler.is_enabled():
+                        scaler.step(optimizer)  # skips the step itself on inf/NaN gradients
+                        scaler.update()
+                    elif torch.isfinite(grad_norm):
                         optimizer.step()
                     else:
                         logger.warning("epoch %d batch %d: non-finite gradient norm; update "

@@ -23,6 +23,10 @@ Usage: $0 [options] [-- KEY=VALUE ...]
   --work-dir DIR    where data/ dump/ exp/ are written (default: this recipe's directory)
   --nj N            parallel jobs for feature extraction (default 2)
   --avg N           average the last N epoch checkpoints for decoding (default 1)
+  --decode-method M ctc_greedy (default), ctc_prefix_beam, attention_beam or
+                    joint_ctc_attention (the last two need a model trained with a decoder)
+  --beam N          beam size of the beam methods (default 10)
+  --ctc-weight W    CTC weight of joint_ctc_attention decoding (default 0.3)
   --token-type T    sentencepiece units: bpe (default; at 150 AN4 words are whole pieces),
                     char or unigram
   --vocab-size N    tokenizer vocabulary (default 150; an upper bound for char)
@@ -40,6 +44,9 @@ tag=
 work_dir=$recipe_dir
 nj=2
 avg=1
+method=ctc_greedy
+beam=10
+ctc_weight=0.3
 vocab_size=150
 token_type=bpe
 speed_perturb=
@@ -54,6 +61,9 @@ while [ $# -gt 0 ]; do
     --work-dir) work_dir=$2; shift 2 ;;
     --nj) nj=$2; shift 2 ;;
     --avg) avg=$2; shift 2 ;;
+    --decode-method) method=$2; shift 2 ;;
+    --beam) beam=$2; shift 2 ;;
+    --ctc-weight) ctc_weight=$2; shift 2 ;;
     --vocab-size) vocab_size=$2; shift 2 ;;
     --token-type) token_type=$2; shift 2 ;;
     --speed-perturb) speed_perturb=$2; shift 2 ;;
@@ -108,20 +118,21 @@ fi
 
 if run_stage 4; then
   for part in dev test; do
-    if [ ! -f "$exp/decode_${part}_ctc_greedy/text" ] || \
-       [ "$exp/checkpoints/last.pt" -nt "$exp/decode_${part}_ctc_greedy/text" ]; then
-      log 4 "decoding $part"
-      asrkit decode "$exp" dump/fbank/$part --avg "$avg"
+    dir=$exp/decode_${part}_${method}
+    if [ ! -f "$dir/text" ] || [ "$exp/checkpoints/last.pt" -nt "$dir/text" ]; then
+      log 4 "decoding $part ($method)"
+      asrkit decode "$exp" dump/fbank/$part --avg "$avg" --method "$method" --beam "$beam" \
+        --ctc-weight "$ctc_weight"
     fi
   done
 fi
 
 if run_stage 5; then
   for part in dev test; do
-    dir=$exp/decode_${part}_ctc_greedy
+    dir=$exp/decode_${part}_${method}
     if [ ! -f "$dir/score.txt" ] || [ "$dir/text" -nt "$dir/score.txt" ]; then
       log 5 "scoring $part"
-      asrkit score data/$part/text "$dir/text" --name "${part}_ctc_greedy" > /dev/null
+      asrkit score data/$part/text "$dir/text" --name "${part}_${method}" > /dev/null
     fi
     echo "== $tag: $part ==" ; cat "$dir/score.txt"
   done
