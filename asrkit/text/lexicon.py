@@ -1,0 +1,913 @@
+"""Pronunciation lexicons and the phone/word inventory of an HMM-GMM system.
+
+This is the ``lang`` layer of Kaldi (``utils/prepare_lang.sh`` with
+``utils/add_lex_disambig.pl``): from a lexicon it derives the phone set with
+word-position-dependent phones, the symbol tables, and the lexicon with disambiguation symbols
+that a lexicon FST (``L.fst``) is built from.
+
+Lexicon files read and written here (UTF-8, ``\\n`` line endings, fields separated by spaces
+or tabs on input and by one space on output):
+
+* Kaldi ``lexicon.txt``   ``WORD P1 P2 ...``, one pronunciation per line; a word with several
+  pronunciations has several lines (:func:`read_lexicon`, :func:`write_lexicon`).
+* Kaldi ``lexiconp.txt``  ``WORD PROB P1 P2 ...`` with ``0 < PROB <= 1``.
+* CMU / SphinxTrain dictionaries such as AN4's ``etc/an4.dic``: ``WORD  P1 P2 ...``, extra
+  pronunciations written ``WORD(2)``, ``WORD(3)``, comment lines starting with ``;;;``
+  (:func:`read_cmu_dict`).
+* LibriSpeech's ``librispeech-lexicon.txt``: ``WORD<TAB>P1 P2 ...`` with ARPAbet stress
+  digits on vowels (``AH0``, ``EY1``) (:func:`read_librispeech_lexicon`).
+
+A ``lang/`` directory written by :func:`write_lang` holds (a subset of Kaldi's ``data/lang``):
+
+* ``phones.txt``  ``<eps> 0``, the silence then the non-silence phones, then ``#0 #1 ...``
+* ``words.txt``   ``<eps> 0``, the words in C (byte) order, then ``#0``, ``<s>``, ``</s>``
+* ``phones/silence.txt``, ``phones/nonsilence.txt``, ``phones/optional_silence.txt``,
+  ``phones/disambig.txt``: one phone per line
+* ``lexicon.txt`` (position-dependent phones), ``lexicon_disambig.txt`` (plus ``#1 #2 ...``),
+  and ``lexiconp.txt`` / ``lexiconp_disambig.txt`` when the lexicon has pronunciation
+  probabilities
+* ``oov.txt``     the word that out-of-vocabulary words are mapped to
+
+Errors in files raise :class:`LexiconError`, whose message names the file, the 1-based line and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from asrkit.fileio import atomic_write
+
+__all__ = [
+    "FORBIDDEN_WORDS",
+    "POSITION_SUFFIXES",
+    "Lang",
+    "Lexicon",
+    "LexiconError",
+    "OovCounts",
+    "PhoneSet",
+    "add_disambig_symbols",
+    "find_oovs",
+    "make_lang",
+    "read_cmu_dict",
+    "read_lexicon",
+    "read_librispeech_lexicon",
+    "read_symbol_table",
+    "word_position_phones",
+    "write_lang",
+    "write_lexicon",
+    "write_symbol_table",
+]
+
+logger = logging.getLogger(__name__)
+
+POSITION_SUFFIXES = ("_B", "_E", "_I", "_S")
+"""Word-position markers: begin, end, internal, singleton (Kaldi ``prepare_lang.sh``)."""
+
+FORBIDDEN_WORDS = frozenset({"<eps>", "<s>", "</s>", "#0"})
+"""Words a lexicon may not contain: they are reserved in ``words.txt``
+(Kaldi ``utils/validate_dict_dir.pl``)."""
+
+_FIELD_SEP = re.compile(r"[ \t]+")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_CMU_VARIANT = re.compile(r"(?P<word>.+)\((?P<n>\d+)\)")
+_STRESS = re.compile(r"(?<=\D)[0-9]$")
+_POSITION_RE = re.compile(r"_[BEIS]$")
+
+
+class LexiconError(ValueError):
+    """A lexicon or lang file is malformed, or a lexicon cannot make a consistent lang.
+
+    The message has the form ``<path>:<line>: <what is wrong>`` (``<path>: ...`` when no single
+    line is at fault, just the reason when no file is involved), e.g.
+    ``dict/lexicon.txt:7: word 'FOO' has no pronunciation; expected 'WORD PHONE1 PHONE2 ...'``.
+
+    Attributes:
+        path: the offending file, or None.
+        line: 1-based line number, or None.
+        reason: the message without the location prefix.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, line: int | None, reason: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.line = line
+        self.reason = reason
+        where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
+        super().__init__(f"{where}{reason}")
+
+    def __reduce__(self):  # keep picklable across worker processes
+        return (type(self), (self.path, self.line, self.reason))
+
+
+def _c_key(s: str) -> bytes:
+    """Sort key giving ``LC_ALL=C sort`` order: the UTF-8 bytes."""
+    return s.encode("utf-8")
+
+
+def _bad_token(token: str) -> str | None:
+    """Why ``token`` cannot be a word or phone (empty or holding whitespace), or None."""
+    if not isinstance(token, str) or not token:
+        return "is empty"
+    for c in token:
+        if c.isspace():
+            return f"contains whitespace U+{ord(c):04X}"
+    return None
+
+
+class Lexicon:
+    """Words and their pronunciations, in order: ``word -> [(p1, p2, ...), ...]``.
+
+    Words keep the order in which they were first added; a word's pronunciations keep the
+    order in which they were added (the first one is the primary pronunciation of CMU-style
+    dictionaries). Adding a pronunciation a word already has is a no-op (:meth:`add` returns
+    False). Each pronunciation carries a probability (Kaldi ``lexiconp.txt``); it is 1.0
+    unless given, and :attr:`has_probs` tells whether any was given.
+
+    Two lexicons are equal when they hold the same words with the same pronunciations (and
+    probabilities) in the same per-word order; the order of the words does not matter.
+
+    Args:
+        entries: optional ``(word, phones)`` pairs to add, in order.
+
+    Raises:
+        LexiconError: an entry is invalid (see :meth:`add`).
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, Sequence[str]]] = ()) -> None:
+        self._prons: dict[str, list[tuple[str, ...]]] = {}
+        self._probs: dict[str, list[float]] = {}
+        self._has_probs = False
+        for word, pron in entries:
+            self.add(word, pron)
+
+    def add(self, word: str, pron: Sequence[str], prob: float | None = None) -> bool:
+        """Add one pronunciation of ``word``.
+
+        Args:
+            word: the word (non-empty, no whitespace).
+            pron: its phones (at least one; each non-empty without whitespace).
+            prob: pronunciation probability in ``(0, 1]``, or None (1.0, not marked as given).
+
+        Returns:
+            True if added, False if ``word`` already had this exact pronunciation (the first
+            one, with its probability, is kept).
+
+        Raises:
+            LexiconError: empty word or phone, whitespace in one, no phones, bad probability.
+        """
+        why = _bad_token(word)
+        if why is not None:
+            raise LexiconError(None, None, f"word {word!r} {why}")
+        pron = tuple(pron)
+        if not pron:
+            raise LexiconError(None, None, f"word {word!r} has no pronunciation; expected "
+                                           "'WORD PHONE1 PHONE2 ...'")
+        for p in pron:
+            why = _bad_token(p)
+            if why is not None:
+                raise LexiconError(None, None, f"phone {p!r} of word {word!r} {why}")
+        if prob is not None and not (isinstance(prob, (int, float)) and math.isfinite(prob)
+                                     and 0.0 < prob <= 1.0):
+            raise LexiconError(None, None, f"pronunciation probability {prob!r} of word "
+                                           f"{word!r} is not in (0, 1]")
+        prons = self._prons.setdefault(word, [])
+        probs = self._probs.setdefault(word, [])
+        if pron in prons:
+            return False
+        prons.append(pron)
+        probs.append(1.0 if prob is None else float(prob))
+        if prob is not None:
+            self._has_probs = True
+        return True
+
+    @property
+    def has_probs(self) -> bool:
+        """True when some pronunciation was added with an explicit probability."""
+        return self._has_probs
+
+    @property
+    def num_prons(self) -> int:
+        """Number of (word, pronunciation) entries."""
+        return sum(len(p) for p in self._prons.values())
+
+    def __len__(self) -> int:
+        return len(self._prons)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prons)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self._prons
+
+    def __getitem__(self, word: str) -> list[tuple[str, ...]]:
+        return list(self._prons[word])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Lexicon):
+            return NotImplemented
+        return self._prons == other._prons and self._probs == other._probs
+
+    def __repr__(self) -> str:
+        return f"Lexicon({len(self)} words, {self.num_prons} pronunciations)"
+
+    def get(self, word: str, default: list[tuple[str, ...]] | None = None
+            ) -> list[tuple[str, ...]] | None:
+        """Pronunciations of ``word``, or ``default`` when it is not in the lexicon."""
+        return list(self._prons[word]) if word in self._prons else default
+
+    def words(self) -> list[str]:
+        """The words, in the order they were first added."""
+        return list(self._prons)
+
+    def entries(self) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """``(word, phones)`` for every pronunciation: words in order, variants in order."""
+        for word, prons in self._prons.items():
+            for pron in prons:
+                yield word, pron
+
+    def prob_entries(self) -> Iterator[tuple[str, float, tuple[str, ...]]]:
+        """``(word, prob, phones)`` for every pronunciation, in the order of :meth:`entries`."""
+        for word, prons in self._prons.items():
+            for prob, pron in zip(self._probs[word], prons):
+                yield word, prob, pron
+
+    def phones(self) -> list[str]:
+        """The distinct phones used, in C (byte) order."""
+        return sorted({p for _, pron in self.entries() for p in pron}, key=_c_key)
+
+    def sorted(self) -> Lexicon:
+        """A copy with words in C (byte) order; each word's pronunciations keep their order."""
+        out = Lexicon()
+        for word in sorted(self._prons, key=_c_key):
+            out._prons[word] = list(self._prons[word])
+            out._probs[word] = list(self._probs[word])
+        out._has_probs = self._has_probs
+        return out
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def _lines(path: Path, *, allow_cr: bool) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` for each line of ``path``; blank lines give ``[]``.
+
+    Fields are separated by spaces and tabs (Kaldi's ``split(" ")``). Decoding is strict
+    UTF-8; other Unicode whitespace (e.g. U+00A0) is an error, as in Kaldi's
+    ``validate_dict_dir.pl``; a carriage return is an error unless ``allow_cr``, which strips
+    one at the end of the line.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LexiconError(path, None, "file not found") from None
+    except OSError as e:
+        raise LexiconError(path, None, f"cannot read file: {e.strerror or e}") from e
+    raws = data.split(b"\n")
+    if raws[-1] == b"":
+        raws.pop()
+    for no, raw in enumerate(raws, start=1):
+        try:
+            line = raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as e:
+            raise LexiconError(path, no, f"invalid UTF-8 at byte {e.start} of the line "
+                                         f"({raw[e.start:e.start + 4]!r}); expected UTF-8 text"
+                               ) from None
+        if allow_cr and line.endswith("\r"):
+            line = line[:-1]
+        if "\r" in line:
+            raise LexiconError(path, no, "carriage return found (Windows CRLF line ending?); "
+                                         "expected '\\n' line endings")
+        line = line.strip(" \t")
+        fields = _FIELD_SEP.split(line) if line else []
+        for f in fields:
+            why = _bad_token(f)
+            if why is not None:
+                raise LexiconError(path, no, f"field {f!r} {why}; only spaces and tabs may "
+                                             "separate fields")
+        yield no, fields
+
+
+def _add(lex: Lexicon, path: Path, no: int, word: str, pron: Sequence[str],
+         prob: float | None, first_line: dict[tuple[str, tuple[str, ...]], int],
+         dropped: list[tuple[int, str, int]]) -> None:
+    try:
+        added = lex.add(word, pron, prob)
+    except LexiconError as e:
+        raise LexiconError(path, no, e.reason) from None
+    key = (word, tuple(pron))
+    if added:
+        first_line[key] = no
+    else:
+        dropped.append((no, word, first_line[key]))
+
+
+def _log_dropped(path: Path, dropped: list[tuple[int, str, int]]) -> None:
+    if dropped:
+        no, word, first = dropped[0]
+        logger.info("%s: dropped %d duplicate pronunciation(s) (first: line %d, %r, same as "
+                    "line %d)", path, len(dropped), no, word, first)
+
+
+def _parse_prob(path: Path, no: int, word: str, field: str) -> float:
+    if _NUMBER.fullmatch(field) is None or not 0.0 < float(field) <= 1.0:
+        raise LexiconError(path, no, f"bad pronunciation probability {field!r} for word "
+                                     f"{word!r}; expected 'WORD PROB PHONE1 ...' with "
+                                     "0 < PROB <= 1 (lexiconp.txt format)")
+    return float(field)
+
+
+def _looks_like_lexiconp(rows: list[tuple[int, list[str]]]) -> bool:
+    """True when every non-blank line is ``WORD PROB PHONE ...`` with PROB in (0, 1]."""
+    nonblank = [f for _, f in rows if f]
+    return bool(nonblank) and all(
+        len(f) >= 3 and _NUMBER.fullmatch(f[1]) is not None and 0.0 < float(f[1]) <= 1.0
+        for f in nonblank)
+
+
+def read_lexicon(path: str | os.PathLike, *, with_probs: bool | None = None) -> Lexicon:
+    """Read a Kaldi ``lexicon.txt`` (``WORD P1 P2 ...``) or ``lexiconp.txt``
+    (``WORD PROB P1 P2 ...``).
+
+    Fields are separated by spaces or tabs. Several lines for one word are its pronunciations,
+    kept in file order; an exact repeat of a (word, pronunciation) is dropped (logged). Lines
+    are not required to be sorted. Words and phones are taken as they are (``lang/``
+    lexicons with ``_B``/``#1`` phones read back unchanged); the checks of
+    ``utils/validate_dict_dir.pl`` on reserved words and phone names are done by
+    :func:`make_lang`.
+
+    Args:
+        path: the lexicon file.
+        with_probs: True for ``lexiconp.txt`` format, False for ``lexicon.txt``; None
+            detects it: a file named ``lexiconp*`` is read as lexiconp, otherwise the file
+            is lexiconp when every line's second field is a number in ``(0, 1]`` and is
+            followed by at least one phone.
+
+    Returns:
+        The lexicon; :attr:`Lexicon.has_probs` is True for lexiconp format.
+
+    Raises:
+        LexiconError: missing file; invalid UTF-8; a carriage return; a blank line; a word
+            without phones; a missing or out-of-range probability in lexiconp format;
+            whitespace other than space/tab. The message names the file and line.
+    """
+    path = Path(path)
+    rows = list(_lines(path, allow_cr=False))
+    if with_probs is None:
+        with_probs = path.name.startswith("lexiconp") or _looks_like_lexiconp(rows)
+    lex = Lexicon()
+    first_line: dict[tuple[str, tuple[str, ...]], int] = {}
+    dropped: list[tuple[int, str, int]] = []
+    expected = "'WORD PROB PHONE1 PHONE2 ...'" if with_probs else "'WORD PHONE1 PHONE2 ...'"
+    for no, fields in rows:
+        if not fields:
+            raise LexiconError(path, no, f"blank line; expected {expected}")
+        word, rest = fields[0], fields[1:]
+        prob = None
+        if with_probs:
+            if not rest:
+                raise LexiconError(path, no, f"word {word!r} has no probability or "
+                                             f"pronunciation; expected {expected}")
+            prob = _parse_prob(path, no, word, rest[0])
+            rest = rest[1:]
+        if not rest:
+            raise LexiconError(path, no, f"word {word!r} has no pronunciation; expected "
+                                         f"{expected}")
+        _add(lex, path, no, word, rest, prob, first_line, dropped)
+    _log_dropped(path, dropped)
+    logger.debug("%s: read %d words, %d pronunciations", path, len(lex), lex.num_prons)
+    return lex
+
+
+def _strip_stress(pron: Sequence[str]) -> list[str]:
+    return [_STRESS.sub("", p) for p in pron]
+
+
+def _read_pron_dict(path: Path, *, cmu: bool, strip_stress: bool) -> Lexicon:
+    lex = Lexicon()
+    first_line: dict[tuple[str, tuple[str, ...]], int] = {}
+    dropped: list[tuple[int, str, int]] = []
+    for no, fields in _lines(path, allow_cr=True):
+        if not fields or (cmu and fields[0].startswith(";;;")):
+            continue
+        word, pron = fields[0], fields[1:]
+        if cmu:
+            m = _CMU_VARIANT.fullmatch(word)
+            if m is not None:
+                word = m["word"]
+            for i, p in enumerate(pron):
+                if p.startswith("#"):  # cmudict.dict: "word P1 P2 # comment"
+                    pron = pron[:i]
+                    break
+        if not pron:
+            raise LexiconError(path, no, f"word {fields[0]!r} has no pronunciation; expected "
+                                         "'WORD PHONE1 PHONE2 ...'")
+        if strip_stress:
+            pron = _strip_stress(pron)
+        _add(lex, path, no, word, pron, None, first_line, dropped)
+    _log_dropped(path, dropped)
+    logger.debug("%s: read %d words, %d pronunciations", path, len(lex), lex.num_prons)
+    return lex
+
+
+def read_cmu_dict(path: str | os.PathLike, *, strip_stress: bool = False) -> Lexicon:
+    """Read a CMU / SphinxTrain pronunciation dictionary (e.g. AN4's ``etc/an4.dic``,
+    ``cmudict-0.7b``, ``cmudict.dict``).
+
+    Format: ``WORD  P1 P2 ...`` per line, fields separated by spaces or tabs. An alternative
+    pronunciation is written ``WORD(2)``, ``WORD(3)``, ...: it becomes a further
+    pronunciation of ``WORD``, in file order (the unnumbered line first when it comes first).
+    Lines starting with ``;;;`` are comments; from a field starting with ``#`` to the end of
+    the line is a comment (``cmudict.dict``). Blank lines are skipped and ``\\r\\n`` line
+    endings accepted. An exact repeat of a pronunciation is dropped (logged). Words keep
+    their case.
+
+    Args:
+        path: the dictionary file.
+        strip_stress: remove the ARPAbet stress digit ending a phone (``AH0`` -> ``AH``);
+            pronunciations that become identical are merged.
+
+    Returns:
+        The lexicon, words in file order.
+
+    Raises:
+        LexiconError: missing file; invalid UTF-8; a word without phones; whitespace other
+            than space/tab. The message names the file and line.
+    """
+    return _read_pron_dict(Path(path), cmu=True, strip_stress=strip_stress)
+
+
+def read_librispeech_lexicon(path: str | os.PathLike, *, strip_stress: bool = False
+                             ) -> Lexicon:
+    """Read LibriSpeech's ``librispeech-lexicon.txt`` (as used by Kaldi's
+    ``egs/librispeech/s5/local/prepare_dict.sh``).
+
+    Format: ``WORD<TAB>P1 P2 ...`` (any run of spaces or tabs is accepted as separator), phones
+    in ARPAbet with stress digits on vowels (``AH0``, ``EY1``). A word listed on several lines
+    has several pronunciations, in file order. Blank lines are skipped and ``\\r\\n`` line
+    endings accepted. An exact repeat of a pronunciation is dropped (logged).
+
+    Args:
+        path: the lexicon file.
+        strip_stress: remove the stress digit ending a phone (``AH0`` -> ``AH``), giving the
+            39-phone ARPAbet set; pronunciations that become identical are merged.
+
+    Returns:
+        The lexicon, words in file order.
+
+    Raises:
+        LexiconError: missing file; invalid UTF-8; a word without phones; whitespace other
+            than space/tab. The message names the file and line.
+    """
+    return _read_pron_dict(Path(path), cmu=False, strip_stress=strip_stress)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def _format_prob(prob: float) -> str:
+    return repr(float(prob))
+
+
+def write_lexicon(lexicon: Lexicon, path: str | os.PathLike, *,
+                  with_probs: bool | None = None) -> None:
+    """Write a Kaldi ``lexicon.txt`` (or ``lexiconp.txt``) atomically.
+
+    One line per pronunciation, ``WORD P1 P2 ...`` (``WORD PROB P1 P2 ...`` with probabilities,
+    ``PROB`` written as Python's shortest float repr, e.g. ``1.0``, ``0.5``), fields separated
+    by one space, UTF-8, ``\\n`` endings. Words are sorted in C (byte) order like
+    ``LC_ALL=C sort``; a word's pronunciations keep the lexicon's order (the variant order is
+    meaningful). Reading the file back with :func:`read_lexicon` gives an equal lexicon.
+
+    Args:
+        lexicon: the lexicon to write.
+        path: output file (parent directories are created).
+        with_probs: write the probability column; None writes it when
+            :attr:`Lexicon.has_probs`.
+    """
+    if with_probs is None:
+        with_probs = lexicon.has_probs
+    with atomic_write(path) as f:
+        for word, prob, pron in lexicon.sorted().prob_entries():
+            if with_probs:
+                f.write(f"{word} {_format_prob(prob)} {' '.join(pron)}\n")
+            else:
+                f.write(f"{word} {' '.join(pron)}\n")
+
+
+def write_symbol_table(table: Mapping[str, int], path: str | os.PathLike) -> None:
+    """Write a Kaldi/OpenFst symbol table (``phones.txt``, ``words.txt``): ``SYMBOL ID`` per
+    line, one space, in the mapping's order, atomically."""
+    with atomic_write(path) as f:
+        for sym, i in table.items():
+            f.write(f"{sym} {i}\n")
+
+
+def read_symbol_table(path: str | os.PathLike) -> dict[str, int]:
+    """Read a Kaldi/OpenFst symbol table (``phones.txt``, ``words.txt``): ``SYMBOL ID`` per line.
+
+    Returns:
+        ``{symbol: id}`` in file order.
+
+    Raises:
+        LexiconError: missing file; invalid UTF-8; a line that is not ``SYMBOL ID`` with a
+            non-negative integer id; a duplicate symbol or id. The message names file and line.
+    """
+    path = Path(path)
+    table: dict[str, int] = {}
+    seen_ids: dict[int, int] = {}
+    lines: dict[str, int] = {}
+    for no, fields in _lines(path, allow_cr=False):
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise LexiconError(path, no, f"expected 'SYMBOL ID' with a non-negative integer "
+                                         f"id, got {' '.join(fields)!r}")
+        sym, i = fields[0], int(fields[1])
+        if sym in table:
+            raise LexiconError(path, no, f"duplicate symbol {sym!r} (first on line "
+                                         f"{lines[sym]})")
+        if i in seen_ids:
+            raise LexiconError(path, no, f"duplicate id {i} (first on line {seen_ids[i]})")
+        table[sym], lines[sym], seen_ids[i] = i, no, no
+    return table
+
+
+# --- phones and the lang directory -------------------------------------------------------------
+
+def word_position_phones(pron: Sequence[str]) -> tuple[str, ...]:
+    """Mark each phone with its position in the word, as Kaldi's ``prepare_lang.sh`` does.
+
+    A one-phone word gets ``_S`` (singleton); otherwise the first phone gets ``_B``, the last
+    ``_E`` and those between ``_I``: ``("K", "AE", "T") -> ("K_B", "AE_I", "T_E")``. Silence
+    phones inside words are marked the same way.
+
+    Raises:
+        LexiconError: ``pron`` is empty.
+    """
+    if not pron:
+        raise LexiconError(None, None, "empty pronunciation has no word positions")
+    if len(pron) == 1:
+        return (f"{pron[0]}_S",)
+    return (f"{pron[0]}_B", *(f"{p}_I" for p in pron[1:-1]), f"{pron[-1]}_E")
+
+
+def add_disambig_symbols(lexicon: Lexicon) -> tuple[Lexicon, int]:
+    """Add disambiguation symbols to a lexicon like Kaldi's ``utils/add_lex_disambig.pl``.
+
+    Entries are processed in the order of :meth:`Lexicon.entries`. A pronunciation that is
+    unique and is not a proper prefix of another pronunciation is left as is. Otherwise it gets
+    ``#1`` appended the first time its phone sequence is met, ``#2`` the second time, and so
+    on: a prefix pronunciation (``AH`` when ``AH N`` exists) gets ``#1``; homophones (two words
+    ``EY T``) get ``#1`` and ``#2``. ``#0`` is left for the grammar's back-off arcs. (Empty
+    pronunciations, which Kaldi gives reserved symbols, cannot occur in a :class:`Lexicon`.)
+
+    Args:
+        lexicon: the lexicon, usually with position-dependent phones already.
+
+    Returns:
+        ``(lexicon with symbols, highest symbol number used)``; the number is 0 when no
+        symbol was needed. Probabilities are kept.
+    """
+    count = Counter(pron for _, pron in lexicon.entries())
+    prefixes = {pron[:i] for pron in count for i in range(len(pron))}
+    last_used: dict[tuple[str, ...], int] = {}
+    max_disambig = 0
+    out = Lexicon()
+    for word, prob, pron in lexicon.prob_entries():
+        if pron in prefixes or count[pron] > 1:
+            n = last_used.get(pron, 0) + 1
+            last_used[pron] = n
+            max_disambig = max(max_disambig, n)
+            new = (*pron, f"#{n}")
+        else:
+            new = pron
+        out.add(word, new, prob if lexicon.has_probs else None)
+    return out, max_disambig
+
+
+@dataclass(frozen=True)
+class PhoneSet:
+    """The phone inventory of a lang directory (Kaldi ``phones.txt`` and ``phones/*.txt``).
+
+    Build it with :meth:`build` (or :func:`make_lang`). Silence phones come before non-silence
+    phones; with position-dependent phones each silence base phone ``SIL`` expands to
+    ``SIL SIL_B SIL_E SIL_I SIL_S`` (the plain phone is the optional silence between words)
+    and each non-silence base phone ``AA`` to ``AA_B AA_E AA_I AA_S``, exactly as
+    ``prepare_lang.sh`` does.
+
+    Attributes:
+        silence: the silence phones with their variants (``phones/silence.txt``).
+        nonsilence: the non-silence phones with their variants (``phones/nonsilence.txt``).
+        optional_silence: the optional-silence phone (``phones/optional_silence.txt``).
+        disambig: ``#0 #1 ... #N`` (``phones/disambig.txt``).
+        position_dependent: whether phones carry ``_B _E _I _S`` markers.
+        base_phones: the base phones, silence first, each once.
+        phones: the symbol table ``{phone: id}``: ``<eps>`` 0, silence, non-silence,
+            disambiguation symbols (``phones.txt``).
+        to_base: ``{phone: base phone}`` for every phone but ``<eps>`` and the
+            disambiguation symbols (``AA_B -> AA``, ``SIL -> SIL``), for tree building.
+    """
+
+    silence: tuple[str, ...]
+    nonsilence: tuple[str, ...]
+    optional_silence: str
+    disambig: tuple[str, ...]
+    position_dependent: bool
+    base_phones: tuple[str, ...]
+    phones: dict[str, int]
+    to_base: dict[str, str]
+
+    @classmethod
+    def build(cls, silence: Sequence[str], nonsilence: Sequence[str], *,
+              optional_silence: str, max_lex_disambig: int = 0,
+              position_dependent: bool = True) -> PhoneSet:
+        """Make the phone set from base phones (Kaldi ``silence_phones.txt`` and
+        ``nonsilence_phones.txt``).
+
+        Args:
+            silence: silence base phones, in order (non-empty).
+            nonsilence: non-silence base phones, in order (non-empty).
+            optional_silence: one of ``silence``.
+            max_lex_disambig: highest disambiguation symbol of the lexicon (the number
+                :func:`add_disambig_symbols` returns); the symbols are ``#0`` to
+                ``#(max_lex_disambig + 1)``, the last being for optional silence in
+                ``L_disambig.fst``, as ``prepare_lang.sh`` does.
+            position_dependent: add the ``_B _E _I _S`` variants.
+
+        Raises:
+            LexiconError: an empty list; a phone listed twice or in both lists; a phone name
+                Kaldi disallows (starting with ``#``, ending in ``_B _E _I _S``, ``<eps>``,
+                containing whitespace); ``optional_silence`` not a silence phone.
+        """
+        if not silence:
+            raise LexiconError(None, None, "no silence phones; expected at least one")
+        if not nonsilence:
+            raise LexiconError(None, None, "no non-silence phones; expected at least one")
+        seen: dict[str, str] = {}
+        for kind, phones in (("silence", silence), ("non-silence", nonsilence)):
+            for p in phones:
+                why = _bad_token(p)
+                if why is None and (p.startswith("#") or p == "<eps>"
+                                    or _POSITION_RE.search(p)):
+                    why = ("is not allowed (a name starting with '#', ending in _B/_E/_I/_S or "
+                           "equal to <eps> clashes with Kaldi's reserved symbols)")
+                if why is not None:
+                    raise LexiconError(None, None, f"{kind} phone {p!r} {why}")
+                if p in seen:
+                    raise LexiconError(None, None, f"phone {p!r} is listed as {seen[p]} and "
+                                                   f"as {kind}; expected each phone once")
+                seen[p] = kind
+        if optional_silence not in silence:
+            raise LexiconError(None, None, f"optional silence {optional_silence!r} is not a "
+                                           f"silence phone {tuple(silence)}")
+        if max_lex_disambig < 0:
+            raise LexiconError(None, None, f"max_lex_disambig must be >= 0, got "
+                                           f"{max_lex_disambig}")
+        sil_suffixes = ("", *POSITION_SUFFIXES) if position_dependent else ("",)
+        nonsil_suffixes = POSITION_SUFFIXES if position_dependent else ("",)
+        to_base: dict[str, str] = {}
+        sil = tuple(p + s for p in silence for s in sil_suffixes)
+        nonsil = tuple(p + s for p in nonsilence for s in nonsil_suffixes)
+        for p in silence:
+            to_base.update((p + s, p) for s in sil_suffixes)
+        for p in nonsilence:
+            to_base.update((p + s, p) for s in nonsil_suffixes)
+        disambig = tuple(f"#{i}" for i in range(max_lex_disambig + 2))
+        phones = {sym: i for i, sym in enumerate(("<eps>", *sil, *nonsil, *disambig))}
+        return cls(silence=sil, nonsilence=nonsil, optional_silence=optional_silence,
+                   disambig=disambig, position_dependent=position_dependent,
+                   base_phones=(*silence, *nonsilence), phones=phones, to_base=to_base)
+
+
+@dataclass(frozen=True)
+class Lang:
+    """What :func:`make_lang` derives from a lexicon: Kaldi's ``data/lang`` text files.
+
+    Attributes:
+        phone_set: the phones (:class:`PhoneSet`).
+        words: the word symbol table ``{word: id}`` (``words.txt``): ``<eps>`` 0, the words
+            in C (byte) order from 1, then ``#0``, ``<s>``, ``</s>``.
+        lexicon: the lexicon with position-dependent phones (or base phones), words in C
+            order, including the OOV word (``lexicon.txt``).
+        lexicon_disambig: ``lexicon`` with disambiguation symbols (``lexicon_disambig.txt``).
+        oov_word: the word OOVs are mapped to (``oov.txt``), or None.
+    """
+
+    phone_set: PhoneSet
+    words: dict[str, int]
+    lexicon: Lexicon
+    lexicon_disambig: Lexicon
+    oov_word: str | None
+
+    @property
+    def phones(self) -> dict[str, int]:
+        """The phone symbol table ``{phone: id}`` (``phones.txt``)."""
+        return self.phone_set.phones
+
+
+def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
+              optional_silence: str = "SIL", position_dependent: bool = True,
+              oov_word: str | None = "<UNK>", oov_phone: str | None = "SPN",
+              nonsilence_phones: Sequence[str] | None = None) -> Lang:
+    """Derive phones, words and the disambiguated lexicon, like Kaldi's
+    ``utils/prepare_lang.sh`` (with its ``validate_dict_dir.pl`` checks).
+
+    Steps:
+
+    1. If ``oov_word`` is not in the lexicon, add ``oov_word -> oov_phone``. ``oov_phone``
+       (when not None) is a silence phone, appended to ``silence_phones`` unless listed
+       (Kaldi recipes put ``SPN`` in ``silence_phones.txt``).
+    2. Non-silence phones are ``nonsilence_phones`` when given (then every lexicon phone must
+       be a silence or a non-silence phone), else the lexicon's other phones in C order.
+    3. With ``position_dependent``, each pronunciation gets ``_B _I _E``/``_S`` markers
+       (:func:`word_position_phones`); the lexicon is sorted by word (C order).
+    4. Disambiguation symbols are added (:func:`add_disambig_symbols`); ``phones.txt`` gets
+       ``#0`` to ``#(max + 1)``.
+    5. ``words.txt`` lists ``<eps>``, the words, ``#0``, ``<s>``, ``</s>``.
+
+    Args:
+        lexicon: word pronunciations over base phones.
+        silence_phones: silence base phones (Kaldi ``silence_phones.txt``).
+        optional_silence: the phone for optional silence between words.
+        position_dependent: use word-position-dependent phones (Kaldi's default).
+        oov_word: the word out-of-vocabulary words map to, or None for none.
+        oov_phone: the phone of ``oov_word`` (spoken noise), or None.
+        nonsilence_phones: a fixed non-silence inventory (e.g. a corpus's phone list), so that
+            ``phones.txt`` does not depend on which phones the lexicon happens to use.
+
+    Returns:
+        The :class:`Lang`; write it with :func:`write_lang`.
+
+    Raises:
+        LexiconError: the lexicon holds a reserved word (``<eps> <s> </s> #0``) or uses a
+            phone outside the given inventory; ``oov_word`` is missing and ``oov_phone`` is
+            None; or :meth:`PhoneSet.build` rejects the phones (bad names, overlap, optional
+            silence not a silence phone).
+    """
+    reserved = " ".join(sorted(FORBIDDEN_WORDS))
+    for word in lexicon:
+        if word in FORBIDDEN_WORDS:
+            raise LexiconError(None, None, f"the lexicon contains the reserved word {word!r}; "
+                                           f"{reserved} are symbols of words.txt")
+    if oov_word in FORBIDDEN_WORDS:
+        raise LexiconError(None, None, f"oov_word {oov_word!r} is reserved; {reserved} are "
+                                       "symbols of words.txt")
+    source = lexicon.sorted()
+    if oov_word is not None and oov_word not in source:
+        if oov_phone is None:
+            raise LexiconError(None, None, f"OOV word {oov_word!r} is not in the lexicon and "
+                                           "no oov_phone was given for it")
+        source.add(oov_word, (oov_phone,), 1.0 if source.has_probs else None)
+        source = source.sorted()
+    silence = list(dict.fromkeys(silence_phones))
+    if len(silence) != len(silence_phones):
+        raise LexiconError(None, None, f"silence phones {tuple(silence_phones)} list a phone "
+                                       "twice")
+    if oov_phone is not None and oov_phone not in silence:
+        silence.append(oov_phone)
+    used = source.phones()
+    if nonsilence_phones is None:
+        nonsilence = [p for p in used if p not in silence]
+    else:
+        nonsilence = list(nonsilence_phones)
+        known = set(silence) | set(nonsilence)
+        for word, pron in source.entries():
+            for p in pron:
+                if p not in known:
+                    raise LexiconError(None, None, f"phone {p!r} of word {word!r} is neither "
+                                                   "a silence nor a non-silence phone")
+    # Validate the inventory before deriving anything from it.
+    PhoneSet.build(silence, nonsilence, optional_silence=optional_silence,
+                   position_dependent=position_dependent)
+
+    lang_lex = Lexicon()
+    for word, prob, pron in source.prob_entries():
+        new = word_position_phones(pron) if position_dependent else pron
+        lang_lex.add(word, new, prob if source.has_probs else None)
+    lex_disambig, max_disambig = add_disambig_symbols(lang_lex)
+    phone_set = PhoneSet.build(silence, nonsilence, optional_silence=optional_silence,
+                               max_lex_disambig=max_disambig,
+                               position_dependent=position_dependent)
+    words = {"<eps>": 0}
+    for word in lang_lex:  # already in C order
+        words[word] = len(words)
+    for sym in ("#0", "<s>", "</s>"):
+        words[sym] = len(words)
+    logger.info("lang: %d words, %d pronunciations, %d phones (%d silence, %d non-silence "
+                "base), %d disambiguation symbols", len(lang_lex), lang_lex.num_prons,
+                len(phone_set.silence) + len(phone_set.nonsilence), len(silence),
+                len(nonsilence), len(phone_set.disambig))
+    return Lang(phone_set=phone_set, words=words, lexicon=lang_lex,
+                lexicon_disambig=lex_disambig, oov_word=oov_word)
+
+
+def _write_list(path: Path, items: Iterable[str]) -> None:
+    with atomic_write(path) as f:
+        for item in items:
+            f.write(f"{item}\n")
+
+
+def write_lang(lang: Lang, lang_dir: str | os.PathLike) -> Path:
+    """Write a lang directory (the text files of Kaldi's ``data/lang``), each file atomically.
+
+    Files: ``phones.txt``, ``words.txt``, ``phones/silence.txt``, ``phones/nonsilence.txt``,
+    ``phones/optional_silence.txt``, ``phones/disambig.txt``, ``lexicon.txt``,
+    ``lexicon_disambig.txt`` (both without probabilities), ``lexiconp.txt`` and
+    ``lexiconp_disambig.txt`` when the lexicon has probabilities, and ``oov.txt`` when there
+    is an OOV word. Formats are in the module docstring.
+
+    Args:
+        lang: from :func:`make_lang`.
+        lang_dir: output directory (created if missing).
+
+    Returns:
+        ``lang_dir`` as a Path.
+    """
+    d = Path(lang_dir)
+    ps = lang.phone_set
+    write_symbol_table(ps.phones, d / "phones.txt")
+    write_symbol_table(lang.words, d / "words.txt")
+    _write_list(d / "phones" / "silence.txt", ps.silence)
+    _write_list(d / "phones" / "nonsilence.txt", ps.nonsilence)
+    _write_list(d / "phones" / "optional_silence.txt", [ps.optional_silence])
+    _write_list(d / "phones" / "disambig.txt", ps.disambig)
+    write_lexicon(lang.lexicon, d / "lexicon.txt", with_probs=False)
+    write_lexicon(lang.lexicon_disambig, d / "lexicon_disambig.txt", with_probs=False)
+    if lang.lexicon.has_probs:
+        write_lexicon(lang.lexicon, d / "lexiconp.txt", with_probs=True)
+        write_lexicon(lang.lexicon_disambig, d / "lexiconp_disambig.txt", with_probs=True)
+    if lang.oov_word is not None:
+        _write_list(d / "oov.txt", [lang.oov_word])
+    logger.info("%s: wrote lang directory", d)
+    return d
+
+
+# --- OOV report --------------------------------------------------------------------------------
+
+class OovCounts(Counter):
+    """Out-of-vocabulary words with their counts: a :class:`collections.Counter`
+    ``{word: occurrences}`` with extra facts for a report.
+
+    Attributes:
+        utts: ``{word: [utterance ids]}``, the first few utterances each word occurs in.
+        num_tokens: running words checked (in vocabulary or not).
+    """
+
+    def __init__(self, counts: Mapping[str, int] | Iterable[str] = (), /) -> None:
+        super().__init__(counts)
+        self.utts: dict[str, list[str]] = {}
+        self.num_tokens = 0
+
+    @property
+    def num_oov_tokens(self) -> int:
+        """Running words that are OOV (the sum of the counts)."""
+        return sum(self.values())
+
+    @property
+    def rate(self) -> float:
+        """OOV running words / running words (0.0 when nothing was checked)."""
+        return self.num_oov_tokens / self.num_tokens if self.num_tokens else 0.0
+
+    def summary(self, limit: int = 20) -> str:
+        """``"FOO (3), BAR (1)"``: words by decreasing count, ties in C order, at most
+        ``limit`` of them (then ``", ... and N more"``); ``""`` when there are none."""
+        ranked = sorted(self.items(), key=lambda kv: (-kv[1], _c_key(kv[0])))
+        text = ", ".join(f"{w} ({n})" for w, n in ranked[:limit])
+        if len(ranked) > limit:
+            text += f", ... and {len(ranked) - limit} more"
+        return text
+
+
+def find_oovs(lexicon: Container[str], texts: Iterable[tuple[str, str]] | Mapping[str, str],
+              *, ignore: Iterable[str] = (), max_utts: int = 3) -> OovCounts:
+    """Count the words of transcripts that the lexicon lacks (Kaldi recipes' OOV check, e.g.
+    ``utils/sym2int.pl --map-oov`` warnings, but by name).
+
+    Args:
+        lexicon: a :class:`Lexicon` or any container of words (e.g. a ``words.txt`` table).
+        texts: ``(utterance id, transcript)`` pairs, or a mapping such as a data dir's
+            ``text``; transcripts are split on whitespace.
+        ignore: tokens never counted (e.g. ``<s>``, ``</s>``, ``<sil>`` markers).
+        max_utts: how many utterance ids to keep per OOV word.
+
+    Returns:
+        :class:`OovCounts`; a caller logs e.g.
+        ``"OOV words in train: %s", oovs.summary()`` -> ``FOO (3), BAR (1)``.
+    """
+    items = texts.items() if isinstance(texts, Mapping) else texts
+    skip = frozenset(ignore)
+    out = OovCounts()
+    for utt, transcript in items:
+        for token in transcript.split():
+            if token in skip:
+                continue
+            out.num_tokens += 1
+            if token not in lexicon:
+                out[token] += 1
+                seen = out.utts.setdefault(token, [])
+                if len(seen) < max_utts and utt not in seen:
+                    seen.append(utt)
+    return out
