@@ -25,6 +25,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
                  ) -> Iterator[IO]:
     """Open a temporary file beside ``path`` and move it over ``path`` only on success.
 
+    The file gets the permissions ``open()`` would give it (0666 less the umask).
+
     Args:
         path: final file path; its parent directory is created if missing.
         mode: ``"w"`` (text, default) or ``"wb"`` (binary).
@@ -39,6 +41,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s mode
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding,
@@ -51,6 +54,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def mark_done(out_dir: str | os.PathLike, name: str = ".done") -> None:

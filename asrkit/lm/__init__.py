@@ -1,0 +1,1 @@
+"""Language models for decoding: n-gram models in ARPA format (:mod:`asrkit.lm.ngram`)."""
