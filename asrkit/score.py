@@ -8,6 +8,7 @@ columns of NIST sclite's ``.sys`` report as printed in Kaldi/ESPnet ``RESULTS.md
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -167,7 +168,9 @@ def format_table(rows: list[tuple[str, ErrorCounts]], unit: str = "Wrd") -> str:
 
 
 def write_score_dir(report: ScoreReport, out_dir: str | os.PathLike, name: str) -> str:
-    """Write ``score.txt`` (WER and CER tables) and ``per_utt`` alignments into ``out_dir``.
+    """Write ``score.txt`` (WER and CER tables), ``score.json`` (the same counts, machine
+    readable: ``{"name", "wer": {...}, "cer": {...}}`` with ``rate`` in %) and ``per_utt``
+    alignments into ``out_dir``.
 
     Returns:
         The text written to ``score.txt``.
@@ -177,9 +180,18 @@ def write_score_dir(report: ScoreReport, out_dir: str | os.PathLike, name: str) 
             f"## CER\n\n{format_table([(name, report.cer)], unit='Chr')}")
     with atomic_write(out_dir / "score.txt") as f:
         f.write(text)
+    with atomic_write(out_dir / "score.json") as f:
+        json.dump({"name": name, "wer": _counts_dict(report.wer),
+                   "cer": _counts_dict(report.cer)}, f, indent=1)
     with atomic_write(out_dir / "per_utt") as f:
         f.write("\n".join(report.alignments))
     return text
+
+
+def _counts_dict(c: ErrorCounts) -> dict:
+    return {"sentences": c.sentences, "ref_units": c.ref_units, "correct": c.correct,
+            "sub": c.sub, "del": c.dele, "ins": c.ins, "sent_err": c.sent_err,
+            "rate": round(c.rate, 4)}
 
 
 def append_results(results_md: str | os.PathLike, title: str, body: str) -> None:

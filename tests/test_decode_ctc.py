@@ -1,6 +1,7 @@
 """CTC prefix beam search, n-best files and the ``ctc_prefix_beam`` decode stage."""
 
 import itertools
+import json
 import math
 from collections import defaultdict
 
@@ -219,6 +220,9 @@ def test_decode_stage_prefix_beam_writes_text_and_nbest(trained):
     beam = decode_data_dir(exp, dev, method="ctc_prefix_beam", beam=8, nbest=3, device="cpu")
     assert beam.text == exp / "decode_dev_ctc_prefix_beam" / "text"
     assert beam.num_utts == 8 and beam.rtf > 0
+    summary = json.loads((beam.text.parent / "decode_summary.json").read_text())
+    assert (summary["method"], summary["beam"], summary["num_utts"]) == ("ctc_prefix_beam", 8, 8)
+    assert summary["rtf"] == pytest.approx(beam.rtf, rel=1e-3)
     cer_greedy = score_files(dev / "text", greedy.text).cer.rate
     cer_beam = score_files(dev / "text", beam.text).cer.rate
     assert cer_beam <= cer_greedy + 5.0, (cer_beam, cer_greedy)

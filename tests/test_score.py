@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from asrkit.data.datadir import DataDirError
@@ -37,6 +39,9 @@ def test_table_and_files(tmp_path):
     assert table.splitlines()[2] == "|test|2|6|83.3|0.0|16.7|0.0|16.7|50.0|"
     write_score_dir(report, tmp_path / "out", "test")
     assert "|test|2|6|" in (tmp_path / "out" / "score.txt").read_text()
+    js = json.loads((tmp_path / "out" / "score.json").read_text())
+    assert js["name"] == "test" and js["wer"]["rate"] == pytest.approx(100 / 6, abs=1e-3)
+    assert (js["wer"]["ref_units"], js["wer"]["del"], js["wer"]["sent_err"]) == (6, 1, 1)
     per_utt = (tmp_path / "out" / "per_utt").read_text()
     assert "id: u2" in per_utt and "id: u1" in per_utt
     append_results(tmp_path / "RESULTS.md", "first", table)

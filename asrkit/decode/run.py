@@ -16,6 +16,7 @@ Every beam method can also write an n-best list (``nbest``, format in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -202,4 +203,12 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         report = DecodeReport(out_dir / "text", len(hyps), audio, wall, nbest_path)
         logger.info("decoded %d utterances (%.1f s of audio) in %.1f s on %s, RTF %.4f",
                     report.num_utts, audio, wall, dev, report.rtf)
+        summary = {"method": method, "beam": beam if method != "ctc_greedy" else 1,
+                   "ctc_weight": ctc_weight if method == "joint_ctc_attention" else None,
+                   "checkpoint": checkpoint, "avg": avg, "num_utts": report.num_utts,
+                   "audio_seconds": round(audio, 3), "wall_seconds": round(wall, 3),
+                   "rtf": round(report.rtf, 6), "device": str(dev),
+                   "threads": torch.get_num_threads() if dev.type == "cpu" else None}
+        with atomic_write(out_dir / "decode_summary.json") as f:
+            json.dump(summary, f, indent=1)
         return report

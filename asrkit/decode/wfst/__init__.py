@@ -1,0 +1,40 @@
+"""Weighted finite-state transducers for HMM-GMM decoding (Kaldi's graph construction).
+
+Built with pynini (OpenFst): tropical-semiring FSTs whose weights are costs ``-ln p``, labels
+being the ids of the lang directory's ``phones.txt`` and ``words.txt``.
+
+* :mod:`~asrkit.decode.wfst.graph`: ``L`` (:func:`make_lexicon_fst`), ``G``
+  (:func:`arpa_to_fst`), ``LG`` (:func:`make_lg`) and the OpenFst steps of ``mkgraph.sh``
+  (:func:`table_compose`, :func:`determinize_star`, :func:`minimize_encoded`,
+  :func:`remove_disambig`) on which ``HCLG`` is built.
+* :mod:`~asrkit.decode.wfst.fstio`: atomic binary FST I/O and symbol tables.
+"""
+
+from asrkit.decode.wfst.fstio import read_fst, read_symbols, symbol_table, write_fst
+from asrkit.decode.wfst.graph import (
+    GraphError,
+    arpa_to_fst,
+    determinize_star,
+    disambig_ids,
+    make_lexicon_fst,
+    make_lg,
+    minimize_encoded,
+    remove_disambig,
+    table_compose,
+)
+
+__all__ = [
+    "GraphError",
+    "arpa_to_fst",
+    "determinize_star",
+    "disambig_ids",
+    "make_lexicon_fst",
+    "make_lg",
+    "minimize_encoded",
+    "read_fst",
+    "read_symbols",
+    "remove_disambig",
+    "symbol_table",
+    "table_compose",
+    "write_fst",
+]

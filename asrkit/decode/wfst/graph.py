@@ -1,0 +1,528 @@
+"""The lexicon and grammar transducers of an HMM-GMM decoding graph, and their composition.
+
+This is the ``L``, ``G`` and ``LG`` part of Kaldi's graph construction (``utils/prepare_lang.sh``
+builds ``L.fst``/``L_disambig.fst``, ``utils/format_lm.sh`` builds ``G.fst`` with ``arpa2fst``,
+``utils/mkgraph.sh`` composes ``LG``), done with pynini (OpenFst). Every FST here is a
+``standard`` (tropical semiring) FST: a weight is a cost ``-ln p`` in nats, paths combine by
+adding costs and alternatives by taking the minimum.
+
+Symbol ids are those of the lang directory (:func:`asrkit.text.lexicon.make_lang`): phone labels
+are ids of ``phones.txt`` (:attr:`Lang.phones`), word labels ids of ``words.txt``
+(:attr:`Lang.words`), and ``0`` is ``<eps>`` on both sides. The FSTs carry no symbol tables
+(Kaldi's ``fstcompile --keep_isymbols=false --keep_osymbols=false``); attach them for printing
+with :func:`asrkit.decode.wfst.fstio.symbol_table`.
+
+The transducers, input side first:
+
+* ``L`` (:func:`make_lexicon_fst`): phones -> words, with optional silence between words.
+* ``G`` (:func:`arpa_to_fst`): words -> words, the n-gram model; backoff arcs read ``#0``.
+* ``LG`` (:func:`make_lg`): phones -> words, determinized and minimized.
+
+Disambiguation symbols. Homophones (``O``, ``OH`` both ``OW``) and pronunciations that are
+prefixes of others make ``L`` non-determinizable; ``#1 #2 ...`` at the end of their
+pronunciations (``lexicon_disambig.txt``) tell them apart, and the last phone-side symbol
+``#N`` follows the optional silence. G's backoff arcs read the word symbol ``#0``; ``L`` passes
+it through with a ``#0:#0`` self-loop (Kaldi's ``fstaddselfloops``), so that ``LG`` reads the
+phone symbol ``#0`` wherever ``G`` backs off. With these symbols ``L o G`` is determinizable.
+They are removed (relabelled to ``<eps>``) only at the end of ``HCLG`` construction
+(:func:`remove_disambig`).
+
+Later work (issue 4) adds ``C`` and ``H`` on the input side, as Kaldi's ``mkgraph.sh`` does:
+``CLG = C o LG`` with ``C`` the context-dependency transducer (context-dependent phones ->
+phones, passing the phone disambiguation symbols through; for a monophone system ``C`` is the
+identity over phones), ``HCLG = H o CLG`` with ``H`` the HMM transducer (transition ids ->
+context-dependent phones, its own disambiguation symbols replacing the phone ones), then
+:func:`determinize_star`, :func:`remove_disambig`, :func:`minimize_encoded` and self-loops. A
+``make_hclg(H, C, LG)`` reuses :func:`table_compose` and these helpers unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+
+import pynini
+
+from asrkit.lm.ngram import BOS, EOS, NgramLM, read_arpa
+from asrkit.text.lexicon import Lang, read_symbol_table
+
+__all__ = [
+    "GraphError",
+    "arpa_to_fst",
+    "determinize_star",
+    "disambig_ids",
+    "make_lexicon_fst",
+    "make_lg",
+    "minimize_encoded",
+    "remove_disambig",
+    "table_compose",
+]
+
+logger = logging.getLogger(__name__)
+
+_LN10 = math.log(10.0)
+_EPS = 0
+
+
+class GraphError(ValueError):
+    """A decoding graph cannot be built from the given pieces, or an FST file is unusable.
+
+    The message names what is wrong and what was expected, e.g. ``ARPA words missing from
+    words.txt: 'FOO', 'BAR' (2 of 9 words); expected every 1-gram of the model except <s>
+    and </s> in the word symbol table``.
+    """
+
+
+def _as_words(words: Mapping[str, int] | str | os.PathLike) -> Mapping[str, int]:
+    if isinstance(words, Mapping):
+        return words
+    return read_symbol_table(words)
+
+
+def disambig_ids(table: Mapping[str, int]) -> list[int]:
+    """Ids of the disambiguation symbols of a symbol table: the symbols starting with ``#``.
+
+    For ``phones.txt`` these are ``#0 #1 ... #N`` (Kaldi's ``phones/disambig.int``), for
+    ``words.txt`` just ``#0`` (``phones/wdisambig_words.int``).
+
+    Args:
+        table: a symbol table ``{symbol: id}`` such as :attr:`Lang.phones` or :attr:`Lang.words`.
+
+    Returns:
+        The ids in increasing order.
+    """
+    return sorted(i for sym, i in table.items() if sym.startswith("#"))
+
+
+# --- L -----------------------------------------------------------------------------------------
+
+def make_lexicon_fst(lang: Lang, *, sil_prob: float = 0.5, disambig: bool = True) -> pynini.Fst:
+    """The lexicon transducer ``L`` (or ``L_disambig``) of a lang, as Kaldi's
+    ``utils/lang/make_lexicon_fst.py`` builds it (plus ``fstaddselfloops`` for ``L_disambig``).
+
+    Topology (``sil_prob > 0``): a start state with ``<eps>:<eps>`` arcs to the loop state (cost
+    ``-ln(1 - sil_prob)``) and to the silence state (cost ``-ln sil_prob``), so an utterance may
+    begin with silence; each pronunciation leaves the loop state, emitting its word on the first
+    phone (with the cost ``-ln`` of its pronunciation probability), and its last phone returns
+    to the loop state (cost ``-ln(1 - sil_prob)``) or goes to the silence state (cost
+    ``-ln sil_prob``); the silence state reads the optional-silence phone (``SIL``) and, in
+    ``L_disambig``, then the last phone disambiguation symbol ``#N`` (``--sil-disambig``),
+    back to the loop state. The loop state is the only final state (cost 0). With
+    ``sil_prob == 0`` there is no silence: one loop state is start and final, and each
+    pronunciation is a cycle through it (Kaldi's ``write_fst_no_silence``).
+
+    Accepts: phone-id strings (:attr:`Lang.phones`), position-dependent phones when the lang
+    has them, and with ``disambig`` the disambiguation symbols of ``lexicon_disambig.txt``
+    after homophones and prefix pronunciations, ``#N`` after the optional silence, and the
+    phone ``#0`` at word boundaries (the self-loop ``#0:#0`` on the loop state, which passes
+    ``G``'s backoff symbol through). Outputs: word ids (:attr:`Lang.words`), one per word, on
+    the word's first phone; every other arc outputs ``<eps>``. Semiring: tropical, costs in
+    ``-ln`` probability. Arcs are sorted by output label (``fstarcsort --sort_type=olabel``),
+    ready for composition with ``G``.
+
+    Args:
+        lang: from :func:`asrkit.text.lexicon.make_lang`; pronunciation probabilities are
+            used when its lexicon has them (``lexiconp.txt``), else every one is 1.
+        sil_prob: probability of optional silence before the first word and after each word,
+            in ``[0, 1)`` (``prepare_lang.sh --sil-prob``, default 0.5).
+        disambig: build ``L_disambig.fst`` (for composing with ``G``); False builds ``L.fst``
+            (for training alignments) from ``lexicon.txt`` without any disambiguation symbol.
+
+    Returns:
+        The transducer.
+
+    Raises:
+        ValueError: ``sil_prob`` outside ``[0, 1)``.
+        GraphError: a phone of the lexicon, the optional silence or ``#0`` is missing from the
+            phone table, or ``#0`` from the word table (a lang not made by ``make_lang``).
+    """
+    if not (isinstance(sil_prob, (int, float)) and 0.0 <= sil_prob < 1.0):
+        raise ValueError(f"sil_prob must be in [0, 1), got {sil_prob!r}")
+    phones, words = lang.phones, lang.words
+    lexicon = lang.lexicon_disambig if disambig else lang.lexicon
+
+    def phone_id(p: str, word: str | None = None) -> int:
+        i = phones.get(p)
+        if i is None:
+            whose = f" of word {word!r}" if word is not None else ""
+            raise GraphError(f"phone {p!r}{whose} is not in the lang's phone table "
+                             "(phones.txt); expected a lang made by make_lang")
+        return i
+
+    fst = pynini.Fst()
+    one = pynini.Weight.one(fst.weight_type())
+
+    def arc(src: int, ilabel: int, olabel: int, cost: float, dst: int) -> None:
+        weight = one if cost == 0.0 else pynini.Weight(fst.weight_type(), cost)
+        fst.add_arc(src, pynini.Arc(ilabel, olabel, weight, dst))
+
+    if sil_prob > 0.0:
+        sil_cost, no_sil_cost = -math.log(sil_prob), -math.log1p(-sil_prob)
+        start, loop, sil = fst.add_state(), fst.add_state(), fst.add_state()
+        arc(start, _EPS, _EPS, no_sil_cost, loop)
+        arc(start, _EPS, _EPS, sil_cost, sil)
+        sil_phone = phone_id(lang.phone_set.optional_silence)
+        if disambig:
+            sil_disambig = phone_id(lang.phone_set.disambig[-1])
+            after_sil = fst.add_state()
+            arc(sil, sil_phone, _EPS, 0.0, after_sil)
+            arc(after_sil, sil_disambig, _EPS, 0.0, loop)
+        else:
+            arc(sil, sil_phone, _EPS, 0.0, loop)
+        ends = ((loop, no_sil_cost), (sil, sil_cost))
+    else:
+        start = loop = fst.add_state()
+        ends = ((loop, 0.0),)
+    fst.set_start(start)
+    fst.set_final(loop, one)
+
+    for word, prob, pron in lexicon.prob_entries():
+        wid = words.get(word)
+        if wid is None:  # make_lang puts every lexicon word in words.txt
+            raise GraphError(f"word {word!r} of the lexicon is not in the lang's word table "
+                             "(words.txt)")
+        pron_cost = -math.log(prob)
+        labels = [phone_id(p, word) for p in pron]
+        src = loop
+        for k, label in enumerate(labels[:-1]):
+            dst = fst.add_state()
+            arc(src, label, wid if k == 0 else _EPS, pron_cost if k == 0 else 0.0, dst)
+            src = dst
+        first = len(labels) == 1
+        for dst, cost in ends:
+            arc(src, labels[-1], wid if first else _EPS,
+                cost + (pron_cost if first else 0.0), dst)
+
+    if disambig:  # fstaddselfloops phones/wdisambig_phones.int phones/wdisambig_words.int
+        if "#0" not in words:
+            raise GraphError("word '#0' is not in the lang's word table (words.txt); "
+                             "expected a lang made by make_lang")
+        arc(loop, phone_id("#0"), words["#0"], 0.0, loop)
+    fst.arcsort("olabel")
+    logger.info("L%s: %d states, %d arcs (sil_prob %g)", "_disambig" if disambig else "",
+                fst.num_states(), _num_arcs(fst), sil_prob)
+    return fst
+
+
+# --- G -----------------------------------------------------------------------------------------
+
+def _longest_state_suffix(words: tuple[str, ...], states: Mapping[tuple[str, ...], int]
+                          ) -> tuple[str, ...]:
+    """The longest suffix of ``words`` that has a state (``()`` always has one)."""
+    for i in range(len(words)):
+        if words[i:] in states:
+            return words[i:]
+    return ()
+
+
+def arpa_to_fst(lm: NgramLM | str | os.PathLike, words: Mapping[str, int] | str | os.PathLike,
+                *, disambig_symbol: str | None = "#0", backoff_output: str = "eps",
+                oov: str = "error") -> pynini.Fst:
+    """The grammar ``G`` of a backoff n-gram model, as Kaldi's ``arpa2fst
+    --disambig-symbol=#0 --read-symbol-table=words.txt`` builds it.
+
+    One state per history (an n-gram of order below the model's, not ending in ``</s>``),
+    plus the empty history (the unigram state). The start state is the history ``<s>``
+    (the empty history when the model has no ``<s>``); ``<s>`` is never read. An n-gram
+    ``h w`` with log10 probability ``p`` is an arc ``w:w`` with cost ``-ln(10) * p`` from the
+    state of ``h`` to the state of the longest suffix of ``h w`` that is a history (Kaldi's
+    shortcut for highest-order n-grams); ``h </s>`` is the final cost of ``h``'s state. Each
+    state but the empty history has a backoff arc with cost ``-ln(10) * log10 backoff`` to the
+    state of its longest proper suffix that is a history, reading ``disambig_symbol``. A
+    state with no arc but its backoff and no final cost (a history never extended) is
+    bypassed: arcs into it go on to its backoff state with the backoff cost added, as
+    ``arpa2fst``'s ``RemoveRedundantStates`` does; every path keeps its cost. Arcs with
+    infinite cost (log10 probability ``-inf``) are left out.
+
+    For a word string, the one path that reads ``#0`` exactly where the backoff recursion of
+    :meth:`NgramLM.log10prob` backs off costs ``-ln P(string </s>)``
+    (:meth:`NgramLM.score_sentence` negated). With a disambiguation symbol the FST is
+    input-deterministic; arcs are sorted by input label, ready for composition with ``L``.
+
+    Args:
+        lm: the model, or the path of an ARPA file (read with
+            :func:`asrkit.lm.ngram.read_arpa`).
+        words: the word symbol table (:attr:`Lang.words`, or the path of a ``words.txt``).
+        disambig_symbol: the word symbol backoff arcs read; None reads ``<eps>`` (``arpa2fst``
+            without ``--disambig-symbol``; such a ``G`` is not determinizable after ``L``).
+        backoff_output: what backoff arcs write: ``"eps"`` writes ``<eps>``, as ``arpa2fst``
+            does (``#0:<eps>``), so that ``LG`` outputs only words; ``"disambig"`` writes
+            ``disambig_symbol`` too, making ``G`` an acceptor (then remove ``#0`` from the
+            output of the final graph with :func:`remove_disambig`).
+        oov: what to do with words of the model missing from ``words``: ``"error"`` raises
+            :class:`GraphError` naming them; ``"skip"`` leaves out every n-gram holding one,
+            with a warning naming them, as ``arpa2fst --read-symbol-table`` does (e.g. AN4's
+            ``an4.lm`` has five words that ``an4.dic`` lacks).
+
+    Returns:
+        ``G``: input and output labels are word ids of ``words``; an acceptor except for the
+        backoff arcs' output (see ``backoff_output``).
+
+    Raises:
+        GraphError: words of the model (1-grams other than ``<s>``, ``</s>``) are missing
+            from ``words`` with ``oov="error"``, or ``disambig_symbol`` is missing; the
+            message names them.
+        ValueError: ``backoff_output`` is neither ``"eps"`` nor ``"disambig"``, or ``oov``
+            neither ``"error"`` nor ``"skip"``.
+        asrkit.lm.ngram.ArpaError: ``lm`` is a path to a malformed ARPA file.
+        asrkit.text.lexicon.LexiconError: ``words`` is a path to a malformed ``words.txt``.
+    """
+    if backoff_output not in ("eps", "disambig"):
+        raise ValueError(f"backoff_output must be 'eps' or 'disambig', got {backoff_output!r}")
+    if oov not in ("error", "skip"):
+        raise ValueError(f"oov must be 'error' or 'skip', got {oov!r}")
+    source = "" if isinstance(lm, NgramLM) else f"{lm}: "
+    if not isinstance(lm, NgramLM):
+        lm = read_arpa(lm)
+    table = _as_words(words)
+    order = lm.order
+
+    vocab = [w for ((w,), _, _) in lm.ngrams(1) if w not in (BOS, EOS)]
+    missing = [w for w in vocab if w not in table]
+    if missing:
+        shown = ", ".join(repr(w) for w in missing[:10])
+        shown += f"{', ...' if len(missing) > 10 else ''} ({len(missing)} of {len(vocab)} words)"
+        if oov == "error":
+            raise GraphError(f"{source}ARPA words missing from words.txt: {shown}; expected "
+                             "every 1-gram of the model except <s> and </s> in the word symbol "
+                             "table (add them to the lexicon, or pass oov='skip')")
+        logger.warning("%sARPA words missing from words.txt: %s; n-grams holding them are "
+                       "left out of G", source, shown)
+    skip = frozenset(missing)
+
+    def ngrams(n: int) -> Iterable[tuple[tuple[str, ...], float, float]]:
+        if not skip:
+            return lm.ngrams(n)
+        return (e for e in lm.ngrams(n) if skip.isdisjoint(e[0]))
+
+    backoff_label = _EPS
+    if disambig_symbol is not None:
+        if disambig_symbol not in table:
+            raise GraphError(f"disambiguation symbol {disambig_symbol!r} is not in words.txt; "
+                             "expected the lang's word table, which ends with #0 <s> </s>")
+        backoff_label = table[disambig_symbol]
+    backoff_olabel = backoff_label if backoff_output == "disambig" else _EPS
+
+    # Histories: the empty one and every n-gram below the highest order not ending in </s>.
+    backoff: dict[tuple[str, ...], float] = {(): 0.0}
+    for n in range(1, order):
+        for ngram, _, bow in ngrams(n):
+            if ngram[-1] != EOS:
+                backoff[ngram] = bow
+    extended = {ngram[:-1] for n in range(2, order + 1) for ngram, _, _ in ngrams(n)
+                if ngram[-1] != BOS}
+    start_key = (BOS,) if order > 1 and (BOS,) in backoff else ()
+
+    # A history other than the empty one and the start that no n-gram extends has only its
+    # backoff arc: arcs into it go on to where it backs off (arpa2fst RemoveRedundantStates).
+    def backoff_key(h: tuple[str, ...]) -> tuple[str, ...]:
+        return _longest_state_suffix(h[1:], backoff)
+
+    def kept(h: tuple[str, ...]) -> bool:
+        return h == () or h == start_key or h in extended
+
+    resolved: dict[tuple[str, ...], tuple[tuple[str, ...], float]] = {}
+
+    def resolve(h: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
+        """``(kept history reached from h by backoff arcs, their summed cost)``."""
+        out = resolved.get(h)
+        if out is None:
+            if kept(h):
+                out = (h, 0.0)
+            else:
+                to, cost = resolve(backoff_key(h))
+                out = (to, cost - _LN10 * backoff[h])
+            resolved[h] = out
+        return out
+
+    fst = pynini.Fst()
+    wtype = fst.weight_type()
+    one = pynini.Weight.one(wtype)
+    states: dict[tuple[str, ...], int] = {}
+    for h in backoff:
+        if kept(h):
+            states[h] = fst.add_state()
+    fst.set_start(states[start_key])
+
+    def weight(cost: float) -> pynini.Weight:
+        return one if cost == 0.0 else pynini.Weight(wtype, cost)
+
+    for h, s in states.items():
+        if h:
+            to, cost = resolve(backoff_key(h))
+            cost -= _LN10 * backoff[h]
+            if math.isfinite(cost):
+                fst.add_arc(s, pynini.Arc(backoff_label, backoff_olabel, weight(cost),
+                                          states[to]))
+    num_word_arcs = 0
+    for n in range(1, order + 1):
+        for ngram, prob, _ in ngrams(n):
+            h, w = ngram[:-1], ngram[-1]
+            if w == BOS or h not in states:  # <s> is never read; unkept h are not extended
+                continue
+            cost = -_LN10 * prob
+            if w == EOS:
+                if math.isfinite(cost):
+                    fst.set_final(states[h], weight(cost))
+                continue
+            dest = ngram if n < order else _longest_state_suffix(ngram[1:], backoff)
+            to, extra = resolve(dest)
+            cost += extra
+            if math.isfinite(cost):
+                label = table[w]
+                fst.add_arc(states[h], pynini.Arc(label, label, weight(cost), states[to]))
+                num_word_arcs += 1
+    fst.connect()
+    fst.arcsort("ilabel")
+    logger.info("G: %d states, %d arcs (%d word arcs) from a %d-gram model with %s n-grams; "
+                "%d histories bypassed", fst.num_states(), _num_arcs(fst), num_word_arcs,
+                order, "/".join(str(c) for c in lm.counts), len(backoff) - len(states))
+    return fst
+
+
+# --- composition and optimisation --------------------------------------------------------------
+
+def _num_arcs(fst: pynini.Fst) -> int:
+    return sum(fst.num_arcs(s) for s in fst.states())
+
+
+def table_compose(fst1: pynini.Fst, fst2: pynini.Fst) -> pynini.Fst:
+    """Compose ``fst1 o fst2`` (``fst1``'s output read by ``fst2``'s input), arc-sorting as
+    needed, like Kaldi's ``fsttablecompose``.
+
+    If neither ``fst1`` is sorted by output label nor ``fst2`` by input label, a copy of
+    ``fst2`` is sorted by input label; the arguments are not modified. The result is trimmed
+    (``connect``). Both must have the same arc type; weights multiply (tropical: costs add).
+
+    Args:
+        fst1: the left (input-side) transducer, e.g. ``L``.
+        fst2: the right transducer, e.g. ``G``.
+
+    Returns:
+        The composition: ``fst1``'s input to ``fst2``'s output.
+
+    Raises:
+        pynini.FstOpError: OpenFst rejects the composition (e.g. different arc types).
+    """
+    if not (fst1.properties(pynini.O_LABEL_SORTED, True)
+            or fst2.properties(pynini.I_LABEL_SORTED, True)):
+        fst2 = fst2.copy().arcsort("ilabel")
+    return pynini.compose(fst1, fst2)
+
+
+def determinize_star(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
+    """Remove ``<eps>:<eps>`` arcs and determinize on the input side, like Kaldi's
+    ``fstdeterminizestar`` (which does both in one pass).
+
+    Determinization is OpenFst's functional determinization in the tropical semiring: of
+    paths with the same input and output strings the cheapest is kept; an input string with
+    two outputs is an error of the graph (missing disambiguation symbols), which OpenFst may
+    report as an error or not terminate on. (Kaldi determinizes ``LG`` in the log semiring,
+    summing such paths; with disambiguation symbols they do not occur.)
+
+    Args:
+        fst: a functional transducer or an acceptor (tropical); not modified.
+        delta: quantization delta for comparing weights.
+
+    Returns:
+        An input-deterministic, epsilon-free (on the input) equivalent.
+
+    Raises:
+        pynini.FstOpError: OpenFst fails (e.g. a non-functional input).
+    """
+    out = fst.copy().rmepsilon(delta=delta)
+    return pynini.determinize(out, delta=delta, det_type="functional")
+
+
+def minimize_encoded(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
+    """Minimize a deterministic FST with labels and weights encoded, like Kaldi's
+    ``fstminimizeencoded``.
+
+    Each ``(input, output, weight)`` triple (and each final weight) is one symbol of an
+    unweighted acceptor, which is minimized and decoded: states are merged only where their
+    futures agree arc by arc, and no weight or label is pushed (plain ``minimize`` of a
+    weighted transducer would push weights and output labels).
+
+    Args:
+        fst: an input-deterministic FST; not modified.
+        delta: quantization delta for comparing weights.
+
+    Returns:
+        The minimized FST, equivalent to ``fst`` path by path.
+
+    Raises:
+        pynini.FstOpError: OpenFst fails.
+    """
+    out = fst.copy()
+    mapper = pynini.EncodeMapper(out.arc_type(), encode_labels=True, encode_weights=True)
+    out.encode(mapper)
+    out.minimize(delta=delta)
+    out.decode(mapper)
+    return out
+
+
+def make_lg(L: pynini.Fst, G: pynini.Fst, *, minimize: bool = True) -> pynini.Fst:
+    """The lexicon-grammar transducer ``LG = min(det(L o G))``, as Kaldi's ``mkgraph.sh``
+    (``fsttablecompose L_disambig.fst G.fst | fstdeterminizestar | fstminimizeencoded``).
+
+    Accepts: phone-id strings with the disambiguation symbols of ``L_disambig`` (homophone
+    ``#1 #2 ...``, ``#N`` after optional silence, ``#0`` where ``G`` backs off). Outputs: word
+    ids. Semiring: tropical, costs ``-ln p`` (pronunciation, silence and n-gram costs added).
+    The result is input-deterministic and sorted by input label, ready for composition with
+    ``C`` (``CLG = C o LG``; then ``H o CLG`` makes ``HCLG``). Keep the disambiguation
+    symbols until ``HCLG`` is determinized; :func:`remove_disambig` removes them at the end.
+
+    Args:
+        L: :func:`make_lexicon_fst` with ``disambig=True``.
+        G: :func:`arpa_to_fst` (with a disambiguation symbol, ``#0``).
+        minimize: minimize after determinizing (:func:`minimize_encoded`).
+
+    Returns:
+        ``LG``.
+
+    Raises:
+        GraphError: the composition is empty (``L``'s words and ``G``'s words share no
+            sentence: different word tables?).
+        pynini.FstOpError: OpenFst fails, e.g. determinizing without disambiguation symbols.
+    """
+    lg = table_compose(L, G)
+    if lg.start() == pynini.NO_STATE_ID:
+        raise GraphError("L o G is empty: no word sequence of G is spelled by L; expected L "
+                         "and G built over the same words.txt")
+    logger.info("L o G: %d states, %d arcs", lg.num_states(), _num_arcs(lg))
+    lg = determinize_star(lg)
+    logger.info("det(L o G): %d states, %d arcs", lg.num_states(), _num_arcs(lg))
+    if minimize:
+        lg = minimize_encoded(lg)
+        logger.info("LG = min(det(L o G)): %d states, %d arcs", lg.num_states(),
+                    _num_arcs(lg))
+    return lg.arcsort("ilabel")
+
+
+def remove_disambig(fst: pynini.Fst, disambig_ids: Iterable[int], *,
+                    output_ids: Iterable[int] = ()) -> pynini.Fst:
+    """Relabel disambiguation symbols to ``<eps>``, like Kaldi's ``fstrmsymbols`` (which
+    ``mkgraph.sh`` runs on ``HCLG`` once it is determinized).
+
+    Only labels are changed; the arcs stay (now ``<eps>`` on the input), so the FST is no
+    longer input-deterministic; ``rmepsilon`` or :func:`minimize_encoded` may follow.
+
+    Args:
+        fst: the FST; not modified.
+        disambig_ids: input label ids to remove, e.g. ``disambig_ids(lang.phones)`` on ``LG``
+            (or the transition-id disambiguation symbols on ``HCLG``).
+        output_ids: output label ids to remove, e.g. ``disambig_ids(lang.words)`` when ``G``
+            was built with ``backoff_output="disambig"``. Input and output ids are separate
+            because phone and word ids overlap.
+
+    Returns:
+        A relabelled copy (unchanged copy when both id lists are empty).
+    """
+    ipairs = [(int(i), _EPS) for i in disambig_ids]
+    opairs = [(int(i), _EPS) for i in output_ids]
+    out = fst.copy()
+    if ipairs or opairs:
+        out.relabel_pairs(ipairs=ipairs or None, opairs=opairs or None)
+    return out

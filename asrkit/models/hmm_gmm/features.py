@@ -1,0 +1,181 @@
+"""Features for GMM systems: per-speaker CMVN, then deltas and delta-deltas (Kaldi
+``apply-cmvn --utt2spk=... scp:cmvn.scp scp:feats.scp ark:- | add-deltas ark:- ark:-``, the
+feature pipeline of ``steps/train_mono.sh`` and ``steps/train_deltas.sh``).
+
+13 MFCCs become 39-dimensional frames (10 ms each): the normalised cepstra, their deltas and
+delta-deltas. Kaldi's default is mean normalisation only (``--norm-vars=false``), kept here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import kaldiio
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asrkit.features.cmvn import (
+    apply_cmvn,
+    compute_cmvn_stats_per_speaker,
+    read_cmvn_stats_per_speaker,
+)
+
+__all__ = ["add_deltas", "delta_filters", "gmm_features", "load_gmm_features"]
+
+logger = logging.getLogger(__name__)
+
+
+def delta_filters(order: int = 2, window: int = 2) -> list[torch.Tensor]:
+    """The FIR filters of Kaldi's ``DeltaFeatures`` (``feat/feature-functions.cc``).
+
+    Order 0 is ``[1]``; order ``i`` convolves order ``i-1`` with ``[-w .. w] / sum j^2`` for
+    ``j`` in ``-w .. w``. So order 1 is the usual regression delta and order 2 is that filter
+    applied twice (length ``4w + 1``).
+
+    Args:
+        order: highest order (2 for delta-deltas).
+        window: ``w`` (Kaldi ``--delta-window``, 2).
+
+    Returns:
+        ``order + 1`` float64 filters, filter ``i`` of length ``2 i w + 1``, centred.
+
+    Raises:
+        ValueError: ``order < 0`` or ``window < 1``.
+    """
+    if order < 0 or window < 1:
+        raise ValueError(f"need order >= 0 and window >= 1, got {order}, {window}")
+    taps = torch.arange(-window, window + 1, dtype=torch.float64)
+    base = taps / (taps * taps).sum()
+    filters = [torch.ones(1, dtype=torch.float64)]
+    for _ in range(order):
+        prev = filters[-1]
+        cur = torch.zeros(prev.numel() + 2 * window, dtype=torch.float64)
+        for j in range(2 * window + 1):
+            cur[j:j + prev.numel()] += base[j] * prev
+        filters.append(cur)
+    return filters
+
+
+def add_deltas(feats: torch.Tensor, order: int = 2, window: int = 2) -> torch.Tensor:
+    """Append delta features, exactly as Kaldi's ``add-deltas``.
+
+    Frame ``t`` of order ``i`` is ``sum_j filter_i[j] * x[clamp(t + j)]`` (edge frames
+    repeated). Away from the edges this equals ``torchaudio.functional.compute_deltas`` with
+    ``win_length = 2 * window + 1`` applied ``i`` times; within ``2 * window`` frames of the
+    edges Kaldi's single combined filter differs from repeating the first-order one.
+
+    Args:
+        feats: ``(T, F)`` frames.
+        order: number of delta orders (2: deltas and delta-deltas).
+        window: delta window (Kaldi ``--delta-window``).
+
+    Returns:
+        ``(T, F * (order + 1))`` in ``feats``' dtype, ``[x, delta, delta-delta]``.
+
+    Raises:
+        ValueError: ``feats`` is not 2-D, or bad ``order`` / ``window``.
+    """
+    if feats.dim() != 2:
+        raise ValueError(f"features have shape {tuple(feats.shape)}, expected (T, F)")
+    filters = delta_filters(order, window)
+    t, f = feats.shape
+    if t == 0:
+        return feats.new_zeros(0, f * (order + 1))
+    x = feats.T.unsqueeze(0)  # (1, F, T)
+    outs = [feats]
+    for filt in filters[1:]:
+        half = (filt.numel() - 1) // 2
+        padded = F.pad(x, (half, half), mode="replicate")
+        w = filt.to(feats.dtype).to(feats.device).expand(f, 1, -1)
+        outs.append(F.conv1d(padded, w, groups=f)[0].T)
+    return torch.cat(outs, 1)
+
+
+def gmm_features(mfcc: torch.Tensor | np.ndarray, cmvn_stats: np.ndarray | None = None, *,
+                 norm_vars: bool = False, delta_order: int = 2, delta_window: int = 2
+                 ) -> torch.Tensor:
+    """``(T, F)`` cepstra -> ``(T, F * (delta_order + 1))`` GMM features: CMVN (Kaldi
+    ``apply-cmvn``) then :func:`add_deltas`. With 13 MFCCs this gives the 39-dimensional
+    features of Kaldi's monophone and delta triphone systems.
+
+    Args:
+        mfcc: ``(T, F)`` frames (e.g. 13 MFCCs).
+        cmvn_stats: the speaker's ``(2, F+1)`` CMVN stats (Kaldi layout), or None to skip.
+        norm_vars: also normalise variances (Kaldi default false).
+        delta_order: number of delta orders.
+        delta_window: delta window.
+
+    Returns:
+        float32 tensor on ``mfcc``'s device (CPU for numpy input).
+
+    Raises:
+        ValueError: bad shapes or stats (see :func:`asrkit.features.cmvn.apply_cmvn`).
+    """
+    x = (mfcc.to(torch.float32) if isinstance(mfcc, torch.Tensor)
+         else torch.tensor(np.asarray(mfcc), dtype=torch.float32))  # copy: arrays may be read-only
+    if cmvn_stats is not None:
+        x = apply_cmvn(x, cmvn_stats, norm_vars=norm_vars)
+    return add_deltas(x, delta_order, delta_window)
+
+
+def _utt2spk(spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike) -> dict[str, str]:
+    if isinstance(spk2utt, Mapping):
+        items = spk2utt.items()
+    else:
+        items = []
+        with open(spk2utt, encoding="utf-8") as f:
+            for no, line in enumerate(f, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) < 2:
+                    raise ValueError(f"{spk2utt}:{no}: expected 'spk utt1 [utt2 ...]', got "
+                                     f"{line.rstrip()!r}")
+                items.append((fields[0], fields[1:]))
+    return {u: spk for spk, utts in items for u in utts}
+
+
+def load_gmm_features(feats_scp: str | os.PathLike,
+                      spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike, *,
+                      cmvn_scp: str | os.PathLike | None = None, norm_vars: bool = False,
+                      delta_order: int = 2, delta_window: int = 2,
+                      utt_ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read ``feats.scp`` and return per-speaker-CMVN'd features with deltas.
+
+    Args:
+        feats_scp: Kaldi ``feats.scp`` of ``(T, F)`` cepstra (e.g. from
+            :func:`asrkit.features.compute.compute_features` with MFCC).
+        spk2utt: ``{speaker: [utts]}`` or a ``spk2utt`` file.
+        cmvn_scp: per-speaker stats (Kaldi ``cmvn.scp``); None computes them from
+            ``feats_scp`` (:func:`asrkit.features.cmvn.compute_cmvn_stats_per_speaker`).
+        norm_vars: also normalise variances.
+        delta_order: number of delta orders.
+        delta_window: delta window.
+        utt_ids: only these utterances (default: all of ``feats_scp``).
+
+    Returns:
+        ``{utt: (T, F * (delta_order + 1)) float32}`` in ``feats_scp`` order. Utterances
+        whose speaker has no stats are skipped with a warning.
+
+    Raises:
+        ValueError: malformed ``spk2utt``; see also the CMVN helpers.
+    """
+    utt2spk = _utt2spk(spk2utt)
+    if cmvn_scp is not None:
+        stats = read_cmvn_stats_per_speaker(cmvn_scp)
+    else:
+        stats = compute_cmvn_stats_per_speaker(feats_scp, spk2utt)
+    feats = kaldiio.load_scp(str(feats_scp))
+    wanted = list(feats) if utt_ids is None else list(utt_ids)
+    out: dict[str, torch.Tensor] = {}
+    for utt in wanted:
+        spk = utt2spk.get(utt)
+        if spk is None or spk not in stats:
+            logger.warning("%s: no CMVN stats for its speaker %s; skipped", utt, spk)
+            continue
+        out[utt] = gmm_features(feats[utt], stats[spk], norm_vars=norm_vars,
+                                delta_order=delta_order, delta_window=delta_window)
+    return out
