@@ -7,9 +7,15 @@ being the ids of the lang directory's ``phones.txt`` and ``words.txt``.
   (:func:`arpa_to_fst`), ``LG`` (:func:`make_lg`) and the OpenFst steps of ``mkgraph.sh``
   (:func:`table_compose`, :func:`determinize_star`, :func:`minimize_encoded`,
   :func:`remove_disambig`) on which ``HCLG`` is built.
+* :mod:`~asrkit.decode.wfst.hclg`: ``C`` (:func:`make_context_fst`, :func:`compose_context`),
+  ``H`` (:func:`make_h_fst`), self-loops (:func:`add_self_loops`) and ``HCLG``
+  (:func:`make_hclg`, Kaldi's ``mkgraph.sh``).
+* :mod:`~asrkit.decode.wfst.decoder`: Viterbi beam search over ``HCLG`` vectorised in torch
+  (:func:`decode_fst`, :class:`DecodingGraph`).
 * :mod:`~asrkit.decode.wfst.fstio`: atomic binary FST I/O and symbol tables.
 """
 
+from asrkit.decode.wfst.decoder import DecodeResult, DecodingError, DecodingGraph, decode_fst
 from asrkit.decode.wfst.fstio import read_fst, read_symbols, symbol_table, write_fst
 from asrkit.decode.wfst.graph import (
     GraphError,
@@ -22,12 +28,34 @@ from asrkit.decode.wfst.graph import (
     remove_disambig,
     table_compose,
 )
+from asrkit.decode.wfst.hclg import (
+    ContextDependencyLike,
+    HclgInfo,
+    MonophoneContext,
+    add_self_loops,
+    compose_context,
+    make_context_fst,
+    make_h_fst,
+    make_hclg,
+)
 
 __all__ = [
+    "ContextDependencyLike",
+    "DecodeResult",
+    "DecodingError",
+    "DecodingGraph",
     "GraphError",
+    "HclgInfo",
+    "MonophoneContext",
+    "add_self_loops",
     "arpa_to_fst",
+    "compose_context",
+    "decode_fst",
     "determinize_star",
     "disambig_ids",
+    "make_context_fst",
+    "make_h_fst",
+    "make_hclg",
     "make_lexicon_fst",
     "make_lg",
     "minimize_encoded",

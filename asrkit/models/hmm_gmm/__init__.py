@@ -1,21 +1,25 @@
-"""Monophone HMM-GMM acoustic models, Kaldi style: topology, GMMs, graphs, alignment, training.
+"""HMM-GMM acoustic models, Kaldi style: topology, GMMs, graphs, alignment, monophone and
+triphone training.
 
-The pieces, one idea per module, in the order a monophone system is built:
+The pieces, one idea per module, in the order a system is built:
 
 * :mod:`.features`  MFCC -> per-speaker CMN -> deltas and delta-deltas (``apply-cmvn |
   add-deltas``), the 39-dimensional GMM features.
+* :mod:`.tree`      phonetic context dependency and decision-tree state tying
+  (``ContextDependency``, ``acc-tree-stats``, ``cluster-phones``, ``build-tree``).
 * :mod:`.topology`  HMM topologies, transition states and ids, transition probabilities
-  (Kaldi's ``HmmTopology`` and ``TransitionModel``).
+  (Kaldi's ``HmmTopology`` and ``TransitionModel``), monophone or over a tree.
 * :mod:`.gmm`       diagonal GMMs of all pdfs as tensors: likelihoods, statistics, M-step,
   mix-up (``AmDiagGmm``, ``gmm-acc-stats-ali``, ``gmm-est``).
 * :mod:`.model`     transition model + GMMs with save/load (``final.mdl``).
 * :mod:`.graph`     per-utterance training graphs with optional silence and pronunciation
-  variants (``compile-train-graphs``).
+  variants, phones expanded in their contexts (``compile-train-graphs``).
 * :mod:`.align`     equal and Viterbi forced alignment (``align-equal-compiled``,
   ``gmm-align-compiled``).
 * :mod:`.ali_io`    alignment files: tids, pdfs, phones, CTM (``ali-to-pdf``,
   ``ali-to-phones``).
 * :mod:`.mono`      flat-start monophone training (``steps/train_mono.sh``).
+* :mod:`.tri`       triphone training from alignments (``steps/train_deltas.sh``).
 
 Everything is vectorised in torch and runs on the device of the model (CPU by default).
 """
@@ -47,13 +51,34 @@ from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.mono import REALIGN_ITERS, IterationStats, MonoResult, train_mono
 from asrkit.models.hmm_gmm.topology import PhoneHmm, PhoneTopology, Topology, TransitionModel
+from asrkit.models.hmm_gmm.tree import (
+    PDF_CLASS,
+    ContextDependency,
+    TreeBuildInfo,
+    TreeStats,
+    accumulate_tree_stats,
+    build_tree,
+    cluster_phones,
+    frame_contexts,
+    gauss_loglik,
+)
+from asrkit.models.hmm_gmm.tri import (
+    TRI_REALIGN_ITERS,
+    TriIterationStats,
+    TriResult,
+    convert_alignments,
+    train_tri,
+)
 
 __all__ = [
+    "PDF_CLASS",
     "REALIGN_ITERS",
+    "TRI_REALIGN_ITERS",
     "AcousticModel",
     "Alignment",
     "AlignmentError",
     "AlignmentFileError",
+    "ContextDependency",
     "DiagGMM",
     "GmmStats",
     "GmmUpdateInfo",
@@ -66,17 +91,28 @@ __all__ = [
     "Segment",
     "Topology",
     "TransitionModel",
+    "TreeBuildInfo",
+    "TreeStats",
+    "TriIterationStats",
+    "TriResult",
     "UttGraph",
+    "accumulate_tree_stats",
     "add_deltas",
     "align_equal",
     "align_viterbi",
+    "build_tree",
+    "cluster_phones",
+    "convert_alignments",
     "delta_filters",
+    "frame_contexts",
+    "gauss_loglik",
     "gmm_features",
     "load_gmm_features",
     "read_ctm",
     "read_int_vectors",
     "split_targets",
     "train_mono",
+    "train_tri",
     "write_alignment_dir",
     "write_ctm",
     "write_failed",

@@ -2,6 +2,14 @@
 ``compile-train-graphs``, which composes ``H``, the context ``C`` (trivial for monophones), the
 lexicon ``L`` and the transcript's linear acceptor).
 
+With a context-dependent transition model (``tmodel.ctx`` a triphone tree) every phone
+occurrence is expanded in its contexts, as ``C`` does: the occurrence gets one copy of its HMM
+per (left, right) context its neighbours in the graph allow (optional silence and pronunciation
+variants give a phone at a word boundary several), each copy with the tree's pdfs for that
+context, linked only to the copies of its neighbours whose contexts agree; ``0`` is the context
+beyond the utterance's ends. When all contexts of an occurrence give the same pdfs (silence, a
+context-independent phone) one copy serves them all.
+
 A graph is a small list of HMM-state nodes, each emitting one frame per visit, with the
 transitions allowed between them: inside a phone those of its topology, between phones of a
 word an edge from each exiting state of one phone to state 0 of the next, between words
@@ -128,7 +136,7 @@ class GraphCompiler:
     Args:
         lang: from :func:`asrkit.text.lexicon.make_lang`; its lexicon (position-dependent
             phones when the lang has them), optional-silence phone and OOV word are used.
-        tmodel: the transition model built from ``lang.phone_set``.
+        tmodel: the transition model built from ``lang.phone_set`` (monophone or over a tree).
         sil_prob: probability of optional silence at each word boundary and at both ends (Kaldi
             ``prepare_lang.sh --sil-prob``, 0.5); 0 for none, 1 for always.
         all_prons: allow every pronunciation of a word (else only the first).
@@ -207,115 +215,195 @@ class GraphCompiler:
 
 
 class _Builder:
-    """Accumulates nodes and edges; ``build`` turns a sequence of alternative sets into a
-    graph. Each item is a list of ``(log prob, phone ids, word position)`` alternatives; an
-    empty phone tuple skips the item. The first alternative of each item is on the equal
-    path."""
+    """Builds a graph in two passes. ``build`` chains a sequence of alternative sets into a
+    lattice of phone occurrences (each item is a list of ``(log prob, phone ids, word
+    position)`` alternatives; an empty phone tuple skips the item; the first alternative of each
+    item is on the equal path). ``_expand`` then gives every occurrence one copy of its phone's
+    HMM per context it can be in (Kaldi's ``C`` composed with ``H``): for a monophone model one
+    copy; for a context-dependent model one per (left context, right context) pair of the
+    lattice, or a single copy when the pdfs of all pairs agree (silence, context-independent
+    phones) and the context reaches no further than the neighbours."""
 
     def __init__(self, tmodel: TransitionModel) -> None:
         self.tmodel = tmodel
-        self.pdf: list[int] = []
-        self.phone: list[int] = []
-        self.pinst: list[int] = []
-        self.winst: list[int] = []
-        self.inc: list[list[tuple[int, int, float]]] = []
-        self.starts: list[tuple[int, float]] = []
-        self.num_pinst = 0
+        self.occ_phone: list[int] = []
+        self.occ_word: list[int] = []
+        self.arcs: list[tuple[int, int, float]] = []  # (source occurrence or _START, dest, logp)
 
-    def _phone(self, pid: int, winst: int) -> tuple[int, list[tuple[int, int]], list[int]]:
-        """Add one phone occurrence: (entry node, exits [(node, tid)], linear-path nodes)."""
-        hmm = self.tmodel.phone_hmm(pid)
-        base = len(self.pdf)
-        n = hmm.num_states
-        for s in range(n):
-            self.pdf.append(hmm.pdfs[s])
-            self.phone.append(pid)
-            self.pinst.append(self.num_pinst)
-            self.winst.append(winst)
-            self.inc.append([])
-        self.num_pinst += 1
-        exits = []
-        for s, row in enumerate(hmm.transitions):
-            for d, tid in row:
-                if d < n:
-                    self.inc[base + d].append((base + s, tid, 0.0))
-                else:
-                    exits.append((base + s, tid))
-        topo = self.tmodel.topology.for_phone(
-            self.tmodel.phone_base[self.tmodel.phone_names[pid]] in self.tmodel.silence_bases)
-        return base, exits, [base + s for s in topo.linear_path]
-
-    def _connect(self, frontier: list[tuple[int, int, float]], entry: int, logp: float) -> None:
-        for src, tid, lp in frontier:
-            if src == _START:
-                self.starts.append((entry, lp + logp))
-            else:
-                self.inc[entry].append((src, tid, lp + logp))
+    def _occ(self, pid: int, winst: int) -> int:
+        self.occ_phone.append(pid)
+        self.occ_word.append(winst)
+        return len(self.occ_phone) - 1
 
     def build(self, utt_id: str, words: tuple[str, ...],
               items: list[list[tuple[float, tuple[int, ...], int]]]) -> UttGraph:
         """Chain the items (each a set of alternatives) into one graph."""
-        frontier: list[tuple[int, int, float]] = [(_START, 0, 0.0)]
+        frontier: list[tuple[int, float]] = [(_START, 0.0)]
         equal: list[int] = []
         for item in items:
-            new: list[tuple[int, int, float]] = []
+            new: list[tuple[int, float]] = []
             for a, (alt_lp, phones, winst) in enumerate(item):
                 if not phones:
-                    new += [(s, t, lp + alt_lp) for s, t, lp in frontier]
+                    new += [(s, lp + alt_lp) for s, lp in frontier]
                     continue
-                prev: list[tuple[int, int, float]] = []
+                prev = _START
                 for i, pid in enumerate(phones):
-                    entry, exits, lin = self._phone(pid, winst)
+                    o = self._occ(pid, winst)
                     if i == 0:
-                        self._connect(frontier, entry, alt_lp)
+                        self.arcs += [(s, o, lp + alt_lp) for s, lp in frontier]
                     else:
-                        self._connect(prev, entry, 0.0)
-                    prev = [(n, t, 0.0) for n, t in exits]
+                        self.arcs.append((prev, o, 0.0))
+                    prev = o
                     if a == 0:
-                        equal += lin
-                new += prev
+                        equal.append(o)
+                new.append((prev, 0.0))
             frontier = new
-        finals = [(n, t, lp) for n, t, lp in frontier if n != _START]
-        if not finals or not self.pdf:
+        finals = [(o, lp) for o, lp in frontier if o != _START]
+        if not finals or not self.occ_phone:
             raise GraphError(utt_id, "empty transcript and no optional silence: the graph has "
                                      "no path")
-        n_nodes = len(self.pdf)
-        width = max(1, max(len(e) for e in self.inc))
+        return self._expand(utt_id, words, finals, equal)
+
+    def _expand(self, utt_id: str, words: tuple[str, ...], finals: list[tuple[int, float]],
+                equal_occs: list[int]) -> UttGraph:
+        """HMM copies of the occurrences in their contexts, and the edges between them."""
+        tm = self.tmodel
+        nl = tm.ctx.central_position
+        nr = tm.ctx.context_width - 1 - nl
+        n_occ = len(self.occ_phone)
+        ph = self.occ_phone
+        zero_l, zero_r = (0,) * nl, (0,) * nr
+        is_final = {o for o, _ in finals}
+        # Contexts each occurrence can be in: left ones forwards (occurrences are numbered in
+        # topological order), right ones backwards.
+        left: list[set[tuple[int, ...]]] = [set() for _ in range(n_occ)]
+        right: list[set[tuple[int, ...]]] = [set() for _ in range(n_occ)]
+        for src, dst, _ in self.arcs:
+            if src == _START:
+                left[dst].add(zero_l)
+        succ: list[list[int]] = [[] for _ in range(n_occ)]
+        for src, dst, _ in self.arcs:
+            if src != _START:
+                succ[src].append(dst)
+        for o in range(n_occ):
+            for d in succ[o]:
+                left[d].update((lc + (ph[o],))[1:] for lc in left[o])
+        for o in range(n_occ - 1, -1, -1):
+            if o in is_final:
+                right[o].add(zero_r)
+            for d in succ[o]:
+                right[o].update(((ph[d],) + rc)[:nr] for rc in right[d])
+        mergeable = max(nl, nr) <= 1
+        # Copies: (entry node, exits [(node, tid)], left set, right set).
+        pdf: list[int] = []
+        phone: list[int] = []
+        pinst: list[int] = []
+        winst: list[int] = []
+        inc: list[list[tuple[int, int, float]]] = []
+        copies: list[list[tuple[int, list[tuple[int, int]], set, set]]] = []
+        lin_of: dict[tuple[int, int], list[int]] = {}
+        ncopy = 0
+        for o in range(n_occ):
+            pairs = [(lc, rc) for lc in sorted(left[o]) for rc in sorted(right[o])]
+            hmms = [tm.context_hmm(lc + (ph[o],) + rc) for lc, rc in pairs]
+            if mergeable and len({h.pdfs for h in hmms}) == 1:
+                groups = [(hmms[0], set(left[o]), set(right[o]))]
+            else:
+                groups = [(h, {lc}, {rc}) for h, (lc, rc) in zip(hmms, pairs)]
+            topo = tm.topology.for_phone(tm.phone_base[tm.phone_names[ph[o]]]
+                                         in tm.silence_bases)
+            occ_copies = []
+            for hmm, lset, rset in groups:
+                base = len(pdf)
+                n = hmm.num_states
+                for st in range(n):
+                    pdf.append(hmm.pdfs[st])
+                    phone.append(ph[o])
+                    pinst.append(ncopy)
+                    winst.append(self.occ_word[o])
+                    inc.append([])
+                exits = []
+                for st, row in enumerate(hmm.transitions):
+                    for d, tid in row:
+                        if d < n:
+                            inc[base + d].append((base + st, tid, 0.0))
+                        else:
+                            exits.append((base + st, tid))
+                lin_of[(o, len(occ_copies))] = [base + st for st in topo.linear_path]
+                occ_copies.append((base, exits, lset, rset))
+                ncopy += 1
+            copies.append(occ_copies)
+        # Edges between copies whose contexts agree with the arc's two phones.
+        starts: list[tuple[int, float]] = []
+        for src, dst, lp in self.arcs:
+            if src == _START:
+                starts += [(entry, lp) for entry, _, lset, _ in copies[dst] if zero_l in lset]
+                continue
+            for _, exits, ls, rs in copies[src]:
+                shifted = {(lc + (ph[src],))[1:] for lc in ls}
+                for entry, _, ld, rd in copies[dst]:
+                    if shifted & ld and {((ph[dst],) + rc)[:nr] for rc in rd} & rs:
+                        inc[entry] += [(x, tid, lp) for x, tid in exits]
+        final_rows: list[tuple[int, int, float]] = []
+        for o, lp in finals:
+            for _, exits, _, rs in copies[o]:
+                if zero_r in rs:
+                    final_rows += [(x, tid, lp) for x, tid in exits]
+        equal: list[int] = []
+        seq = [ph[o] for o in equal_occs]
+        padded = [0] * nl + seq + [0] * nr
+        for i, o in enumerate(equal_occs):
+            lc, rc = tuple(padded[i:i + nl]), tuple(padded[i + nl + 1:i + nl + 1 + nr])
+            k = next(k for k, (_, _, ls, rs) in enumerate(copies[o]) if lc in ls and rc in rs)
+            equal += lin_of[(o, k)]
+        return self._finish(utt_id, words, pdf, phone, pinst, winst, inc, starts, final_rows,
+                            equal)
+
+    def _finish(self, utt_id: str, words: tuple[str, ...], pdf: list[int], phone: list[int],
+                pinst: list[int], winst: list[int], inc: list[list[tuple[int, int, float]]],
+                starts: list[tuple[int, float]], finals: list[tuple[int, int, float]],
+                equal: list[int]) -> UttGraph:
+        """Pack the node lists into an :class:`UttGraph`."""
+        n_nodes = len(pdf)
+        width = max(1, max(len(e) for e in inc))
         preds = torch.zeros(n_nodes, width, dtype=torch.int64)
         ptid = torch.zeros(n_nodes, width, dtype=torch.int64)
         plogp = torch.full((n_nodes, width), float("-inf"), dtype=torch.float64)
-        for j, edges in enumerate(self.inc):
+        for j, edges in enumerate(inc):
             for p, (src, tid, lp) in enumerate(edges):
                 preds[j, p] = src
                 ptid[j, p] = tid
                 plogp[j, p] = lp
-        min_frames = self._min_frames([s for s, _ in self.starts], {n for n, _, _ in finals})
+        min_frames = _min_frames(inc, [s for s, _ in starts], {n for n, _, _ in finals})
 
         def long(xs: list[int]) -> torch.Tensor:
             """An int64 tensor."""
             return torch.tensor(xs, dtype=torch.int64)
 
         return UttGraph(
-            utt_id=utt_id, words=words, pdf=long(self.pdf), phone=long(self.phone),
-            phone_inst=long(self.pinst), word_inst=long(self.winst), preds=preds,
-            pred_tid=ptid, pred_logp=plogp, start_nodes=long([s for s, _ in self.starts]),
-            start_logp=torch.tensor([lp for _, lp in self.starts], dtype=torch.float64),
+            utt_id=utt_id, words=words, pdf=long(pdf), phone=long(phone),
+            phone_inst=long(pinst), word_inst=long(winst), preds=preds,
+            pred_tid=ptid, pred_logp=plogp, start_nodes=long([s for s, _ in starts]),
+            start_logp=torch.tensor([lp for _, lp in starts], dtype=torch.float64),
             final_nodes=long([n for n, _, _ in finals]), final_tid=long([t for _, t, _ in finals]),
             final_logp=torch.tensor([lp for _, _, lp in finals], dtype=torch.float64),
             equal_path=long(equal), min_frames=min_frames)
 
-    def _min_frames(self, starts: list[int], finals: set[int]) -> int:
-        succ: list[list[int]] = [[] for _ in self.pdf]
-        for j, edges in enumerate(self.inc):
-            for src, _, _ in edges:
-                succ[src].append(j)
-        dist = dict.fromkeys(starts, 1)
-        queue = list(dict.fromkeys(starts))
-        for s in queue:
-            if s in finals:
-                return dist[s]
-            for d in succ[s]:
-                if d not in dist:
-                    dist[d] = dist[s] + 1
-                    queue.append(d)
-        raise ValueError("the graph has no path from a start node to a final node")
+
+def _min_frames(inc: list[list[tuple[int, int, float]]], starts: list[int],
+                finals: set[int]) -> int:
+    """Fewest frames of a path from a start node to a final node (breadth first)."""
+    succ: list[list[int]] = [[] for _ in inc]
+    for j, edges in enumerate(inc):
+        for src, _, _ in edges:
+            succ[src].append(j)
+    dist = dict.fromkeys(starts, 1)
+    queue = list(dict.fromkeys(starts))
+    for s in queue:
+        if s in finals:
+            return dist[s]
+        for d in succ[s]:
+            if d not in dist:
+                dist[d] = dist[s] + 1
+                queue.append(d)
+    raise ValueError("the graph has no path from a start node to a final node")

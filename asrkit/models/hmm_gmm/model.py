@@ -1,4 +1,5 @@
-"""The acoustic model of an HMM-GMM system: transition model plus GMMs (Kaldi's ``final.mdl``).
+"""The acoustic model of an HMM-GMM system: transition model plus GMMs (Kaldi's ``final.mdl``,
+with the ``tree`` inside).
 
 Saved with :func:`torch.save` as a dict of tensors and plain data, read back with
 ``torch.load(..., weights_only=True)``::
@@ -6,9 +7,16 @@ Saved with :func:`torch.save` as a dict of tensors and plain data, read back wit
     {"format": "asrkit.hmm_gmm", "version": 1,
      "transitions": {"phones": {phone: id}, "phone_base": {phone: base}, "base_phones": [...],
                      "silence_bases": [...], "topology": {"nonsilence": [...],
-                     "silence": [...]}, "log_probs": float64 (num_tids + 1,)},
+                     "silence": [...]}, "log_probs": float64 (num_tids + 1,),
+                     "ctx": {"context_width": N, "central_position": P, "base_phones": [...],
+                             "phone_to_base": int64, "num_pdf_classes": [...],
+                             "roots": int64, "node_key": int64, "node_set": bool,
+                             "node_yes": int64, "node_no": int64, "node_pdf": int64}},
      "gmm": {"weights": (S, M), "means": (S, M, F), "variances": (S, M, F)},
      "meta": {str: str | int | float | bool | list}}
+
+``ctx`` is the decision tree (:meth:`.tree.ContextDependency.to_dict`); files without it (written
+before triphones existed) load as monophone models.
 """
 
 from __future__ import annotations

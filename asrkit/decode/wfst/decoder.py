@@ -1,0 +1,623 @@
+"""Viterbi beam search over a decoding graph, vectorised in torch (Kaldi's ``SimpleDecoder``
+/ ``FasterDecoder``, ``decode-faster``).
+
+The graph is a tropical-semiring FST (costs ``-ln p``) whose non-``<eps>`` input labels are
+scored by the acoustic model once per frame: ``HCLG`` (:func:`asrkit.decode.wfst.make_hclg`)
+with transition ids as input labels, scored by the pdf ``tid2pdf[tid]``. It is converted once
+to flat tensors (:class:`DecodingGraph`): the emitting arcs (input label not ``<eps>``) as a
+CSR table sorted by source state, and the **epsilon closure** of every state (each state
+reachable through ``<eps>``-input arcs, with the cheapest such path and its cost) as a second
+CSR table, so that epsilon arcs cost one vectorised step per frame instead of an iteration
+(``HCLG``'s epsilon arcs are where disambiguation symbols were: short chains at word
+boundaries).
+
+Token passing, frame by frame (``T`` frames of 10 ms, ``S`` score columns), one token per
+graph state:
+
+1. **Emitting step**: every arc leaving an active token's state is expanded at once
+   (``repeat_interleave`` over the CSR rows); its cost is the token's cost plus the arc
+   weight plus ``-acoustic_scale * loglikes[t, tid2pdf[ilabel]]``. Candidates above the best
+   one plus ``beam`` are dropped; the best candidate per destination state wins (a scatter
+   ``amin`` into a dense per-state buffer, which is reset afterwards, so a frame costs
+   ``O(arcs expanded)``, not ``O(states)``).
+2. **Epsilon step**: the closure entries of the new tokens' states are expanded the same
+   way; a closure candidate replaces the token of its state when cheaper (Kaldi's
+   ``ProcessNonemitting``, which iterates over the arcs instead).
+3. **Pruning**: tokens above the best plus ``beam`` go, then all but the ``max_active``
+   best (``topk``). The backpointers of the kept tokens (and of the tokens their epsilon
+   paths start from) are stored, one small chunk per frame; when more than
+   ``gc_threshold`` are held, the chunks are compacted to those still reachable from the
+   active tokens, as Kaldi frees unreferenced tokens.
+
+At the end, final weights are added to tokens in final states and the cheapest is traced
+back; if no token is in a final state the cheapest token is used, with a warning (Kaldi's
+``ReachedFinal() == false``). The trace gives the words (output labels) and one input label
+per frame: the transition-id alignment, from which phones (and CTM lines) follow.
+
+The same search decodes CTC outputs with a ``TLG`` graph: its input labels are token ids
+plus one (``0`` is ``<eps>``; the token FST ``T`` maps a blank and repeated tokens to
+``<eps>`` outputs), ``tid2pdf = torch.arange(V + 1) - 1`` maps them to the columns of the
+``(T, V)`` CTC log-posteriors, and ``acoustic_scale`` is usually 1. All the decoder requires
+is that every frame consumes exactly one non-``<eps>`` input label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import pynini
+import torch
+
+__all__ = ["DecodeResult", "DecodingError", "DecodingGraph", "decode_fst"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_CLOSURE_PUSHES = 100_000  # per state: far beyond any HCLG; a guard against eps cycles
+
+
+class DecodingError(RuntimeError):
+    """The search cannot go on, e.g. ``frame 17: no token survived (every arc from the 3
+    active states costs inf or NaN: ...)``."""
+
+
+@dataclass(frozen=True, eq=False)
+class DecodingGraph:
+    """A decoding graph as flat tensors (``N`` states, ``E`` emitting arcs, ``X`` epsilon
+    arcs, ``C`` epsilon-closure entries).
+
+    Arc ids: emitting arcs are ``0 .. E-1`` (sorted by source state, so the arcs of state
+    ``s`` are ``e_offsets[s] .. e_offsets[s+1]-1``), epsilon arcs ``E .. E+X-1``. The closure
+    entries of state ``s`` are ``c_offsets[s] .. c_offsets[s+1]-1``: entry ``c`` reaches
+    ``c_dst[c]`` by the epsilon arcs ``c_arcs[c_arc_offsets[c] .. c_arc_offsets[c+1]-1]``,
+    the cheapest such path, of cost ``c_weight[c]``.
+
+    Attributes:
+        num_states: ``N``.
+        start: the start state.
+        final: ``(N,)`` float64 final costs, ``inf`` for non-final states.
+        e_offsets: ``(N + 1,)`` int64 CSR offsets of the emitting arcs.
+        e_dst: ``(E,)`` int64 destination states.
+        ilabel: ``(E + X,)`` int64 input labels (``0`` for the epsilon arcs).
+        olabel: ``(E + X,)`` int64 output labels (word ids; ``0`` none).
+        weight: ``(E + X,)`` float64 arc costs.
+        c_offsets: ``(N + 1,)`` int64 CSR offsets of the closure entries.
+        c_dst: ``(C,)`` int64 state reached.
+        c_weight: ``(C,)`` float64 cost of the epsilon path.
+        c_arc_offsets: ``(C + 1,)`` int64 CSR offsets into ``c_arcs``.
+        c_arcs: int64 arc ids of the epsilon paths.
+    """
+
+    num_states: int
+    start: int
+    final: torch.Tensor
+    e_offsets: torch.Tensor
+    e_dst: torch.Tensor
+    ilabel: torch.Tensor
+    olabel: torch.Tensor
+    weight: torch.Tensor
+    c_offsets: torch.Tensor
+    c_dst: torch.Tensor
+    c_weight: torch.Tensor
+    c_arc_offsets: torch.Tensor
+    c_arcs: torch.Tensor
+
+    @property
+    def num_emitting(self) -> int:
+        """``E``, the number of emitting arcs."""
+        return int(self.e_dst.numel())
+
+    @property
+    def num_arcs(self) -> int:
+        """``E + X``."""
+        return int(self.ilabel.numel())
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        return self.e_dst.device
+
+    @classmethod
+    def from_fst(cls, fst: pynini.Fst) -> DecodingGraph:
+        """Convert a tropical FST (e.g. ``HCLG``) once; the FST is not modified.
+
+        Raises:
+            ValueError: ``fst`` has no start state, is not tropical (``standard``), or has
+                an epsilon cycle of negative cost.
+        """
+        if fst.arc_type() != "standard":
+            raise ValueError(f"expected a tropical ('standard') FST, got arc type "
+                             f"{fst.arc_type()!r}")
+        if fst.start() == pynini.NO_STATE_ID:
+            raise ValueError("the FST has no start state (an empty graph)")
+        if fst.input_symbols() is not None or fst.output_symbols() is not None:
+            fst = fst.copy()
+            fst.set_input_symbols(None)
+            fst.set_output_symbols(None)
+        n, start, final, src, arcs = _read_vector_fst(fst.write_to_string())
+        final = torch.from_numpy(final.astype(np.float64))
+        src = torch.from_numpy(src)
+        dst = torch.from_numpy(arcs["d"].astype(np.int64))
+        ilab = torch.from_numpy(arcs["i"].astype(np.int64))
+        olab = torch.from_numpy(arcs["o"].astype(np.int64))
+        wt = torch.from_numpy(arcs["w"].astype(np.float64))
+        emitting = ilab != 0
+        # Emitting arcs first, each group sorted (stably) by source state.
+        key = src + (~emitting).to(torch.int64) * n
+        order = torch.sort(key, stable=True).indices
+        src, dst, ilab, olab, wt = src[order], dst[order], ilab[order], olab[order], wt[order]
+        num_e = int(emitting.sum())
+        counts = torch.bincount(src[:num_e], minlength=n)
+        e_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        closure = _epsilon_closure(src[num_e:].tolist(), dst[num_e:].tolist(),
+                                   wt[num_e:].tolist(), num_e)
+        return cls(num_states=n, start=start, final=final, e_offsets=e_offsets,
+                   e_dst=dst[:num_e], ilabel=ilab, olabel=olab, weight=wt,
+                   **_closure_tables(closure, n))
+
+    def to(self, device: torch.device | str) -> DecodingGraph:
+        """The graph with its tensors on ``device``."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return DecodingGraph(self.num_states, self.start, *(
+            t.to(device) for t in (self.final, self.e_offsets, self.e_dst, self.ilabel,
+                                   self.olabel, self.weight, self.c_offsets, self.c_dst,
+                                   self.c_weight, self.c_arc_offsets, self.c_arcs)))
+
+
+_ARC_DTYPE = np.dtype([("i", "=i4"), ("o", "=i4"), ("w", "=f4"), ("d", "=i4")])
+_VECTOR_MAGIC = 2125659606  # OpenFst's kFstMagicNumber
+
+
+def _read_vector_fst(data: bytes
+                     ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse OpenFst's binary ``vector`` format of a ``standard`` FST without symbol tables
+    (``Fst.write_to_string``): ``(num states, start, (N,) float32 final weights, (A,) int64
+    source state of each arc, (A,) arcs with fields i, o, w, d)``. Weights stay exactly
+    OpenFst's float32 (the text format rounds them to 6 digits).
+
+    Raises:
+        ValueError: the bytes are not such an FST.
+    """
+    pos = 0
+
+    def unpack(fmt: str):
+        nonlocal pos
+        values = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return values
+
+    def string() -> str:
+        nonlocal pos
+        (size,) = unpack("=i")
+        pos += size
+        return data[pos - size:pos].decode("ascii", "replace")
+
+    (magic,) = unpack("=i")
+    fst_type, arc_type = string(), string()
+    version, flags, _properties, start, num_states, _num_arcs = unpack("=iiQqqq")
+    if (magic, fst_type, arc_type, flags) != (_VECTOR_MAGIC, "vector", "standard", 0):
+        raise ValueError(f"expected an OpenFst vector FST of standard arcs without symbol "
+                         f"tables, got type {fst_type!r}, arc type {arc_type!r}, flags {flags}, "
+                         f"version {version}")
+    final = np.empty(num_states, dtype=np.float32)
+    starts: list[int] = []
+    counts: list[int] = []
+    head = struct.Struct("=fq")
+    for s in range(num_states):
+        final[s], count = head.unpack_from(data, pos)
+        pos += head.size
+        starts.append(pos)
+        counts.append(count)
+        pos += _ARC_DTYPE.itemsize * count
+    if pos != len(data):
+        raise ValueError(f"the FST's bytes end at {len(data)}, the states at {pos}")
+    size = _ARC_DTYPE.itemsize
+    blob = b"".join(data[o:o + size * c] for o, c in zip(starts, counts))
+    arcs = np.frombuffer(blob, dtype=_ARC_DTYPE)
+    src = np.repeat(np.arange(num_states, dtype=np.int64), counts)
+    return int(num_states), int(start), final, src, arcs
+
+
+def _epsilon_closure(src: list[int], dst: list[int], weight: list[float], first_id: int
+                     ) -> dict[int, list[tuple[int, float, tuple[int, ...]]]]:
+    """Per state with epsilon arcs: ``[(state reached, cost, arc ids), ...]`` by the
+    cheapest epsilon path (label-correcting search; arc ids start at ``first_id``)."""
+    adj: dict[int, list[tuple[int, float, int]]] = {}
+    for k, (s, d, w) in enumerate(zip(src, dst, weight)):
+        adj.setdefault(s, []).append((d, w, first_id + k))
+    out: dict[int, list[tuple[int, float, tuple[int, ...]]]] = {}
+    for s, arcs in adj.items():
+        best: dict[int, tuple[float, tuple[int, ...]]] = {}
+        stack = [(d, w, (a,)) for d, w, a in arcs]
+        pushes = 0
+        while stack:
+            q, cost, path = stack.pop()
+            if q == s:
+                if cost < 0:
+                    raise ValueError(f"the graph has an epsilon cycle of negative cost "
+                                     f"{cost:g} through state {s}")
+                continue
+            if q in best and best[q][0] <= cost:
+                continue
+            best[q] = (cost, path)
+            for d, w, a in adj.get(q, ()):
+                stack.append((d, cost + w, (*path, a)))
+            pushes += 1
+            if pushes > _MAX_CLOSURE_PUSHES:
+                raise ValueError(f"the epsilon closure of state {s} does not converge (an "
+                                 "epsilon cycle of negative cost?)")
+        out[s] = sorted((q, c, p) for q, (c, p) in best.items())
+    return out
+
+
+def _closure_tables(closure: dict[int, list[tuple[int, float, tuple[int, ...]]]], n: int
+                    ) -> dict[str, torch.Tensor]:
+    counts = torch.zeros(n, dtype=torch.int64)
+    c_dst: list[int] = []
+    c_weight: list[float] = []
+    c_len: list[int] = []
+    c_arcs: list[int] = []
+    for s in sorted(closure):
+        counts[s] = len(closure[s])
+        for q, cost, path in closure[s]:
+            c_dst.append(q)
+            c_weight.append(cost)
+            c_len.append(len(path))
+            c_arcs.extend(path)
+    zero = torch.zeros(1, dtype=torch.int64)
+    return {"c_offsets": torch.cat([zero, counts.cumsum(0)]),
+            "c_dst": torch.tensor(c_dst, dtype=torch.int64),
+            "c_weight": torch.tensor(c_weight, dtype=torch.float64),
+            "c_arc_offsets": torch.cat([zero, torch.tensor(c_len, dtype=torch.int64).cumsum(0)]),
+            "c_arcs": torch.tensor(c_arcs, dtype=torch.int64)}
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeResult:
+    """The best path of :func:`decode_fst`.
+
+    Attributes:
+        words: output labels of the path (word ids of ``words.txt``), ``<eps>`` dropped.
+        tids: ``(T,)`` int64 input label of each frame (transition ids for ``HCLG``: the
+            alignment, ready for ``TransitionModel.split_to_phones``).
+        cost: the path's total cost, ``lm_cost + acoustic_scale * am_cost``.
+        am_cost: acoustic cost, unscaled: ``-sum_t loglikes[t, tid2pdf[tids[t]]]``.
+        lm_cost: graph cost (Kaldi's "graph cost"): arc weights plus the final weight, i.e.
+            n-gram, pronunciation, silence and scaled HMM transition costs.
+        reached_final: whether the path ends in a final state (else the best token of the
+            last frame was taken).
+        num_active: ``(T,)`` int64 tokens kept after pruning, per frame.
+    """
+
+    words: list[int]
+    tids: torch.Tensor
+    cost: float
+    am_cost: float
+    lm_cost: float
+    reached_final: bool
+    num_active: torch.Tensor
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` along dim 0 (``index_select``, several times faster than ``x[idx]`` on
+    CPU)."""
+    return torch.index_select(x, 0, idx)
+
+
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the true entries of a 1-D mask."""
+    return torch.nonzero(mask).squeeze(1)
+
+
+def _expand(offsets: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token index, entry index)`` of every CSR entry (arc) of ``states``."""
+    starts = _take(offsets, states)
+    counts = _take(offsets, states + 1) - starts
+    total = int(counts.sum())
+    tok = torch.repeat_interleave(counts, output_size=total)
+    shift = starts - (counts.cumsum(0) - counts)
+    return tok, torch.arange(total, device=states.device) + _take(shift, tok)
+
+
+class _Chunk:
+    """Backpointers of one frame's stored tokens: ``prev`` (index into the previous chunk,
+    or -1), ``same`` (index into this chunk of the token an epsilon path starts from, or -1;
+    None when all are -1), ``arc`` (an emitting arc id, ``-2 - c`` for closure entry ``c``,
+    -1 none)."""
+
+    __slots__ = ("arc", "compacted", "prev", "same")
+
+    def __init__(self, prev: torch.Tensor, same: torch.Tensor | None, arc: torch.Tensor
+                 ) -> None:
+        self.prev, self.same, self.arc = prev, same, arc
+        self.compacted = False
+
+    def compact(self, mask: torch.Tensor) -> torch.Tensor:
+        """Keep the entries of ``mask`` (closed under ``same``); returns the old -> new index
+        map (-1 for dropped entries)."""
+        keep = _where(mask)
+        remap = torch.full((mask.numel(),), -1, dtype=torch.int64, device=mask.device)
+        remap.index_copy_(0, keep, torch.arange(keep.numel(), device=mask.device))
+        self.prev, self.arc = _take(self.prev, keep), _take(self.arc, keep)
+        if self.same is not None:
+            s = _take(self.same, keep)
+            self.same = torch.where(s >= 0, _take(remap, s.clamp_min(0)), s)
+        self.compacted = True
+        return remap
+
+
+def _mark(size: int, idx: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
+    """Mask of the entries ``idx`` and the entries their epsilon paths start from (these have
+    no ``same`` parent themselves)."""
+    mask = torch.zeros(size, dtype=torch.bool, device=idx.device)
+    mask.index_fill_(0, idx, True)
+    if same is not None:
+        p = _take(same, idx)
+        mask.index_fill_(0, _take(p, _where(p >= 0)), True)
+    return mask
+
+
+class _Search:
+    """The token sets of one utterance and their backpointer chunks."""
+
+    def __init__(self, g: DecodingGraph, beam: float, max_active: int):
+        self.g = g
+        self.beam = beam
+        self.max_active = max_active
+        dev = g.device
+        n = g.num_states
+        self.has_closure = (g.c_offsets[1:] - g.c_offsets[:-1]) > 0
+        self.any_closure = bool(self.has_closure.any())
+        self.buf_cost = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
+        self.buf_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        self.map_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)  # kept all -1
+        self.chunks: list[_Chunk] = []
+        self.dev = dev
+
+    def best_per_dst(self, dst: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+        """Index of the cheapest candidate per destination (one per distinct ``dst``)."""
+        best = self.buf_cost
+        best.scatter_reduce_(0, dst, cost, "amin")
+        cand = _where(cost == _take(best, dst))
+        dw = _take(dst, cand)
+        self.buf_idx.index_copy_(0, dw, cand)  # one of tied candidates wins
+        sel = _take(cand, _where(_take(self.buf_idx, dw) == cand))
+        best.index_fill_(0, dw, math.inf)
+        return sel
+
+    def _epsilon(self, st, co, prev, arc):
+        """Add the closure of the tokens ``st`` (one per state); returns the grown
+        ``(st, co, prev, arc, same, active)`` (``active``: indices of the tokens not
+        replaced by a cheaper closure entry), or None when nothing changes."""
+        g = self.g
+        dev = self.dev
+        fr = _where(_take(self.has_closure, st))
+        if not fr.numel():
+            return None
+        tok, c = _expand(g.c_offsets, _take(st, fr))
+        parent = _take(fr, tok)
+        cost = _take(co, parent) + _take(g.c_weight, c)
+        ok = _where(cost <= float(co.min()) + self.beam)
+        if not ok.numel():
+            return None
+        parent, c, cost = _take(parent, ok), _take(c, ok), _take(cost, ok)
+        dst = _take(g.c_dst, c)
+        sel = self.best_per_dst(dst, cost)
+        parent, c, cost, dst = _take(parent, sel), _take(c, sel), _take(cost, sel), _take(dst, sel)
+        # Compare with the tokens already in the destination states.
+        n0 = st.numel()
+        self.buf_cost.index_copy_(0, st, co)
+        self.map_idx.index_copy_(0, st, torch.arange(n0, device=dev))
+        better = _where(cost < _take(self.buf_cost, dst))
+        replaced = _take(self.map_idx, _take(dst, better))
+        self.buf_cost.index_fill_(0, st, math.inf)
+        self.map_idx.index_fill_(0, st, -1)
+        if not better.numel():
+            return None
+        parent, c, cost, dst = (_take(parent, better), _take(c, better), _take(cost, better),
+                                _take(dst, better))
+        alive = torch.ones(n0, dtype=torch.bool, device=dev)
+        alive.index_fill_(0, _take(replaced, _where(replaced >= 0)), False)
+        m = dst.numel()
+        minus = torch.full((n0 + m,), -1, dtype=torch.int64, device=dev)
+        same = torch.cat([minus[:n0], parent])
+        active = torch.cat([_where(alive), torch.arange(n0, n0 + m, device=dev)])
+        return (torch.cat([st, dst]), torch.cat([co, cost]), torch.cat([prev, minus[n0:]]),
+                torch.cat([arc, -2 - c]), same, active)
+
+    def frame(self, st, co, prev, arc):
+        """Epsilon step, pruning and storage of one frame's tokens ``(st, co, prev, arc)``
+        (one per state); returns the active ``(states, costs, chunk indices)``."""
+        same = active = None
+        if self.any_closure:
+            grown = self._epsilon(st, co, prev, arc)
+            if grown is not None:
+                st, co, prev, arc, same, active = grown
+        n = st.numel()
+        if active is None:
+            if n <= self.max_active:  # the emitting step kept only tokens within the beam
+                self.chunks.append(_Chunk(prev, None, arc))
+                return st, co, torch.arange(n, device=self.dev)
+            active = torch.arange(n, device=self.dev)
+        a_co = _take(co, active)
+        best = float(a_co.min())
+        if float(a_co.max()) > best + self.beam:
+            within = _where(a_co <= best + self.beam)
+            active, a_co = _take(active, within), _take(a_co, within)
+        if active.numel() > self.max_active:
+            active = _take(active, torch.topk(a_co, self.max_active, largest=False,
+                                              sorted=False).indices)
+        chunk = _Chunk(prev, same, arc)
+        remap = chunk.compact(_mark(n, active, same))
+        self.chunks.append(chunk)
+        return _take(st, active), _take(co, active), _take(remap, active)
+
+    def gc(self, active_idx: torch.Tensor) -> torch.Tensor:
+        """Compact the chunks, newest first, to the entries reachable from the active tokens,
+        back to the first already compacted chunk that loses nothing; returns the active
+        tokens' new indices."""
+        needed = active_idx
+        last = len(self.chunks) - 1
+        for c in range(last, -1, -1):
+            ch = self.chunks[c]
+            mask = _mark(ch.arc.numel(), needed, ch.same)
+            if ch.compacted and bool(mask.all()):
+                break
+            remap = ch.compact(mask)
+            if c == last:
+                active_idx = _take(remap, active_idx)
+            else:
+                p = self.chunks[c + 1].prev
+                self.chunks[c + 1].prev = torch.where(p >= 0, _take(remap, p.clamp_min(0)), p)
+            needed = torch.unique(_take(ch.prev, _where(ch.prev >= 0)))
+        return active_idx
+
+    def trace(self, idx: int) -> list[int]:
+        """Arc ids on the path ending at entry ``idx`` of the last chunk, in order."""
+        g = self.g
+        path: list[int] = []
+        c = len(self.chunks) - 1
+        while True:
+            ch = self.chunks[c]
+            a = int(ch.arc[idx])
+            if a >= 0:
+                path.append(a)
+            elif a <= -2:
+                k = -2 - a
+                lo, hi = int(g.c_arc_offsets[k]), int(g.c_arc_offsets[k + 1])
+                path.extend(reversed(g.c_arcs[lo:hi].tolist()))
+            s = int(ch.same[idx]) if ch.same is not None else -1
+            if s >= 0:
+                idx = s
+                continue
+            p = int(ch.prev[idx])
+            if p < 0:
+                break
+            c -= 1
+            idx = p
+        path.reverse()
+        return path
+
+
+def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
+               tid2pdf: torch.Tensor, *, acoustic_scale: float = 0.1, beam: float = 13.0,
+               max_active: int = 7000, gc_threshold: int = 1_000_000) -> DecodeResult:
+    """Viterbi beam search for the cheapest path of ``graph`` given per-frame scores (Kaldi's
+    ``decode-faster`` / ``gmm-decode-faster``); the algorithm is in the module docstring.
+
+    A path's cost is the sum of its arc weights and final weight plus, for the input label
+    ``i`` read at frame ``t``, ``-acoustic_scale * loglikes[t, tid2pdf[i]]``. With an infinite
+    ``beam`` and ``max_active`` at least the number of states the search is exact.
+
+    Args:
+        graph: ``HCLG`` (:func:`asrkit.decode.wfst.make_hclg`), or the same converted once
+            with :meth:`DecodingGraph.from_fst` (do that when decoding many utterances).
+        loglikes: ``(T, S)`` acoustic log-likelihoods of ``T`` frames (10 ms) under each of
+            ``S`` pdfs (:meth:`asrkit.models.hmm_gmm.AcousticModel.loglik`), or CTC
+            log-posteriors for a ``TLG`` graph. The search runs on its device.
+        tid2pdf: ``(L,)`` int64 score column of each input label (entry 0 unused):
+            ``TransitionModel.tid2pdf`` for ``HCLG``; must cover every input label of the
+            graph.
+        acoustic_scale: weight of the acoustic scores against the graph costs (0.1, Kaldi's
+            ``--acoustic-scale``).
+        beam: tokens more than ``beam`` above the best of their frame are dropped (13).
+        max_active: at most this many tokens are kept per frame (7000).
+        gc_threshold: compact the backpointers when more than this many are held (and
+            twice as many as after the previous compaction); each takes 16 to 24 bytes.
+
+    Returns:
+        The best path (:class:`DecodeResult`).
+
+    Raises:
+        ValueError: bad shapes, options, or an input label ``tid2pdf`` does not map to a
+            column of ``loglikes``.
+        DecodingError: no token survives a frame (every path is impossible: ``-inf`` or NaN
+            scores, or a graph with dead ends).
+    """
+    if loglikes.dim() != 2:
+        raise ValueError(f"loglikes must be (T, S), got shape {tuple(loglikes.shape)}")
+    if not (beam > 0):
+        raise ValueError(f"beam must be > 0, got {beam}")
+    if not (isinstance(max_active, int) and max_active >= 1):
+        raise ValueError(f"max_active must be an integer >= 1, got {max_active!r}")
+    if not (isinstance(gc_threshold, int) and gc_threshold >= 1):
+        raise ValueError(f"gc_threshold must be an integer >= 1, got {gc_threshold!r}")
+    if isinstance(graph, pynini.Fst):
+        graph = DecodingGraph.from_fst(graph)
+    dev = loglikes.device
+    g = graph.to(dev)
+    T, S = loglikes.shape
+    tid2pdf = torch.as_tensor(tid2pdf, dtype=torch.int64).to(dev)
+    e_ilabel = g.ilabel[:g.num_emitting]
+    if e_ilabel.numel():
+        top = int(e_ilabel.max())
+        if top >= tid2pdf.numel():
+            raise ValueError(f"the graph has input label {top} but tid2pdf has only "
+                             f"{tid2pdf.numel()} entries; expected the transition model the "
+                             "graph was built with")
+    col = tid2pdf[e_ilabel]  # (E,) score column of each emitting arc
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= S):
+        raise ValueError(f"tid2pdf maps graph input labels to columns "
+                         f"{int(col.min())}..{int(col.max())}, but loglikes has {S} columns")
+    scores = loglikes.detach().to(torch.float64) * -acoustic_scale  # (T, S) costs
+
+    search = _Search(g, float(beam), max_active)
+    e_weight = g.weight[:g.num_emitting]
+    z = torch.zeros(1, dtype=torch.int64, device=dev)
+    states, costs, idx = search.frame(
+        torch.tensor([g.start], device=dev), torch.zeros(1, dtype=torch.float64, device=dev),
+        z - 1, z - 1)
+    num_active = torch.zeros(T, dtype=torch.int64)
+    held, next_gc = 0, gc_threshold
+    for t in range(T):
+        tok, arc = _expand(g.e_offsets, states)
+        cost = (_take(costs, tok) + _take(e_weight, arc)
+                + _take(scores[t], _take(col, arc)))
+        best = float(cost.min()) if cost.numel() else math.inf
+        if not math.isfinite(best):
+            raise DecodingError(f"frame {t}: no token survived (every arc from the "
+                                f"{states.numel()} active states costs inf or NaN: -inf or "
+                                "NaN log-likelihoods, or a graph state without arcs?)")
+        limit = best + beam
+        ok = _where(cost <= limit if math.isfinite(limit) else cost < math.inf)
+        if ok.numel() < cost.numel():
+            tok, arc, cost = _take(tok, ok), _take(arc, ok), _take(cost, ok)
+        dst = _take(g.e_dst, arc)
+        sel = search.best_per_dst(dst, cost)
+        tok, arc, cost, dst = _take(tok, sel), _take(arc, sel), _take(cost, sel), _take(dst, sel)
+        states, costs, idx = search.frame(dst, cost, _take(idx, tok), arc)
+        num_active[t] = states.numel()
+        held += search.chunks[-1].arc.numel()
+        if held > next_gc:
+            idx = search.gc(idx)
+            held = sum(ch.arc.numel() for ch in search.chunks)
+            next_gc = max(gc_threshold, 2 * held)
+
+    total = costs + g.final[states]
+    reached_final = bool(torch.isfinite(total).any())
+    if reached_final:
+        best_i = int(torch.argmin(total))
+        final_cost = float(g.final[states[best_i]])
+    else:
+        logger.warning("no token reached a final state after %d frames; using the best "
+                       "non-final token (the output may be a partial sentence)", T)
+        best_i = int(torch.argmin(costs))
+        final_cost = 0.0
+    path = torch.tensor(search.trace(int(idx[best_i])), dtype=torch.int64, device=dev)
+    olabels = g.olabel[path]
+    words = [int(w) for w in olabels[olabels != 0].tolist()]
+    tids = g.ilabel[path]
+    tids = tids[tids != 0]
+    if tids.numel() != T:  # an invariant of the search
+        raise DecodingError(f"the traced path reads {tids.numel()} labels for {T} frames")
+    lm_cost = float(g.weight[path].sum()) + final_cost
+    am_cost = -float(loglikes.detach().to(torch.float64)[
+        torch.arange(T, device=dev), tid2pdf[tids]].sum()) if T else 0.0
+    return DecodeResult(words=words, tids=tids.cpu(), cost=lm_cost + acoustic_scale * am_cost,
+                        am_cost=am_cost, lm_cost=lm_cost, reached_final=reached_final,
+                        num_active=num_active)
