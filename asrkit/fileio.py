@@ -17,7 +17,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "is_done", "mark_done", "stage_log"]
+__all__ = ["FileLineError", "atomic_write", "is_done", "mark_done", "stage_log"]
+
+
+class FileLineError(ValueError):
+    """Bad content in an input file, located: ``<path>:<line>: <what is wrong>``.
+
+    The base of the errors that name the exact bad line (Kaldi's validate_data_dir.sh habit):
+    :class:`asrkit.data.datadir.DataDirError`, :class:`asrkit.text.lexicon.LexiconError`,
+    :class:`asrkit.lm.ngram.ArpaError`. The message is ``<path>: <reason>`` when no single line
+    is at fault and just ``<reason>`` when no file is involved.
+
+    Attributes:
+        path: the offending file (or directory), or None.
+        line: 1-based line number, or None.
+        reason: the message without the location prefix.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, line: int | None, reason: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.line = line
+        self.reason = reason
+        where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
+        super().__init__(f"{where}{reason}")
+
+    def __reduce__(self):  # keep picklable across worker processes
+        return (type(self), (self.path, self.line, self.reason))
 
 
 @contextlib.contextmanager

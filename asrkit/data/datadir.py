@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrkit.fileio import atomic_write
+from asrkit.fileio import FileLineError, atomic_write
 
 __all__ = [
     "DataDir",
@@ -57,7 +57,7 @@ _EMPTY_VALUE = {
 }
 
 
-class DataDirError(ValueError):
+class DataDirError(FileLineError):
     """A data-directory file is malformed or inconsistent.
 
     The message has the form ``<path>:<line>: <what is wrong>`` (or ``<path>: ...`` when no
@@ -69,16 +69,6 @@ class DataDirError(ValueError):
         line: 1-based line number, or None.
         reason: the message without the location prefix.
     """
-
-    def __init__(self, path: str | os.PathLike | None, line: int | None, reason: str) -> None:
-        self.path = None if path is None else Path(path)
-        self.line = line
-        self.reason = reason
-        where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
-        super().__init__(f"{where}{reason}")
-
-    def __reduce__(self):  # keep picklable across worker processes
-        return (type(self), (self.path, self.line, self.reason))
 
 
 def _c_key(key: str) -> bytes:

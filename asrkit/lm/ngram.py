@@ -80,7 +80,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrkit.fileio import atomic_write
+from asrkit.fileio import FileLineError, atomic_write
 
 __all__ = [
     "BOS",
@@ -134,7 +134,7 @@ _NGRAM_COUNT = re.compile(r"ngram\s+(\d+)\s*=\s*(\d+)")
 _SECTION = re.compile(r"\\(\d+)-grams:")
 
 
-class ArpaError(ValueError):
+class ArpaError(FileLineError):
     """An ARPA file is malformed.
 
     The message has the form ``<path>:<line>: <what is wrong>`` (or ``<path>: ...`` when no
@@ -146,16 +146,6 @@ class ArpaError(ValueError):
         line: 1-based line number, or None.
         reason: the message without the location prefix.
     """
-
-    def __init__(self, path: str | os.PathLike, line: int | None, reason: str) -> None:
-        self.path = Path(path)
-        self.line = line
-        self.reason = reason
-        where = f"{path}:{line}: " if line is not None else f"{path}: "
-        super().__init__(f"{where}{reason}")
-
-    def __reduce__(self):  # keep picklable across worker processes
-        return (type(self), (self.path, self.line, self.reason))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrkit.fileio import atomic_write
+from asrkit.fileio import FileLineError, atomic_write
 
 __all__ = [
     "FORBIDDEN_WORDS",
@@ -82,7 +82,7 @@ _STRESS = re.compile(r"(?<=\D)[0-9]$")
 _POSITION_RE = re.compile(r"_[BEIS]$")
 
 
-class LexiconError(ValueError):
+class LexiconError(FileLineError):
     """A lexicon or lang file is malformed, or a lexicon cannot make a consistent lang.
 
     The message has the form ``<path>:<line>: <what is wrong>`` (``<path>: ...`` when no single
@@ -94,16 +94,6 @@ class LexiconError(ValueError):
         line: 1-based line number, or None.
         reason: the message without the location prefix.
     """
-
-    def __init__(self, path: str | os.PathLike | None, line: int | None, reason: str) -> None:
-        self.path = None if path is None else Path(path)
-        self.line = line
-        self.reason = reason
-        where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
-        super().__init__(f"{where}{reason}")
-
-    def __reduce__(self):  # keep picklable across worker processes
-        return (type(self), (self.path, self.line, self.reason))
 
 
 def _c_key(s: str) -> bytes:

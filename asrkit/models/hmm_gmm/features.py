@@ -179,3 +179,53 @@ def load_gmm_features(feats_scp: str | os.PathLike,
         out[utt] = gmm_features(feats[utt], stats[spk], norm_vars=norm_vars,
                                 delta_order=delta_order, delta_window=delta_window)
     return out
+
+
+def usable_features(feats: Mapping[str, torch.Tensor | np.ndarray],
+                   transcripts: Mapping[str, str | Sequence[str]]
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Float32 CPU frames of the utterances with features and a transcript (C order), and
+    ``{utt: reason}`` for the others (no transcript, no features, non-finite features); the
+    skipped ones are logged by id. Shared by monophone and triphone training.
+
+    Args:
+        feats: utterance id → (T, F) frames (tensor or array, e.g. from kaldiio).
+        transcripts: utterance id → words (a string or a word list).
+
+    Returns:
+        ``(frames, failed)``: ``{utt: (T, F) float32 tensor}`` and ``{utt: reason}``.
+
+    Raises:
+        ValueError: no utterance with both, an utterance whose features are not (T, F), or
+            feature dimensions that differ between utterances, or no usable utterance.
+    """
+    failed: dict[str, str] = {}
+    for u in feats.keys() - transcripts.keys():
+        failed[u] = "no transcript"
+    for u in transcripts.keys() - feats.keys():
+        failed[u] = "no features"
+    utts = sorted(feats.keys() & transcripts.keys(), key=lambda u: u.encode("utf-8"))
+    if not utts:
+        raise ValueError("no utterance has both features and a transcript")
+    xs: dict[str, torch.Tensor] = {}
+    dim = None
+    for u in utts:
+        x = feats[u]
+        if not isinstance(x, torch.Tensor):
+            x = torch.tensor(np.asarray(x))  # a copy: kaldiio arrays may be read-only
+        if x.dim() != 2:
+            raise ValueError(f"{u}: features have shape {tuple(x.shape)}, expected (T, F)")
+        if dim is None:
+            dim = x.shape[1]
+        elif x.shape[1] != dim:
+            raise ValueError(f"{u}: feature dimension {x.shape[1]}, expected {dim} as for "
+                             f"{utts[0]}")
+        if not bool(torch.isfinite(x).all()):
+            failed[u] = "features are not finite (NaN or Inf)"
+            continue
+        xs[u] = x.detach().cpu().to(torch.float32)
+    for u, why in sorted(failed.items()):
+        logger.warning("%s: skipped: %s", u, why)
+    if not xs:
+        raise ValueError("no usable utterance (see the warnings for the reasons)")
+    return xs, failed

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from asrkit.models.hmm_gmm.align import Alignment, AlignmentError, align_equal, align_viterbi
+from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM, GmmStats
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
@@ -155,42 +156,17 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
     if max_iter_inc < 1:
         raise ValueError(f"max_iter_inc must be >= 1, got {max_iter_inc}")
     device = torch.device(device)
-    failed: dict[str, str] = {}
-    for u in feats.keys() - transcripts.keys():
-        failed[u] = "no transcript"
-    for u in transcripts.keys() - feats.keys():
-        failed[u] = "no features"
-    utts = sorted(feats.keys() & transcripts.keys(), key=lambda u: u.encode("utf-8"))
-    if not utts:
-        raise ValueError("no utterance has both features and a transcript")
-
+    xs, failed = usable_features(feats, transcripts)
     tmodel = TransitionModel.from_phone_set(lang.phone_set, topology)
     compiler = GraphCompiler(lang, tmodel, sil_prob=sil_prob, all_prons=all_prons)
     graphs: dict[str, UttGraph] = {}
-    xs: dict[str, torch.Tensor] = {}
-    dim = None
-    for u in utts:
-        x = feats[u]
-        if not isinstance(x, torch.Tensor):
-            x = torch.tensor(np.asarray(x))  # a copy: kaldiio arrays may be read-only
-        if x.dim() != 2:
-            raise ValueError(f"{u}: features have shape {tuple(x.shape)}, expected (T, F)")
-        if dim is None:
-            dim = x.shape[1]
-        elif x.shape[1] != dim:
-            raise ValueError(f"{u}: feature dimension {x.shape[1]}, expected {dim} as for "
-                             f"{utts[0]}")
-        if not bool(torch.isfinite(x).all()):
-            failed[u] = "features are not finite (NaN or Inf)"
-            continue
+    for u in list(xs):
         try:
             graphs[u] = compiler.compile(u, transcripts[u])
         except GraphError as e:
             failed[u] = e.reason
-            continue
-        xs[u] = x.to(torch.float32)
-    for u, why in sorted(failed.items()):
-        logger.warning("%s: skipped: %s", u, why)
+            del xs[u]
+            logger.warning("%s: skipped: %s", u, e.reason)
     if not xs:
         raise ValueError("no usable utterance (see the warnings for the reasons)")
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from asrkit.models.hmm_gmm.align import Alignment, Segment, align_viterbi
+from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
@@ -243,7 +244,7 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
         raise ValueError(f"alignments must be a training result or a mapping, got "
                          f"{type(alignments).__name__}")
     device = torch.device(device)
-    xs, failed = _load_features(feats, transcripts)
+    xs, failed = usable_features(feats, transcripts)
 
     # Tree statistics, questions, tree (acc-tree-stats, cluster-phones, build-tree).
     start: dict[str, Alignment | torch.Tensor] = {}
@@ -365,40 +366,3 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
                 "failed", tmodel.num_pdfs, model.num_gauss, len(alis), len(failed))
     return TriResult(model=model, alignments=alis, failed=failed, history=history,
                      tree_info=tree_info, questions=list(qs))
-
-
-def _load_features(feats: Mapping[str, torch.Tensor | np.ndarray],
-                   transcripts: Mapping[str, str | Sequence[str]]
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Float32 CPU frames of the utterances with features and a transcript (C order), and
-    ``{utt: reason}`` for the others (no transcript, no features, non-finite features)."""
-    failed: dict[str, str] = {}
-    for u in feats.keys() - transcripts.keys():
-        failed[u] = "no transcript"
-    for u in transcripts.keys() - feats.keys():
-        failed[u] = "no features"
-    utts = sorted(feats.keys() & transcripts.keys(), key=lambda u: u.encode("utf-8"))
-    if not utts:
-        raise ValueError("no utterance has both features and a transcript")
-    xs: dict[str, torch.Tensor] = {}
-    dim = None
-    for u in utts:
-        x = feats[u]
-        if not isinstance(x, torch.Tensor):
-            x = torch.tensor(np.asarray(x))  # a copy: kaldiio arrays may be read-only
-        if x.dim() != 2:
-            raise ValueError(f"{u}: features have shape {tuple(x.shape)}, expected (T, F)")
-        if dim is None:
-            dim = x.shape[1]
-        elif x.shape[1] != dim:
-            raise ValueError(f"{u}: feature dimension {x.shape[1]}, expected {dim} as for "
-                             f"{utts[0]}")
-        if not bool(torch.isfinite(x).all()):
-            failed[u] = "features are not finite (NaN or Inf)"
-            continue
-        xs[u] = x.detach().cpu().to(torch.float32)
-    for u, why in sorted(failed.items()):
-        logger.warning("%s: skipped: %s", u, why)
-    if not xs:
-        raise ValueError("no usable utterance (see the warnings for the reasons)")
-    return xs, failed
