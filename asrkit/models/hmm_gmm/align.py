@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from asrkit.models.hmm_gmm.graph import UttGraph
+from asrkit.models.hmm_gmm.graph import UtteranceError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.topology import TransitionModel
 
@@ -48,21 +48,13 @@ logger = logging.getLogger(__name__)
 _NEG_INF = float("-inf")
 
 
-class AlignmentError(ValueError):
+class AlignmentError(UtteranceError):
     """An utterance cannot be aligned; the message is ``<utt>: <reason>``.
 
     Attributes:
         utt_id: the utterance.
         reason: the message without the utterance prefix.
     """
-
-    def __init__(self, utt_id: str, reason: str) -> None:
-        self.utt_id = utt_id
-        self.reason = reason
-        super().__init__(f"{utt_id}: {reason}")
-
-    def __reduce__(self):
-        return (type(self), (self.utt_id, self.reason))
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,9 @@ logger = logging.getLogger(__name__)
 _START = -1
 
 
-class GraphError(ValueError):
-    """A transcript cannot be turned into a graph.
-
-    The message has the form ``<utt>: <reason>``, e.g. ``utt1: word 'FOO' is not in the
-    lexicon and the lang has no OOV word``.
+class UtteranceError(ValueError):
+    """A problem with one utterance; the message is ``<utt>: <reason>``. The base of
+    :class:`GraphError` and :class:`asrkit.models.hmm_gmm.align.AlignmentError`.
 
     Attributes:
         utt_id: the utterance.
@@ -66,6 +64,18 @@ class GraphError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.utt_id, self.reason))
+
+
+class GraphError(UtteranceError):
+    """A transcript cannot be turned into a graph.
+
+    The message has the form ``<utt>: <reason>``, e.g. ``utt1: word 'FOO' is not in the
+    lexicon and the lang has no OOV word``.
+
+    Attributes:
+        utt_id: the utterance.
+        reason: the message without the utterance prefix.
+    """
 
 
 @dataclass(frozen=True, eq=False)
