@@ -90,6 +90,38 @@ class MonoResult:
     history: list[IterationStats] = field(default_factory=list)
 
 
+def _stack_frames(xs: dict[str, torch.Tensor], device: torch.device
+                  ) -> tuple[torch.Tensor, dict[str, int], dict[str, torch.Tensor]]:
+    """Frames of all utterances concatenated once on ``device``: ``(all_x (N, F), offsets,
+    {utt: view of its (T, F) rows})``."""
+    offsets: dict[str, int] = {}
+    pos = 0
+    for u in xs:
+        offsets[u] = pos
+        pos += xs[u].shape[0]
+    all_x = torch.cat(list(xs.values())).to(device)
+    views = {u: all_x[offsets[u]:offsets[u] + xs[u].shape[0]] for u in xs}
+    return all_x, offsets, views
+
+
+def _em_update(model: AcousticModel, stats: GmmStats, tcounts: torch.Tensor,
+               num_gauss_target: int, *, var_floor: float, min_gaussian_occupancy: float,
+               power: float, min_count: float, perturb: float):
+    """One M-step (gmm-est): GMM update, mix-up toward ``num_gauss_target``, transition update.
+
+    Returns:
+        ``(model, update_info, plain_em)``; ``plain_em`` is True when no Gaussian was split or
+        removed, i.e. the next iteration's likelihood cannot fall below this one's.
+    """
+    new_gmm, info = model.gmm.update(stats, var_floor=var_floor,
+                                     min_gaussian_occupancy=min_gaussian_occupancy)
+    updated = new_gmm.num_gauss
+    new_gmm = new_gmm.mixup(num_gauss_target, stats.pdf_occs(), power=power,
+                            min_count=min_count, perturb=perturb)
+    plain_em = new_gmm.num_gauss == updated and info.num_removed == 0
+    return AcousticModel(model.tmodel.update(tcounts), new_gmm), info, plain_em
+
+
 def _accumulate(model: AcousticModel, feats: torch.Tensor, offsets: Mapping[str, int],
                 alis: Mapping[str, Alignment]) -> tuple[GmmStats, torch.Tensor]:
     """GMM statistics and transition counts of the alignments (``gmm-acc-stats-ali``)."""
@@ -170,14 +202,7 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
     if not xs:
         raise ValueError("no usable utterance (see the warnings for the reasons)")
 
-    # Frames of all usable utterances, once, on the device.
-    offsets: dict[str, int] = {}
-    pos = 0
-    for u in xs:
-        offsets[u] = pos
-        pos += xs[u].shape[0]
-    all_x = torch.cat(list(xs.values())).to(device)
-    xs = {u: all_x[offsets[u]:offsets[u] + xs[u].shape[0]] for u in xs}  # views on the device
+    all_x, offsets, xs = _stack_frames(xs, device)
     flat = all_x.double()
     mean = flat.mean(0)
     var = (flat * flat).mean(0) - mean * mean
@@ -219,20 +244,18 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
             if not alis:
                 raise ValueError(f"iteration {x}: no utterance could be aligned")
         stats, tcounts = _accumulate(model, all_x, offsets, alis)
-        new_gmm, info = model.gmm.update(stats, var_floor=var_floor,
-                                         min_gaussian_occupancy=3.0 if x == 0 else 10.0)
-        updated = new_gmm.num_gauss
-        new_gmm = new_gmm.mixup(num_gauss_target, stats.pdf_occs(), power=power,
-                                min_count=min_count, perturb=perturb)
-        model = AcousticModel(model.tmodel.update(tcounts), new_gmm)
+        model, info, next_plain = _em_update(
+            model, stats, tcounts, num_gauss_target, var_floor=var_floor,
+            min_gaussian_occupancy=3.0 if x == 0 else 10.0, power=power, min_count=min_count,
+            perturb=perturb)
+        new_gmm = model.gmm
         h = IterationStats(iteration=x, avg_loglik=stats.avg_loglik, num_frames=int(stats.count),
                            num_gauss=new_gmm.num_gauss, realigned=realigned,
                            num_aligned=len(alis), num_failed=len(iter_failed))
         if plain_em and not realigned and history and h.avg_loglik < history[-1].avg_loglik:
             logger.warning("iter %d: avg loglik per frame fell from %.4f to %.4f after a plain "
                            "EM update", x, history[-1].avg_loglik, h.avg_loglik)
-        # EM cannot lower the next iteration's likelihood unless Gaussians split or went.
-        plain_em = new_gmm.num_gauss == updated and info.num_removed == 0
+        plain_em = next_plain
         history.append(h)
         logger.info("iter %d: avg loglik per frame %.4f over %d frames (%d utts%s), %d "
                     "Gaussians after update (target %d; %d removed, %d variances floored)%s",

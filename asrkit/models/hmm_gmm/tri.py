@@ -40,7 +40,13 @@ from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
-from asrkit.models.hmm_gmm.mono import IterationStats, MonoResult, _accumulate
+from asrkit.models.hmm_gmm.mono import (
+    IterationStats,
+    MonoResult,
+    _accumulate,
+    _em_update,
+    _stack_frames,
+)
 from asrkit.models.hmm_gmm.topology import TransitionModel
 from asrkit.models.hmm_gmm.tree import (
     TreeBuildInfo,
@@ -305,13 +311,7 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
         raise ValueError("no utterance has a graph and a starting alignment")
     iter_failed = {u: "no starting alignment" for u in xs if u not in alis}
 
-    offsets: dict[str, int] = {}
-    pos = 0
-    for u in xs:
-        offsets[u] = pos
-        pos += xs[u].shape[0]
-    all_x = torch.cat(list(xs.values())).to(device)
-    xs = {u: all_x[offsets[u]:offsets[u] + xs[u].shape[0]] for u in xs}
+    all_x, offsets, xs = _stack_frames(xs, device)
 
     num_gauss_target = tmodel.num_pdfs
     inc = max(0, (tot_gauss - tmodel.num_pdfs) // max_iter_inc)
@@ -327,11 +327,10 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
             if not alis:
                 raise ValueError(f"iteration {x}: no utterance could be aligned")
         gstats, tcounts = _accumulate(model, all_x, offsets, alis)
-        new_gmm, info = model.gmm.update(gstats, var_floor=var_floor)
-        updated = new_gmm.num_gauss
-        new_gmm = new_gmm.mixup(num_gauss_target, gstats.pdf_occs(), power=power,
-                                min_count=min_count, perturb=perturb)
-        model = AcousticModel(model.tmodel.update(tcounts), new_gmm)
+        model, info, next_plain = _em_update(
+            model, gstats, tcounts, num_gauss_target, var_floor=var_floor,
+            min_gaussian_occupancy=10.0, power=power, min_count=min_count, perturb=perturb)
+        new_gmm = model.gmm
         h = TriIterationStats(iteration=x, avg_loglik=gstats.avg_loglik,
                               num_frames=int(gstats.count), num_gauss=new_gmm.num_gauss,
                               realigned=realigned, num_aligned=len(alis),
@@ -339,7 +338,7 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
         if plain_em and not realigned and history and h.avg_loglik < history[-1].avg_loglik:
             logger.warning("iter %d: avg loglik per frame fell from %.4f to %.4f after a plain "
                            "EM update", x, history[-1].avg_loglik, h.avg_loglik)
-        plain_em = new_gmm.num_gauss == updated and info.num_removed == 0
+        plain_em = next_plain
         history.append(h)
         logger.info("iter %d: avg loglik per frame %.4f over %d frames (%d utts%s), %d leaves, "
                     "%d Gaussians after update (target %d; %d removed, %d variances floored)%s",
