@@ -20,7 +20,11 @@ _EPILOG = """stages (Kaldi order):
   validate   check a data dir like Kaldi's utils/validate_data_dir.sh
   features   data dir -> fbank/MFCC features (feats.scp + ark) and global CMVN stats
   tokenizer  training text -> sentencepiece model (blank=0, unk=1, sos/eos=2)
-  train      Hydra config -> exp/<tag>/ (config.yaml, checkpoints/, train.log)
+  lang       pronunciation dictionary -> lang dir (phones.txt, words.txt, lexicon.txt)
+  train-lm   training text -> n-gram LM in ARPA format
+  train      Hydra config -> exp/<tag>/ (neural: checkpoints/; model=hmm_gmm: mono/, tri1/)
+  align      HMM-GMM model + data dir -> forced alignments (frame labels, CTM)
+  mkgraph    lang + ARPA LM + HMM-GMM model -> graph dir (HCLG.fst)
   decode     experiment + feature data dir -> hypotheses in Kaldi text format
   score      reference text + hypothesis text -> WER/CER tables (sclite style)
 
@@ -204,6 +208,180 @@ def _run_tokenizer(args) -> int:
     return 0
 
 
+def _add_lang(sub) -> None:
+    p = sub.add_parser(
+        "lang", help="pronunciation dictionary -> lang dir (Kaldi prepare_lang.sh)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Writes a lang dir: phones.txt, words.txt, lexicon.txt,
+lexicon_disambig.txt, phones/{silence,nonsilence,optional_silence,disambig}.txt, oov.txt.
+
+dictionary formats (--format):
+  cmu          CMU/SphinxTrain: 'WORD  P1 P2', variants 'WORD(2)', ';;;' comments (AN4 etc/an4.dic)
+  librispeech  'WORD<TAB>P1 P2' with stress digits (librispeech-lexicon.txt); stress is kept
+               unless --strip-stress
+  kaldi        lexicon.txt 'WORD P1 P2' or lexiconp.txt 'WORD PROB P1 P2'
+
+OOV words of --text files are reported by name (they map to --oov-word in training).""")
+    p.add_argument("dict", type=Path, help="the pronunciation dictionary")
+    p.add_argument("out", type=Path, help="lang dir to write (e.g. data/lang)")
+    p.add_argument("--format", choices=["cmu", "librispeech", "kaldi"], default="kaldi")
+    p.add_argument("--strip-stress", action="store_true",
+                   help="drop ARPAbet stress digits (AH0 -> AH)")
+    p.add_argument("--silence-phones", default="SIL",
+                   help="comma-separated silence phones (default %(default)s)")
+    p.add_argument("--optional-silence", default="SIL", help="optional silence phone")
+    p.add_argument("--oov-word", default="<UNK>", help="word that OOVs map to")
+    p.add_argument("--oov-phone", default="SPN", help="its (spoken noise) phone")
+    p.add_argument("--phones", type=Path,
+                   help="phone list (one per line, e.g. AN4 etc/an4.phone) fixing the "
+                   "inventory; silence phones in it are skipped")
+    p.add_argument("--no-position-dependent", action="store_true",
+                   help="no _B/_E/_I/_S word-position phones")
+    p.add_argument("--text", type=Path, action="append", default=[],
+                   help="Kaldi text file(s) to check for OOV words (repeatable)")
+
+
+def _run_lang(args) -> int:
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.text.lexicon import (
+        find_oovs,
+        make_lang,
+        read_cmu_dict,
+        read_lexicon,
+        read_librispeech_lexicon,
+        write_lang,
+    )
+
+    if args.format == "cmu":
+        lex = read_cmu_dict(args.dict, strip_stress=args.strip_stress)
+    elif args.format == "librispeech":
+        lex = read_librispeech_lexicon(args.dict, strip_stress=args.strip_stress)
+    else:
+        lex = read_lexicon(args.dict)
+    silence = [p for p in args.silence_phones.split(",") if p]
+    nonsil = None
+    if args.phones:
+        with open(args.phones, encoding="utf-8") as f:
+            listed = [w for line in f for w in line.split()]
+        nonsil = [p for p in listed if p not in silence and p != args.oov_phone]
+    lang = make_lang(lex, silence_phones=silence, optional_silence=args.optional_silence,
+                     position_dependent=not args.no_position_dependent,
+                     oov_word=args.oov_word, oov_phone=args.oov_phone,
+                     nonsilence_phones=nonsil)
+    write_lang(lang, args.out)
+    print(f"{args.out}: {len(lang.lexicon)} words, {lang.lexicon.num_prons} pronunciations, "
+          f"{len(lang.phones)} phone symbols")
+    for text in args.text:
+        oovs = find_oovs(lang.words, read_kaldi_map(text))
+        print(f"{text}: {oovs.num_oov_tokens} OOV of {oovs.num_tokens} running words "
+              f"({100 * oovs.rate:.2f}%)" + (f": {oovs.summary()}" if oovs else ""))
+    return 0
+
+
+def _add_train_lm(sub) -> None:
+    p = sub.add_parser("train-lm", help="train a language model on text",
+                       description="Language models for decoding and rescoring.")
+    ps = p.add_subparsers(dest="lm_type", required=True, metavar="TYPE")
+    n = ps.add_parser(
+        "ngram", help="backoff n-gram in ARPA format",
+        description="Estimates an interpolated modified Kneser-Ney (Chen & Goodman, 1998; as "
+        "KenLM lmplz) or Witten-Bell n-gram and writes it as ARPA (.gz if the name ends so).")
+    n.add_argument("text", type=Path, nargs="+",
+                   help="training text: Kaldi text (utt-id WORDS...) or, with --no-utt-ids, "
+                   "one sentence per line")
+    n.add_argument("out", type=Path, help="ARPA file to write")
+    n.add_argument("--order", type=int, default=3)
+    n.add_argument("--method", choices=["kneser_ney", "witten_bell"], default="kneser_ney")
+    n.add_argument("--no-utt-ids", action="store_true",
+                   help="lines are plain sentences without a leading utterance id")
+    n.add_argument("--vocab", type=Path,
+                   help="closed vocabulary: a words.txt or word list; other words -> <unk>")
+    n.add_argument("--dev", type=Path,
+                   help="text to report perplexity on (same format as the training text)")
+
+
+def _lm_sentences(paths, no_ids: bool):
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for no, line in enumerate(f, 1):
+                words = line.split()
+                if not no_ids:
+                    if not words:
+                        raise ValueError(f"{path}:{no}: empty line; expected 'utt-id WORDS...' "
+                                         "(or pass --no-utt-ids)")
+                    words = words[1:]
+                if words:
+                    yield words
+
+
+def _run_train_lm(args) -> int:
+    from asrkit.lm.ngram import estimate_ngram, write_arpa
+
+    vocab = None
+    if args.vocab:
+        with open(args.vocab, encoding="utf-8") as f:
+            vocab = [line.split()[0] for line in f if line.split()]
+        vocab = [w for w in vocab if w not in ("<eps>", "#0") and not w.startswith("#")]
+    lm = estimate_ngram(_lm_sentences(args.text, args.no_utt_ids), order=args.order,
+                        method=args.method, vocabulary=vocab)
+    write_arpa(lm, args.out)
+    counts = ", ".join(f"{n}-grams {len(list(lm.ngrams(n)))}" for n in range(1, lm.order + 1))
+    print(f"{args.out}: {args.method} order {lm.order}: {counts}")
+    if args.dev:
+        print(f"{args.dev}: {lm.perplexity(_lm_sentences([args.dev], args.no_utt_ids))}")
+    return 0
+
+
+def _add_align(sub) -> None:
+    p = sub.add_parser(
+        "align", help="forced alignment with an HMM-GMM model (Kaldi align_si.sh)",
+        description="Writes OUT/ali.txt (utt-id tid tid ..., one transition id per 10 ms "
+        "frame), pdf_ali.txt (frame targets for hybrid models), phone_ali.txt, phone.ctm, "
+        "word.ctm (utt 1 start dur label, seconds), failed (utt<TAB>reason) and final.mdl.")
+    p.add_argument("model", type=Path, help="final.mdl or its stage dir (exp/<tag>/tri1)")
+    p.add_argument("lang", type=Path, help="the lang dir the model was trained with")
+    p.add_argument("data_dir", type=Path, help="feature data dir with text and spk2utt")
+    p.add_argument("out", type=Path, help="alignment dir to write")
+    p.add_argument("--beam", type=float, default=10.0)
+    p.add_argument("--retry-beam", type=float, default=40.0)
+    p.add_argument("--device", default="auto")
+
+
+def _run_align(args) -> int:
+    from asrkit.decode.gmm import model_file
+    from asrkit.train.gmm import align_data_dir
+
+    out, n_ok, n_bad = align_data_dir(model_file(args.model), args.lang, args.data_dir,
+                                      args.out, beam=args.beam, retry_beam=args.retry_beam,
+                                      device=args.device)
+    print(f"{out}: {n_ok} utterances aligned, {n_bad} failed (see {out / 'failed'})")
+    return 0
+
+
+def _add_mkgraph(sub) -> None:
+    p = sub.add_parser(
+        "mkgraph", help="build the HCLG decoding graph (Kaldi mkgraph.sh, with pynini)",
+        description="HCLG = min(det(H o C o min(det(L o G)))) with self-loops; writes "
+        "OUT/HCLG.fst (OpenFst), OUT/words.txt and OUT/graph.json (sizes, times). LM words "
+        "the lexicon lacks are left out of G and listed.")
+    p.add_argument("lang", type=Path, help="lang dir (asrkit lang)")
+    p.add_argument("lm", type=Path, help="ARPA n-gram LM (.gz allowed)")
+    p.add_argument("model", type=Path, help="final.mdl or its stage dir")
+    p.add_argument("out", type=Path, help="graph dir to write (e.g. exp/gmm/tri1/graph_tg)")
+    p.add_argument("--self-loop-scale", type=float, default=0.1)
+    p.add_argument("--transition-scale", type=float, default=1.0)
+
+
+def _run_mkgraph(args) -> int:
+    from asrkit.decode.gmm import make_graph
+
+    out = make_graph(args.lang, args.lm, args.model, args.out,
+                     self_loop_scale=args.self_loop_scale,
+                     transition_scale=args.transition_scale)
+    print(f"{out / 'HCLG.fst'}: written")
+    return 0
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model from a Hydra config",
@@ -257,7 +435,10 @@ def _run_train(args) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    from asrkit.train.loop import train
+    if cfg.model.get("family") == "hmm_gmm":
+        from asrkit.train.gmm import train_hmm_gmm as train
+    else:
+        from asrkit.train.loop import train
 
     exp = train(cfg)
     print(f"trained: {exp}")
@@ -281,6 +462,11 @@ methods:
                    one-pass joint CTC/attention beam search with CTC prefix scoring
                    (Watanabe et al., 2017), weight --ctc-weight on CTC
 
+HMM-GMM (EXP_DIR is a stage dir holding final.mdl, e.g. exp/gmm/tri1): Viterbi beam
+search over --graph DIR/HCLG.fst (asrkit mkgraph), options --acwt --beam --max-active
+--nj; writes OUT/text, OUT/ctm (word CTM, seconds), OUT/decode_summary.json, OUT/failed;
+default OUT is EXP_DIR/decode_<data>_<graph dir name>.
+
 n-best (a beam method with --nbest N, N > 1) also writes OUT/nbest, one hypothesis a
 line, Kaldi lattice-to-nbest style, utterances sorted, ranks consecutive from 1 (best):
   <utt-id>-<rank> <score> <WORDS...>
@@ -293,9 +479,17 @@ hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per r
     p.add_argument("--out", type=Path, help="output directory")
     p.add_argument("--method", choices=METHODS, default="ctc_greedy",
                    help="search algorithm (default: %(default)s)")
-    p.add_argument("--beam", type=int, default=10,
+    p.add_argument("--beam", type=float, default=None,
                    help="beam methods: hypotheses kept; for ctc_prefix_beam also the number "
-                   "of candidate tokens tried per frame (default: %(default)s)")
+                   "of candidate tokens tried per frame (default: 10); HMM-GMM: the "
+                   "decoding beam in cost units (default: 13)")
+    p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph)")
+    p.add_argument("--acwt", type=float, default=0.1,
+                   help="HMM-GMM: acoustic scale (1 / LM weight; default %(default)s)")
+    p.add_argument("--max-active", type=int, default=7000,
+                   help="HMM-GMM: most tokens per frame (default %(default)s)")
+    p.add_argument("--nj", type=int, default=1,
+                   help="HMM-GMM: parallel single-threaded jobs (default %(default)s)")
     p.add_argument("--nbest", type=int, default=1,
                    help="beam methods: write the N best distinct hypotheses per utterance "
                    "to OUT/nbest (1 <= N <= --beam; default: %(default)s, no nbest file)")
@@ -317,13 +511,28 @@ hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per r
 
 def _run_decode(args) -> int:
     from asrkit.data.datadir import read_kaldi_map
+    from asrkit.decode.gmm import decode_gmm_data_dir, is_gmm_exp
     from asrkit.decode.run import decode_data_dir
 
     total = len(read_kaldi_map(args.data_dir / "feats.scp")) \
         if (args.data_dir / "feats.scp").is_file() else None
+    if is_gmm_exp(args.exp_dir):
+        graph = args.graph or args.exp_dir / "graph"
+        with _progress(total, f"decode {args.data_dir.name}") as bar:
+            rep = decode_gmm_data_dir(args.exp_dir, graph, args.data_dir, args.out,
+                                      acoustic_scale=args.acwt,
+                                      beam=13.0 if args.beam is None else args.beam,
+                                      max_active=args.max_active, nj=args.nj,
+                                      device="cpu" if args.device == "auto" else args.device,
+                                      progress=bar.update)
+        print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
+        return 0
+    beam = 10 if args.beam is None else args.beam
+    if beam != int(beam):
+        raise ValueError(f"--beam must be a whole number of hypotheses, got {args.beam}")
     with _progress(total, f"decode {args.data_dir.name}") as bar:
         rep = decode_data_dir(args.exp_dir, args.data_dir, args.out, method=args.method,
-                              beam=args.beam, nbest=args.nbest, ctc_weight=args.ctc_weight,
+                              beam=int(beam), nbest=args.nbest, ctc_weight=args.ctc_weight,
                               length_penalty=args.length_penalty,
                               maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint, avg=args.avg, device=args.device,
                               max_frames=args.max_frames, progress=bar.update)
@@ -367,7 +576,11 @@ _COMMANDS = {
     "validate": (_add_validate, _run_validate),
     "features": (_add_features, _run_features),
     "tokenizer": (_add_tokenizer, _run_tokenizer),
+    "lang": (_add_lang, _run_lang),
+    "train-lm": (_add_train_lm, _run_train_lm),
     "train": (_add_train, _run_train),
+    "align": (_add_align, _run_align),
+    "mkgraph": (_add_mkgraph, _run_mkgraph),
     "decode": (_add_decode, _run_decode),
     "score": (_add_score, _run_score),
 }

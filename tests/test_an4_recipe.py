@@ -8,6 +8,7 @@ on real audio and that a rerun skips completed stages.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,54 @@ def test_recipe_without_corpus_explains(tmp_path):
                          check=False)
     assert res.returncode != 0
     assert "AN4 corpus not found" in res.stderr and "--an4-dir" in res.stderr
+
+
+GMM_QUICK = ["model=hmm_gmm", "model.stages.mono.num_iters=10", "model.stages.mono.max_gauss=300",
+             "model.stages.mono.max_iter_inc=6", "model.stages.mono.realign_iters=[1,2,3,4,5,7,9]",
+             "model.stages.tri1.num_iters=6", "model.stages.tri1.max_iter_inc=4",
+             "model.stages.tri1.num_leaves=300", "model.stages.tri1.tot_gauss=1200",
+             "model.stages.tri1.realign_iters=[3]", "model.stages.tri2.num_iters=6",
+             "model.stages.tri2.max_iter_inc=4", "model.stages.tri2.realign_iters=[3]",
+             "model.stages.tri2.mllt_iters=[2]", "trainer.num_threads=2"]
+
+
+@pytest.mark.an4
+@needs_an4
+def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
+    """``run.sh -- model=hmm_gmm`` on real AN4: MFCC, lang from an4.dic, KN trigram from the
+    training text, mono then tri1, forced alignments of train, HCLG with both LMs, dev-tuned
+    decoding of test. A short schedule, so the WER bound is loose; RESULTS.md has the full
+    run."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               PYTHONPATH=str(ROOT))
+    cmd = ["bash", str(ROOT / "recipes" / "an4" / "run.sh"), "--an4-dir", AN4, "--work-dir",
+           str(tmp_path), "--tag", "gmm", "--acwt", "0.083 0.1", "--", *GMM_QUICK]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    exp = tmp_path / "exp" / "gmm"
+    train_utts = read_kaldi_map(tmp_path / "data" / "train" / "text")
+    for stage in ("mono", "tri1", "tri2"):
+        ali = read_kaldi_map(exp / stage / "ali" / "ali.txt")
+        assert len(ali) >= 0.98 * len(train_utts)
+        frames = read_kaldi_map(tmp_path / "dump" / "mfcc" / "train" / "utt2num_frames")
+        assert all(len(v.split()) == int(frames[u]) for u, v in ali.items())
+    wers = {}
+    for stage in ("mono", "tri1", "tri2"):
+        for lm in ("kn3", "an4"):
+            d = exp / stage / f"decode_test_graph_{lm}"
+            assert len(read_kaldi_map(d / "text", allow_empty_value=True)) == 130
+            wers[stage, lm] = json.loads((d / "score.json").read_text())["wer"]["rate"]
+            assert d.joinpath("ctm").stat().st_size > 0
+    assert wers["tri1", "kn3"] < 20.0 and wers["tri2", "kn3"] < 20.0, wers
+    assert wers["mono", "kn3"] < 25.0, wers
+    assert "== gmm/tri1 LM kn3" in res.stdout
+
+    # A rerun trains and decodes nothing again.
+    mdl = exp / "tri2" / "final.mdl"
+    text = exp / "tri2" / "decode_test_graph_kn3" / "text"
+    before = (mdl.stat().st_mtime_ns, text.stat().st_mtime_ns)
+    res2 = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    assert (mdl.stat().st_mtime_ns, text.stat().st_mtime_ns) == before

@@ -51,3 +51,26 @@ def test_missing_file_names_it(tmp_path):
     (exp / "decode_test_ctc_greedy" / "score.json").unlink()
     with pytest.raises(SystemExit, match="score.json"):
         mod.main([str(exp)])
+
+
+def test_hmm_gmm_rows_come_from_stage_files(tmp_path, capsys):
+    mod = _load()
+    stage = tmp_path / "gmm" / "tri1"
+    dec = stage / "decode_test_graph_kn3"
+    dec.mkdir(parents=True)
+    (stage / "final.mdl").write_bytes(b"")
+    (stage / "train_summary.json").write_text(json.dumps(
+        {"type": "tri", "num_pdfs": 444, "num_gauss": 10012, "train_seconds": 300.0}))
+    (stage / "graph_kn3").mkdir()
+    (stage / "graph_kn3" / "graph.json").write_text(json.dumps(
+        {"lm": "data/lm/kn3.arpa", "lm_order": 3, "sizes": {"HCLG": [100, 300]}}))
+    (dec / "score.json").write_text(json.dumps({"wer": {"rate": 5.04}, "cer": {"rate": 3.0}}))
+    (dec / "decode_summary.json").write_text(json.dumps(
+        {"rtf": 0.05, "device": "cpu", "threads": 1, "acoustic_scale": 0.083}))
+    assert mod.main([f"{stage}:graph_kn3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| stage | model | pdfs / Gaussians")
+    assert lines[2] == ("| gmm/tri1 | triphone (tree) | 444 / 10012 | kn3.arpa (3-gram) | "
+                        "100 / 300 | 0.083 | 5.0 | 5.0 min | 0.0500 (cpu, 1 thr) |")
+    with pytest.raises(SystemExit, match="needs :GRAPH"):
+        mod.main([str(stage)])

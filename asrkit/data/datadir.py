@@ -208,6 +208,25 @@ def write_kaldi_map(path: str | os.PathLike, mapping: Mapping[str, object]) -> N
             f.write(f"{key} {value}\n" if value else f"{key}\n")
 
 
+def split_evenly(items: list, nj: int) -> list[list]:
+    """Split ``items`` into ``nj`` contiguous chunks whose sizes differ by at most one, in
+    order (Kaldi ``utils/split_data.sh``/``split_scp.pl`` for ``--nj`` jobs); chunks may be
+    empty when ``nj > len(items)``.
+
+    Raises:
+        ValueError: ``nj < 1``.
+    """
+    if nj < 1:
+        raise ValueError(f"nj must be >= 1, got {nj}")
+    k, m = divmod(len(items), nj)
+    out, i = [], 0
+    for j in range(nj):
+        n = k + (1 if j < m else 0)
+        out.append(items[i:i + n])
+        i += n
+    return out
+
+
 def spk2utt_from_utt2spk(utt2spk: Mapping[str, str]) -> dict[str, str]:
     """Invert ``utt2spk`` into ``spk2utt`` (Kaldi ``utils/utt2spk_to_spk2utt.pl``).
 

@@ -71,7 +71,7 @@ from asrkit.data.audio import (
     is_pipe,
     load_audio,
 )
-from asrkit.data.datadir import DataDir, read_kaldi_map, write_kaldi_map
+from asrkit.data.datadir import DataDir, read_kaldi_map, split_evenly, write_kaldi_map
 from asrkit.features.cmvn import (
     compute_cmvn_stats,
     read_cmvn_stats,
@@ -546,17 +546,6 @@ def _run_parallel(jobs: dict[int, list[_Utt]], data_out: Path, cfg: FeatureConfi
 # ----------------------------------------------------------------------------- stage
 
 
-def _split(items: list[_Utt], nj: int) -> list[list[_Utt]]:
-    """Split into ``nj`` contiguous chunks whose sizes differ by at most one (Kaldi split)."""
-    k, m = divmod(len(items), nj)
-    out, i = [], 0
-    for j in range(nj):
-        n = k + (1 if j < m else 0)
-        out.append(items[i:i + n])
-        i += n
-    return out
-
-
 def _read_config(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -697,7 +686,7 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     nj = min(nj, len(utts))
     _clean_stale_jobs(data_out, nj)
-    chunks = _split(utts, nj)
+    chunks = split_evenly(utts, nj)
     pending: dict[int, list[_Utt]] = {}
     for job, chunk in enumerate(chunks, start=1):
         if _job_complete(data_out, job, [u[0] for u in chunk]):

@@ -57,6 +57,7 @@ __all__ = [
     "find_oovs",
     "make_lang",
     "read_cmu_dict",
+    "read_lang",
     "read_lexicon",
     "read_librispeech_lexicon",
     "read_symbol_table",
@@ -833,6 +834,80 @@ def write_lang(lang: Lang, lang_dir: str | os.PathLike) -> Path:
         _write_list(d / "oov.txt", [lang.oov_word])
     logger.info("%s: wrote lang directory", d)
     return d
+
+
+def _read_list(path: Path) -> list[str]:
+    """One symbol per line (``phones/*.txt``); blank lines and extra fields are errors."""
+    out = []
+    for no, fields in _lines(path, allow_cr=False):
+        if len(fields) != 1:
+            raise LexiconError(path, no, f"expected one symbol per line, got "
+                                         f"{' '.join(fields)!r}")
+        out.append(fields[0])
+    return out
+
+
+def read_lang(lang_dir: str | os.PathLike) -> Lang:
+    """Read a lang directory written by :func:`write_lang` (or a Kaldi ``data/lang`` with
+    the same phone layout) back into a :class:`Lang`.
+
+    The phone set is rebuilt from ``phones/silence.txt``, ``phones/nonsilence.txt``,
+    ``phones/optional_silence.txt`` and ``phones/disambig.txt`` (position dependence is
+    detected from the ``_B _E _I _S`` markers) and must reproduce ``phones.txt`` exactly;
+    lexicons come from ``lexiconp*.txt`` when present, else ``lexicon*.txt``.
+
+    Args:
+        lang_dir: the directory.
+
+    Returns:
+        The :class:`Lang`.
+
+    Raises:
+        LexiconError: a missing or malformed file (named, with its line), or ``phones.txt``
+            that does not match the phone lists.
+    """
+    d = Path(lang_dir)
+    phones = read_symbol_table(d / "phones.txt")
+    words = read_symbol_table(d / "words.txt")
+    sil = _read_list(d / "phones" / "silence.txt")
+    nonsil = _read_list(d / "phones" / "nonsilence.txt")
+    opt = _read_list(d / "phones" / "optional_silence.txt")
+    disambig = _read_list(d / "phones" / "disambig.txt")
+    if len(opt) != 1:
+        raise LexiconError(d / "phones" / "optional_silence.txt", None,
+                           f"expected exactly one phone, got {len(opt)}")
+    if len(disambig) < 2:
+        raise LexiconError(d / "phones" / "disambig.txt", None,
+                           "expected at least #0 and #1 (prepare_lang.sh layout)")
+    position_dependent = any(_POSITION_RE.search(p) for p in nonsil)
+
+    def bases(phones_: list[str]) -> list[str]:
+        if not position_dependent:
+            return phones_
+        return list(dict.fromkeys(_POSITION_RE.sub("", p) for p in phones_))
+
+    phone_set = PhoneSet.build(bases(sil), bases(nonsil), optional_silence=opt[0],
+                               max_lex_disambig=len(disambig) - 2,
+                               position_dependent=position_dependent)
+    if phone_set.phones != phones:
+        raise LexiconError(d / "phones.txt", None, "does not match phones/silence.txt, "
+                           "nonsilence.txt and disambig.txt (expected the prepare_lang.sh "
+                           "layout: <eps>, silence, non-silence, #0 #1 ...)")
+    probs = (d / "lexiconp.txt").is_file()
+    lexicon = read_lexicon(d / ("lexiconp.txt" if probs else "lexicon.txt"), with_probs=probs)
+    lexicon_disambig = read_lexicon(
+        d / ("lexiconp_disambig.txt" if probs else "lexicon_disambig.txt"), with_probs=probs)
+    for word in lexicon:
+        if word not in words:
+            raise LexiconError(d / "words.txt", None, f"lacks the lexicon word {word!r}")
+    oov_word = None
+    if (d / "oov.txt").is_file():
+        oov = _read_list(d / "oov.txt")
+        if len(oov) != 1:
+            raise LexiconError(d / "oov.txt", None, f"expected one word, got {len(oov)}")
+        oov_word = oov[0]
+    return Lang(phone_set=phone_set, words=words, lexicon=lexicon,
+                lexicon_disambig=lexicon_disambig, oov_word=oov_word)
 
 
 # --- OOV report --------------------------------------------------------------------------------

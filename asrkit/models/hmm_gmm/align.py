@@ -280,32 +280,34 @@ def _viterbi_batch(model: AcousticModel, batch: Sequence[tuple[UttGraph, torch.T
     nmax = max(g.num_nodes for g in graphs)
     n = nb * nmax
     width = max(g.preds.shape[1] for g in graphs)
-    f_off = [0]
-    for t in lens[:-1]:
-        f_off.append(f_off[-1] + t)
 
     # Tables of the union graph (CPU), padding nodes point to themselves with -inf.
     preds = torch.arange(n, dtype=torch.int64)[:, None].repeat(1, width)
     ptid = torch.zeros(n, width, dtype=torch.int64)
     glp = torch.full((n, width), _NEG_INF, dtype=torch.float64)
     pdf = torch.zeros(n, dtype=torch.int64)
-    first = torch.zeros(n, dtype=torch.int64)
-    last = torch.zeros(n, dtype=torch.int64)
     for b, g in enumerate(graphs):
         o, k, w = b * nmax, g.num_nodes, g.preds.shape[1]
         preds[o:o + k, :w] = g.preds + o
         ptid[o:o + k, :w] = g.pred_tid
         glp[o:o + k, :w] = g.pred_logp
         pdf[o:o + k] = g.pdf
-        first[o:o + nmax] = f_off[b]
-        last[o:o + nmax] = f_off[b] + lens[b] - 1
     tlp = model.tmodel.log_probs * transition_scale
 
-    ll = model.gmm.loglik(torch.cat([x for _, x in batch]).to(dev)) * acoustic_scale
-    dt = ll.dtype
-    rows = (first[None, :] + torch.arange(t_max)[:, None]).minimum(last[None, :]).to(dev)
-    em = ll[rows, pdf.to(dev).expand(t_max, n)]  # (T_max, N) scaled emission scores
-    del rows, ll
+    # (T_max, N) scaled emission scores. Each utterance is scored only under the pdfs of its
+    # own graph (a few dozen of a triphone system's hundreds); frames past an utterance's end
+    # repeat its last frame (those nodes are never read after it ends).
+    dt = model.gmm.dtype
+    em = torch.empty(t_max, n, dtype=dt, device=dev)
+    for b, (g, x) in enumerate(batch):
+        o, k = b * nmax, g.num_nodes
+        used, inv = torch.unique(g.pdf, return_inverse=True)
+        ll = model.gmm.loglik(x.to(dev), used.to(dev)) * acoustic_scale  # (T_b, K_b)
+        t_b = ll.shape[0]
+        em[:t_b, o:o + k] = ll[:, inv.to(dev)]
+        em[t_b:, o:o + k] = ll[t_b - 1, inv.to(dev)]
+        em[:, o + k:o + nmax] = 0.0
+        del ll
     edge = (glp + tlp[ptid]).to(dev, dt)
     pflat = preds.reshape(-1).to(dev)
     start = torch.cat([g.start_nodes + b * nmax for b, g in enumerate(graphs)]).to(dev)

@@ -77,6 +77,7 @@ class DiagGMM:
         self.means = means
         self.variances = variances
         self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._flat_cache: tuple[torch.Tensor, ...] | None = None
 
     @classmethod
     def init_single(cls, num_pdfs: int, mean: torch.Tensor, variance: torch.Tensor, *,
@@ -145,6 +146,22 @@ class DiagGMM:
         return DiagGMM(self.weights.to(device, dtype), self.means.to(device, dtype),
                        self.variances.to(device, dtype))
 
+    def transform_means(self, transform: torch.Tensor) -> DiagGMM:
+        """The GMM with every mean ``mu`` replaced by ``transform @ mu``, weights and
+        variances kept (Kaldi ``gmm-transform-means``, after an MLLT update).
+
+        Args:
+            transform: ``(F, F)`` square matrix.
+
+        Raises:
+            ValueError: ``transform`` is not ``(F, F)``.
+        """
+        f = self.feat_dim
+        if tuple(transform.shape) != (f, f):
+            raise ValueError(f"transform must be ({f}, {f}), got {tuple(transform.shape)}")
+        a = transform.to(self.device, self.dtype)
+        return DiagGMM(self.weights, self.means @ a.T, self.variances)
+
     # ------------------------------------------------------------------ likelihoods
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``W (S, M, 2F)`` = ``[mean / var, -0.5 / var]`` and ``g (S, M)`` (``-inf`` for
@@ -190,8 +207,28 @@ class DiagGMM:
         wf = w.reshape(k * m, -1).T
         return (torch.cat([x, x * x], 1) @ wf + g.reshape(1, -1)).view(-1, k, m)
 
+    def _flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor]:
+        """The active Gaussians packed in pdf order, without padding (computed once):
+        ``pdf (G,)``, ``comp (G,)`` (index in the padded layout), ``W (G, 2F)``, ``g (G,)``
+        and ``offsets (S + 1,)`` (pdf ``s`` owns rows ``offsets[s]:offsets[s + 1]``). Pdfs
+        differ a lot in their number of components after mix-up (on AN4 triphones from 1 to
+        over 500), so the padded ``(S, M)`` layout would waste most of the work."""
+        if self._flat_cache is None:
+            w, g = self._params()
+            pdf, comp = (self.weights > 0).nonzero(as_tuple=True)
+            counts = torch.bincount(pdf, minlength=self.num_pdfs)
+            offsets = torch.zeros(self.num_pdfs + 1, dtype=torch.int64, device=self.device)
+            offsets[1:] = counts.cumsum(0)
+            self._flat_cache = (pdf, comp, w[pdf, comp], g[pdf, comp], offsets)
+        return self._flat_cache
+
     def loglik(self, x: torch.Tensor, pdf_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Log-likelihoods of frames under pdfs (natural log, per frame).
+
+        Computed over the packed active Gaussians (one ``(T, 2F) x (2F, G)`` product, then a
+        per-pdf log-sum-exp), so the cost is proportional to the Gaussians scored, not to
+        ``pdfs x max components``.
 
         Args:
             x: ``(T, F)`` frames (10 ms each; any float dtype, moved to the model's device).
@@ -204,13 +241,32 @@ class DiagGMM:
             ValueError: ``x`` is not ``(T, F)``.
         """
         x = self._check_feats(x)
-        k = self.num_pdfs if pdf_ids is None else len(pdf_ids)
-        step = max(1, _CHUNK_ELEMS // max(1, k * self.max_comps))
-        out = [self.component_loglik(x[i:i + step], pdf_ids).logsumexp(2)
-               for i in range(0, x.shape[0], step)]
-        if not out:
-            return x.new_zeros(0, k)
-        return torch.cat(out)
+        pdf, _, wp, gp, _ = self._flat()
+        if pdf_ids is None:
+            k, col, inv = self.num_pdfs, pdf, None
+        else:
+            idx = torch.as_tensor(pdf_ids, device=self.device, dtype=torch.int64).reshape(-1)
+            uniq, inv = torch.unique(idx, return_inverse=True)
+            pos = torch.full((self.num_pdfs,), -1, dtype=torch.int64, device=self.device)
+            pos[uniq] = torch.arange(uniq.numel(), device=self.device)
+            col = pos[pdf]
+            keep = col >= 0
+            k, col, wp, gp = uniq.numel(), col[keep], wp[keep], gp[keep]
+        wt = wp.T.contiguous()
+        step = max(1, _CHUNK_ELEMS // max(1, col.numel()))
+        out = []
+        for i in range(0, x.shape[0], step):
+            xc = x[i:i + step]
+            t = xc.shape[0]
+            ll = torch.cat([xc, xc * xc], 1) @ wt + gp  # (t, G)
+            top = torch.full((t, k), float("-inf"), dtype=ll.dtype, device=ll.device)
+            top.scatter_reduce_(1, col.expand(t, -1), ll, "amax")
+            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            ll.sub_(torch.index_select(top, 1, col)).exp_()  # index_select: fast on CPU
+            acc = torch.zeros_like(top).index_add_(1, col, ll)
+            out.append(top + acc.log())
+        res = torch.cat(out) if out else x.new_zeros(0, k)
+        return res if inv is None else res[:, inv]
 
     # ------------------------------------------------------------------ M-step
     def update(self, stats: GmmStats, *, var_floor: float = 0.001,
@@ -500,26 +556,33 @@ class GmmStats:
         if frame_ids.numel() != k or posteriors.numel() != k:
             raise ValueError(f"pdf_ids, frame_ids and posteriors differ in length: {k}, "
                              f"{frame_ids.numel()}, {posteriors.numel()}")
-        w, g = gmm._params()
-        m, f = gmm.max_comps, gmm.feat_dim
-        step = max(1, _CHUNK_ELEMS // (m * 2 * f))
+        _, comp, wp, gp, offs = gmm._flat()
+        offs = offs.tolist()
+        f = gmm.feat_dim
+        # Triples grouped by pdf: per pdf the statistics are two (M_s, n) x (n, F) matrix
+        # products over its active components, instead of scattering an (n, M, F) tensor.
+        order = torch.argsort(pdf_ids, stable=True)
+        pdfs, counts = torch.unique_consecutive(pdf_ids[order], return_counts=True)
+        frames, posts = frame_ids[order], posteriors[order]
         total = torch.zeros((), dtype=torch.float64, device=dev)
-        occ_flat = self.occ.view(-1)
-        x_flat = self.x.view(-1, f)
-        x2_flat = self.x2.view(-1, f)
-        comp = torch.arange(m, device=dev)
-        for i in range(0, k, step):
-            p = pdf_ids[i:i + step]
-            x = feats[frame_ids[i:i + step]]
-            ll = torch.einsum("kd,kmd->km", torch.cat([x, x * x], 1), w[p]) + g[p]
-            lse = ll.logsumexp(1)
-            post = ((ll - lse[:, None]).exp().double() * posteriors[i:i + step, None])
-            total += (posteriors[i:i + step] * lse.double()).sum()
-            rows = (p[:, None] * m + comp[None, :]).reshape(-1)
-            xd = x.double()
-            occ_flat.index_add_(0, rows, post.reshape(-1))
-            x_flat.index_add_(0, rows, (post[..., None] * xd[:, None, :]).reshape(-1, f))
-            x2_flat.index_add_(0, rows, (post[..., None] * (xd * xd)[:, None, :]).reshape(-1, f))
+        start = 0
+        for p, n in zip(pdfs.tolist(), counts.tolist()):
+            a, b = offs[p], offs[p + 1]
+            ci, wt, gv = comp[a:b], wp[a:b].T, gp[a:b]
+            step = max(1, _CHUNK_ELEMS // max(1, (b - a) * f))
+            for i in range(start, start + n, step):
+                j = min(i + step, start + n)
+                x = feats[frames[i:j]]
+                ll = torch.cat([x, x * x], 1) @ wt + gv  # (n, M_s)
+                lse = ll.logsumexp(1)
+                pp = posts[i:j]
+                post = (ll - lse[:, None]).exp().double() * pp[:, None]
+                total += (pp * lse.double()).sum()
+                xd = x.double()
+                self.occ[p].index_add_(0, ci, post.sum(0))
+                self.x[p].index_add_(0, ci, post.T @ xd)
+                self.x2[p].index_add_(0, ci, post.T @ (xd * xd))
+            start += n
         value = float(total)
         self.loglik += value
         self.count += float(posteriors.sum())

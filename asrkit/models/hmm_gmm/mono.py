@@ -122,14 +122,21 @@ def _em_update(model: AcousticModel, stats: GmmStats, tcounts: torch.Tensor,
     return AcousticModel(model.tmodel.update(tcounts), new_gmm), info, plain_em
 
 
+def _aligned_frames(offsets: Mapping[str, int], alis: Mapping[str, Alignment]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(frame_ids, tids)`` of all aligned frames: rows of the stacked features and their
+    transition ids (CPU)."""
+    utts = list(alis)
+    frame_ids = torch.cat([torch.arange(offsets[u], offsets[u] + alis[u].num_frames)
+                           for u in utts])
+    return frame_ids, torch.cat([alis[u].tids for u in utts])
+
+
 def _accumulate(model: AcousticModel, feats: torch.Tensor, offsets: Mapping[str, int],
                 alis: Mapping[str, Alignment]) -> tuple[GmmStats, torch.Tensor]:
     """GMM statistics and transition counts of the alignments (``gmm-acc-stats-ali``)."""
     dev = model.device
-    utts = list(alis)
-    frame_ids = torch.cat([torch.arange(offsets[u], offsets[u] + alis[u].num_frames)
-                           for u in utts])
-    tids = torch.cat([alis[u].tids for u in utts])
+    frame_ids, tids = _aligned_frames(offsets, alis)
     stats = GmmStats.for_model(model.gmm)
     stats.accumulate(model.gmm, feats, model.tmodel.tid2pdf[tids].to(dev), frame_ids.to(dev))
     return stats, model.tmodel.transition_counts(tids)

@@ -39,11 +39,13 @@ from asrkit.models.hmm_gmm.align import Alignment, Segment, align_viterbi
 from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
+from asrkit.models.hmm_gmm.lda_mllt import accumulate_mllt_stats, estimate_mllt
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.mono import (
     IterationStats,
     MonoResult,
     _accumulate,
+    _aligned_frames,
     _em_update,
     _stack_frames,
 )
@@ -89,6 +91,9 @@ class TriResult:
         history: one :class:`TriIterationStats` per iteration ``1 .. num_iters-1``.
         tree_info: what building the tree did (:class:`.tree.TreeBuildInfo`).
         questions: the phone-set questions the tree was built with.
+        transform: with ``mllt_iters``, the ``(F, F)`` product of the MLLT matrices the
+            features went through (apply it after the input features' own transform), else
+            None.
     """
 
     model: AcousticModel
@@ -97,6 +102,7 @@ class TriResult:
     history: list[TriIterationStats] = field(default_factory=list)
     tree_info: TreeBuildInfo | None = None
     questions: list[tuple[str, ...]] = field(default_factory=list)
+    transform: torch.Tensor | None = None
 
 
 def _tids(a: Alignment | torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -183,10 +189,13 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
               all_prons: bool = True, beam: float = 10.0, retry_factor: float = 4.0,
               acoustic_scale: float = 0.1, transition_scale: float = 0.1,
               var_floor: float = 0.001, perturb: float = 0.2, min_count: float = 20.0,
-              final_align: bool = True, device: torch.device | str = "cpu",
+              final_align: bool = True, mllt_iters: Collection[int] = (),
+              device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> TriResult:
     """Train a context-dependent HMM-GMM from alignments (Kaldi ``steps/train_deltas.sh``; the
-    steps are in the module docstring).
+    steps are in the module docstring). With ``mllt_iters`` (Kaldi ``train_lda_mllt.sh``'s
+    ``2 4 6 12``) the features are LDA-projected and an MLLT matrix is estimated at those
+    iterations, applied to the features and the model's means (:mod:`.lda_mllt`).
 
     Args:
         feats: ``{utt: (T, F) frames}`` (the features of the starting system, normally MFCC +
@@ -221,6 +230,8 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
         perturb: mix-up mean offset in standard deviations.
         min_count: mix-up: fewest frames per Gaussian.
         final_align: realign with the final model (else the last alignments are returned).
+        mllt_iters: iterations that estimate and apply an MLLT transform first (after any
+            realignment); the features must be square-transformable (e.g. LDA output).
         device: where the features, GMMs and alignment run.
         dtype: GMM parameter dtype.
 
@@ -316,6 +327,8 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
     num_gauss_target = tmodel.num_pdfs
     inc = max(0, (tot_gauss - tmodel.num_pdfs) // max_iter_inc)
     realign_set = set(realign_iters)
+    mllt_set = set(mllt_iters)
+    transform = torch.eye(all_x.shape[1], dtype=all_x.dtype, device=all_x.device)
     history: list[TriIterationStats] = []
     plain_em = False
     for x in range(1, num_iters):
@@ -326,6 +339,17 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
                 acoustic_scale=acoustic_scale, transition_scale=transition_scale)
             if not alis:
                 raise ValueError(f"iteration {x}: no utterance could be aligned")
+        if x in mllt_set:
+            frame_ids, tids = _aligned_frames(offsets, alis)
+            G, beta = accumulate_mllt_stats(model.gmm, all_x, model.tmodel.tid2pdf[tids],
+                                            frame_ids)
+            A, impr = estimate_mllt(G, beta)
+            A = A.to(all_x.device)
+            all_x.copy_(all_x @ A.T)  # in place: the per-utterance views follow
+            model = AcousticModel(model.tmodel, model.gmm.transform_means(A), model.meta)
+            transform = A @ transform
+            plain_em = False
+            logger.info("iter %d: MLLT applied (objective +%.4f per frame)", x, impr)
         gstats, tcounts = _accumulate(model, all_x, offsets, alis)
         model, info, next_plain = _em_update(
             model, gstats, tcounts, num_gauss_target, var_floor=var_floor,
@@ -364,4 +388,5 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
     logger.info("triphone training done: %d leaves, %d Gaussians, %d utterances aligned, %d "
                 "failed", tmodel.num_pdfs, model.num_gauss, len(alis), len(failed))
     return TriResult(model=model, alignments=alis, failed=failed, history=history,
-                     tree_info=tree_info, questions=list(qs))
+                     tree_info=tree_info, questions=list(qs),
+                     transform=transform.cpu() if mllt_set else None)

@@ -1,0 +1,314 @@
+"""HMM-GMM graph building and decoding over Kaldi dirs (``asrkit mkgraph``, and ``asrkit
+decode`` of an HMM-GMM stage).
+
+``make_graph`` is Kaldi's ``utils/mkgraph.sh``: a lang dir, an ARPA n-gram and a trained
+model give a graph dir:
+
+* ``HCLG.fst``   the decoding graph (OpenFst binary, tropical; transition ids -> word ids)
+* ``words.txt``  the word symbol table of its output labels
+* ``graph.json`` what was built from what: model, LM, lang, sizes and seconds of each stage,
+  LM words left out because the lexicon lacks them
+
+``decode_gmm_data_dir`` is ``steps/decode.sh`` without lattices: GMM log-likelihoods of
+each utterance's features (the options saved with the model: per-speaker CMN, deltas), a
+Viterbi beam search over ``HCLG`` (:func:`asrkit.decode.wfst.decode_fst`), and in the
+output dir:
+
+* ``text``                Kaldi text, ``utt-id WORD1 WORD2 ...``
+* ``ctm``                 word CTM ``utt-id 1 start duration WORD`` in seconds (word
+  boundaries from the position-dependent phones of the best path; Kaldi's
+  ``lattice-align-words`` does the same with ``word_boundary.int``)
+* ``decode_summary.json`` options, utterances, audio and wall seconds, real-time factor
+* ``failed``              ``utt<TAB>reason`` of utterances without output (kept going)
+* ``decode.log``
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from asrkit.data.datadir import read_kaldi_map, split_evenly
+from asrkit.decode.run import DecodeReport
+from asrkit.decode.wfst import DecodingError, DecodingGraph, arpa_to_fst, decode_fst, make_hclg
+from asrkit.decode.wfst.fstio import read_fst, write_fst
+from asrkit.fileio import atomic_write, stage_log
+from asrkit.lm.ngram import read_arpa
+from asrkit.models.hmm_gmm import AcousticModel, Segment, write_ctm, write_failed
+from asrkit.models.hmm_gmm.topology import TransitionModel
+from asrkit.text.lexicon import read_lang, read_symbol_table, write_symbol_table
+
+__all__ = ["decode_gmm_data_dir", "is_gmm_exp", "make_graph", "model_file", "word_segments"]
+
+logger = logging.getLogger(__name__)
+
+_POS = re.compile(r"_([BEIS])$")
+
+
+def model_file(exp: str | os.PathLike) -> Path:
+    """``final.mdl`` of an HMM-GMM stage dir (or the file itself).
+
+    Raises:
+        FileNotFoundError: no model there.
+    """
+    p = Path(exp)
+    if p.is_file():
+        return p
+    if (p / "final.mdl").is_file():
+        return p / "final.mdl"
+    raise FileNotFoundError(f"no HMM-GMM model at {p} (expected {p / 'final.mdl'}, written "
+                            "by asrkit train model=hmm_gmm into exp_dir/<stage>/)")
+
+
+def is_gmm_exp(exp: str | os.PathLike) -> bool:
+    """Whether ``exp`` is an HMM-GMM stage dir (holds ``final.mdl``) or model file."""
+    p = Path(exp)
+    return (p / "final.mdl").is_file() or (p.is_file() and p.suffix == ".mdl")
+
+
+def make_graph(lang_dir: str | os.PathLike, lm: str | os.PathLike,
+               model: str | os.PathLike, out_dir: str | os.PathLike, *,
+               self_loop_scale: float = 0.1, transition_scale: float = 1.0,
+               sil_prob: float = 0.5) -> Path:
+    """Build ``HCLG`` for a model and an ARPA LM into a graph dir (Kaldi ``mkgraph.sh``).
+
+    LM words that the lexicon lacks are left out of ``G`` with a warning naming them
+    (``arpa2fst --read-symbol-table`` does the same); ``graph.json`` lists them, except the
+    LM's unknown-word token (``<unk>``, which ``asrkit train-lm ngram`` always adds): unless
+    the lexicon has it, it is left out too, so the decoder never outputs it.
+
+    Args:
+        lang_dir: the lang dir the model was trained with (``asrkit lang``).
+        lm: ARPA file (any order, ``.gz`` allowed), e.g. ``etc/an4.lm`` or ``asrkit train-lm
+            ngram`` output.
+        model: ``final.mdl`` or its stage dir; monophone or tree-based triphone.
+        out_dir: the graph dir to write.
+        self_loop_scale: ``mkgraph.sh --self-loop-scale`` (0.1).
+        transition_scale: ``mkgraph.sh --transition-scale`` (1.0).
+        sil_prob: optional-silence probability of ``L`` (0.5, ``prepare_lang.sh``).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError: a missing input.
+        asrkit.lm.ngram.ArpaError, asrkit.text.lexicon.LexiconError: malformed inputs (file
+            and line named).
+        asrkit.decode.wfst.GraphError: pieces that do not fit (phones of the lang and model).
+    """
+    out = Path(out_dir)
+    mpath = model_file(model)
+    with stage_log(out / "mkgraph.log"):
+        start = time.perf_counter()
+        lang = read_lang(lang_dir)
+        am = AcousticModel.load(mpath)
+        ngram = read_arpa(lm)
+        missing = sorted(w for ((w,), _, _) in ngram.ngrams(1)
+                         if w not in ("<s>", "</s>", "<unk>", "<UNK>") and w not in lang.words)
+        G = arpa_to_fst(ngram, lang.words, oov="skip")
+        HCLG, info = make_hclg(lang, G, am.tmodel, self_loop_scale=self_loop_scale,
+                               transition_scale=transition_scale, sil_prob=sil_prob)
+        write_fst(HCLG, out / "HCLG.fst")
+        write_symbol_table(lang.words, out / "words.txt")
+        meta = {"model": str(mpath), "lm": str(lm), "lang": str(lang_dir),
+                "lm_order": ngram.order, "lm_words_missing_from_lexicon": missing,
+                "self_loop_scale": self_loop_scale, "transition_scale": transition_scale,
+                "sil_prob": sil_prob, "context_width": info.context_width,
+                "sizes": {k: list(v) for k, v in info.sizes.items()},
+                "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
+                "total_seconds": round(time.perf_counter() - start, 3)}
+        with atomic_write(out / "graph.json") as f:
+            json.dump(meta, f, indent=1)
+        logger.info("%s: HCLG %d states, %d arcs, built in %.1f s", out, *info.sizes["HCLG"],
+                    meta["total_seconds"])
+    return out
+
+
+def word_segments(tids: torch.Tensor, words: Sequence[str], tmodel: TransitionModel
+                  ) -> list[Segment]:
+    """Word time spans of a decoded path from its position-dependent phones.
+
+    A word starts at a phone marked ``_B`` or ``_S`` and ends at the next ``_E`` or ``_S``
+    (Kaldi ``word_boundary.txt`` semantics: ``begin``, ``singleton``, ``end``); unmarked
+    phones (optional silence) are between words.
+
+    Args:
+        tids: ``(T,)`` transition ids of the path.
+        words: the path's words, in order.
+        tmodel: the model's transition model.
+
+    Returns:
+        ``[Segment(start_frame, end_frame, word)]``, one per word.
+
+    Raises:
+        ValueError: the phones carry no position markers, or their word spans do not match
+            ``words`` in number.
+    """
+    spans: list[tuple[int, int]] = []
+    open_at = None
+    for s, e, ph in tmodel.split_to_phones(tids):
+        m = _POS.search(tmodel.phone_names[ph])
+        if m is None:
+            continue
+        pos = m.group(1)
+        if pos in "BS":
+            open_at = s
+        if pos in "ES" and open_at is not None:
+            spans.append((open_at, e))
+            open_at = None
+    if len(spans) != len(words):
+        raise ValueError(f"{len(spans)} word spans from the phones but {len(words)} words "
+                         "(expected position-dependent phones, prepare_lang's default)")
+    return [Segment(s, e, w) for (s, e), w in zip(spans, words)]
+
+
+def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str],
+                opts: dict, threads: int | None, device: str) -> dict:
+    """Decode ``utts`` (one job; also run in a worker process for ``nj > 1``)."""
+    from asrkit.train.gmm import load_features
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    am = AcousticModel.load(model_path, dev)
+    graph = DecodingGraph.from_fst(read_fst(graph_path)).to(dev)
+    id2word = {i: w for w, i in read_symbol_table(Path(graph_path).parent / "words.txt").items()}
+    feats = load_features(data_dir, am.meta.get("features") or {})
+    tid2pdf = am.tmodel.tid2pdf.to(dev)
+    out = {"hyps": {}, "ctm": {}, "failed": {}, "frames": 0, "seconds": 0.0,
+           "am_cost": 0.0, "lm_cost": 0.0}
+    start = time.perf_counter()
+    for u in utts:
+        x = feats.get(u)
+        if x is None:
+            out["failed"][u] = "no features (or no CMVN stats for its speaker)"
+            continue
+        if x.shape[1] != am.feat_dim:
+            raise ValueError(f"{data_dir}: features of {u} have dimension {x.shape[1]}, the "
+                             f"model {am.feat_dim}; expected the training features")
+        try:
+            res = decode_fst(graph, am.loglik(x.to(dev)), tid2pdf, **opts)
+        except DecodingError as e:
+            out["failed"][u] = str(e)
+            logger.warning("%s: not decoded: %s", u, e)
+            continue
+        words = [id2word[w] for w in res.words]
+        out["hyps"][u] = " ".join(words)
+        out["frames"] += x.shape[0]
+        out["am_cost"] += res.am_cost
+        out["lm_cost"] += res.lm_cost
+        if not res.reached_final:
+            logger.warning("%s: no final state reached; partial output", u)
+        try:
+            out["ctm"][u] = word_segments(res.tids, words, am.tmodel)
+        except ValueError as e:
+            logger.warning("%s: no CTM: %s", u, e)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
+                        data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                        *, acoustic_scale: float = 0.1, beam: float = 13.0,
+                        max_active: int = 7000, nj: int = 1, device: str | None = "cpu",
+                        progress: Callable[[int], None] | None = None) -> DecodeReport:
+    """Decode a feature data dir with an HMM-GMM model and a graph dir (Kaldi
+    ``steps/decode.sh`` 1-best; outputs in the module docstring).
+
+    Args:
+        exp: an HMM-GMM stage dir (``exp/<tag>/tri1``) or its ``final.mdl``.
+        graph_dir: ``make_graph`` output for this model.
+        data_dir: feature data dir (``feats.scp`` of the training feature type, ``spk2utt``;
+            ``utt2dur`` for the real-time factor).
+        out_dir: default ``<exp>/decode_<data dir name>_<graph dir name>``.
+        acoustic_scale: weight of the acoustic log-likelihoods against the graph costs
+            (Kaldi's ``--acwt`` 0.1; the inverse of the LM weight).
+        beam: decoding beam (13).
+        max_active: tokens kept per frame (7000).
+        nj: parallel jobs (spawned single-threaded processes, utterances split Kaldi style);
+            1 decodes in this process.
+        device: ``cpu`` (default), ``cuda``, ``auto``.
+        progress: called with the number of utterances of each finished job.
+
+    Returns:
+        :class:`asrkit.decode.run.DecodeReport`; its wall time is the decoding time of the
+        jobs (feature and model loading excluded) summed over jobs, so RTF is per core.
+
+    Raises:
+        FileNotFoundError: a missing model, graph or data file.
+        ValueError: ``nj < 1`` or features of another dimension than the model's.
+    """
+    if nj < 1:
+        raise ValueError(f"nj must be >= 1, got {nj}")
+    mpath = model_file(exp)
+    graph_dir, data_dir = Path(graph_dir), Path(data_dir)
+    gpath = graph_dir / "HCLG.fst"
+    if not gpath.is_file():
+        raise FileNotFoundError(f"{gpath} not found; build it with asrkit mkgraph")
+    out = Path(out_dir) if out_dir else mpath.parent / f"decode_{data_dir.name}_{graph_dir.name}"
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
+        "cpu" if device in (None, "auto") else device)
+    utts = list(read_kaldi_map(data_dir / "feats.scp"))
+    opts = {"acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active}
+    with stage_log(out / "decode.log"):
+        logger.info("decoding %d utterances of %s with %s and %s (acwt %g, beam %g, "
+                    "max-active %d, %d job(s))", len(utts), data_dir, mpath, gpath,
+                    acoustic_scale, beam, max_active, nj)
+        wall_start = time.perf_counter()
+        jobs = [j for j in split_evenly(utts, nj) if j]
+        if nj == 1:
+            results = [_decode_job(str(mpath), str(gpath), str(data_dir), utts, opts, None,
+                                   dev)]
+            if progress:
+                progress(len(utts))
+        else:
+            results = []
+            ctx = mp.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
+                futs = {pool.submit(_decode_job, str(mpath), str(gpath), str(data_dir), j,
+                                    opts, 1, dev): len(j) for j in jobs}
+                for fut in cf.as_completed(futs):
+                    results.append(fut.result())
+                    if progress:
+                        progress(futs[fut])
+        wall = time.perf_counter() - wall_start
+        hyps: dict[str, str] = {}
+        ctm: dict[str, list[Segment]] = {}
+        failed: dict[str, str] = {}
+        for r in results:
+            hyps.update(r["hyps"])
+            ctm.update(r["ctm"])
+            failed.update(r["failed"])
+        search_seconds = sum(r["seconds"] for r in results)
+        with atomic_write(out / "text") as f:
+            for u in sorted(hyps, key=lambda s: s.encode("utf-8")):
+                f.write(f"{u} {hyps[u]}".rstrip() + "\n")
+        write_ctm(out / "ctm", ctm)
+        write_failed(out / "failed", failed)
+        durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
+        frames = sum(r["frames"] for r in results)
+        audio = sum(float(durs[u]) for u in hyps if u in durs) if durs else frames * 0.01
+        report = DecodeReport(out / "text", len(hyps), audio, search_seconds)
+        summary = {"method": "wfst_viterbi", "model": str(mpath), "graph": str(gpath),
+                   "acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
+                   "nj": nj, "num_utts": len(hyps), "num_failed": len(failed),
+                   "audio_seconds": round(audio, 3), "wall_seconds": round(search_seconds, 3),
+                   "elapsed_seconds": round(wall, 3), "rtf": round(report.rtf, 6),
+                   "device": dev, "threads": 1 if nj > 1 else torch.get_num_threads(),
+                   "avg_am_cost_per_frame": (sum(r["am_cost"] for r in results) / frames
+                                             if frames else None)}
+        with atomic_write(out / "decode_summary.json") as f:
+            json.dump(summary, f, indent=1)
+        logger.info("decoded %d utterances (%d failed, %.1f s of audio): search %.1f s, RTF "
+                    "%.4f per core; elapsed %.1f s", len(hyps), len(failed), audio,
+                    search_seconds, report.rtf, wall)
+    return report

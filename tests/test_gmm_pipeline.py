@@ -1,0 +1,162 @@
+"""HMM-GMM stages end to end through the CLI on synthetic "speech" (tests/synth.py):
+``asrkit lang`` -> ``train-lm ngram`` -> ``train model=hmm_gmm`` (mono, tri1) -> ``align`` ->
+``mkgraph`` -> ``decode`` -> ``score``; and the lang dir reader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from synth import PHONE_LEXICON, make_phone_feature_dir
+
+from asrkit.cli import main
+from asrkit.data.datadir import read_kaldi_map
+from asrkit.models.hmm_gmm import read_ctm
+from asrkit.score import score_files
+from asrkit.text.lexicon import Lexicon, LexiconError, make_lang, read_lang, write_lang
+
+TRAIN_OPTS = ["model.stages.mono.num_iters=12", "model.stages.mono.max_gauss=40",
+              "model.stages.mono.max_iter_inc=6",
+              "model.stages.mono.realign_iters=[1,2,3,4,5,7,9]",
+              "model.stages.tri1.num_leaves=40", "model.stages.tri1.tot_gauss=80",
+              "model.stages.tri1.num_iters=8", "model.stages.tri1.max_iter_inc=5",
+              "model.stages.tri1.realign_iters=[4]", "model.stages.tri1.min_gain=20",
+              "model.stages.tri2.num_leaves=40", "model.stages.tri2.tot_gauss=80",
+              "model.stages.tri2.num_iters=8", "model.stages.tri2.max_iter_inc=5",
+              "model.stages.tri2.realign_iters=[4]", "model.stages.tri2.min_gain=20",
+              "model.stages.tri2.mllt_iters=[2,4]", "model.stages.tri2.lda_dim=20",
+              "model.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gmm")
+    train, train_truth = make_phone_feature_dir(root / "train", 60, seed=0)
+    test, test_truth = make_phone_feature_dir(root / "test", 20, seed=1)
+    lex = root / "lexicon.txt"
+    lex.write_text("".join(f"{w} {p}\n" for w, p in PHONE_LEXICON.items()))
+    assert main(["lang", str(lex), str(root / "lang"), "--text", str(train / "text")]) == 0
+    assert main(["train-lm", "ngram", str(train / "text"), str(root / "lm.arpa"),
+                 "--order", "2"]) == 0
+    exp = root / "exp"
+    args = ["train", "model=hmm_gmm", f"data.train={train}", f"data.lang={root / 'lang'}",
+            f"exp_dir={exp}", *TRAIN_OPTS]
+    assert main(args) == 0
+    return {"root": root, "train": train, "test": test, "exp": exp, "args": args,
+            "train_truth": train_truth, "test_truth": test_truth}
+
+
+def _boundary_errors(ctm, truth) -> list[int]:
+    errs = []
+    for utt, spans in truth.items():
+        segs = ctm[utt]
+        assert [s.label for s in segs] == [w for w, _, _ in spans], utt
+        for seg, (_, start, end) in zip(segs, spans):
+            errs += [abs(seg.start - start), abs(seg.end - end)]
+    return errs
+
+
+def test_train_writes_stages_with_rising_likelihood_and_alignments(system):
+    exp = system["exp"]
+    for stage in ("mono", "tri1", "tri2"):
+        d = exp / stage
+        assert (d / ".done").is_file() and (d / "final.mdl").is_file()
+        hist = json.loads((d / "history.json").read_text())
+        assert hist[-1]["avg_loglik"] > hist[0]["avg_loglik"]
+        assert (d / "ali" / "failed").read_text() == ""
+        errs = _boundary_errors(read_ctm(d / "ali" / "word.ctm"), system["train_truth"])
+        assert sum(e <= 2 for e in errs) / len(errs) > 0.9, stage
+    # The triphone stages have trees; the LDA+MLLT stage stores its feature transform.
+    assert "leaves" in (exp / "tri1" / "train.log").read_text()
+    assert "MLLT applied" in (exp / "tri2" / "train.log").read_text()
+    from asrkit.models.hmm_gmm import AcousticModel
+
+    opts = AcousticModel.load(exp / "tri2" / "final.mdl").meta["features"]
+    assert opts["splice"] == 3 and len(opts["transform"]) == 20
+    assert len(opts["transform"][0]) == 13 * 7
+
+
+def test_train_resumes_by_skipping_finished_stages(system):
+    mdl = system["exp"] / "tri2" / "final.mdl"
+    before = mdl.stat().st_mtime_ns
+    assert main(system["args"]) == 0
+    assert mdl.stat().st_mtime_ns == before
+
+
+def test_mkgraph_decode_score_recognise_held_out_utterances(system, capsys):
+    root, exp, test = system["root"], system["exp"], system["test"]
+    assert main(["mkgraph", str(root / "lang"), str(root / "lm.arpa"), str(exp / "tri1"),
+                 str(exp / "tri1" / "graph")]) == 0
+    info = json.loads((exp / "tri1" / "graph" / "graph.json").read_text())
+    assert info["sizes"]["HCLG"][0] > 0 and info["lm_words_missing_from_lexicon"] == []
+    assert main(["decode", str(exp / "tri1"), str(test), "--nj", "2"]) == 0
+    out = exp / "tri1" / "decode_test_graph"
+    report = score_files(test / "text", out / "text")
+    assert report.wer.sub + report.wer.dele + report.wer.ins <= 1, report.wer
+    ctm = read_ctm(out / "ctm")
+    hyp = read_kaldi_map(out / "text")
+    assert {u: " ".join(s.label for s in segs) for u, segs in ctm.items()} == hyp
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["num_utts"] == 20 and summary["rtf"] > 0 and summary["nj"] == 2
+    # The LDA+MLLT stage decodes through its own feature transform.
+    assert main(["mkgraph", str(root / "lang"), str(root / "lm.arpa"), str(exp / "tri2"),
+                 str(exp / "tri2" / "graph")]) == 0
+    assert main(["decode", str(exp / "tri2"), str(test)]) == 0
+    report2 = score_files(test / "text", exp / "tri2" / "decode_test_graph" / "text")
+    assert report2.wer.sub + report2.wer.dele + report2.wer.ins <= 1, report2.wer
+    # One job gives the same output.
+    assert main(["decode", str(exp / "tri1"), str(test), "--out", str(root / "dec1")]) == 0
+    assert (root / "dec1" / "text").read_text() == (out / "text").read_text()
+
+
+def test_align_held_out_data_dir_matches_true_word_boundaries(system):
+    root, exp = system["root"], system["exp"]
+    out = root / "ali_test"
+    assert main(["align", str(exp / "tri1"), str(root / "lang"), str(system["test"]),
+                 str(out)]) == 0
+    errs = _boundary_errors(read_ctm(out / "word.ctm"), system["test_truth"])
+    assert sum(e <= 2 for e in errs) / len(errs) > 0.9
+    pdf = read_kaldi_map(out / "pdf_ali.txt")
+    frames = read_kaldi_map(system["test"] / "utt2num_frames")
+    assert {u: len(v.split()) for u, v in pdf.items()} == {u: int(n) for u, n in frames.items()}
+
+
+def test_decode_and_train_report_missing_inputs(system, tmp_path, capsys):
+    exp, test = system["exp"], system["test"]
+    assert main(["decode", str(exp / "mono"), str(test), "--graph", str(tmp_path)]) == 2
+    assert "asrkit mkgraph" in capsys.readouterr().err
+    assert main(["train", "model=hmm_gmm", f"data.train={system['train']}",
+                 f"exp_dir={tmp_path / 'x'}"]) == 2
+    assert "data.lang" in capsys.readouterr().err
+    assert main(["train", "model=hmm_gmm", f"data.train={system['train']}",
+                 f"data.lang={system['root'] / 'lang'}", f"exp_dir={tmp_path / 'y'}",
+                 "+model.stages.mono.bogus=1"]) == 2
+    assert "unknown options ['bogus']" in capsys.readouterr().err
+
+
+def test_mkgraph_lists_lm_words_the_lexicon_lacks(system, tmp_path):
+    root, exp = system["root"], system["exp"]
+    text = tmp_path / "text"
+    text.write_text("u1 AB CA\nu2 ZZZ AB\n")
+    assert main(["train-lm", "ngram", str(text), str(tmp_path / "lm.arpa"), "--order", "2"]) == 0
+    assert main(["mkgraph", str(root / "lang"), str(tmp_path / "lm.arpa"), str(exp / "mono"),
+                 str(tmp_path / "graph")]) == 0
+    info = json.loads((tmp_path / "graph" / "graph.json").read_text())
+    assert "ZZZ" in info["lm_words_missing_from_lexicon"]
+
+
+def test_read_lang_round_trip_and_mismatch(tmp_path):
+    lang = make_lang(Lexicon([(w, p.split()) for w, p in PHONE_LEXICON.items()]))
+    write_lang(lang, tmp_path / "lang")
+    back = read_lang(tmp_path / "lang")
+    assert back.phone_set == lang.phone_set and back.words == lang.words
+    assert back.lexicon == lang.lexicon and back.lexicon_disambig == lang.lexicon_disambig
+    assert back.oov_word == "<UNK>"
+    flat = make_lang(Lexicon([(w, p.split()) for w, p in PHONE_LEXICON.items()]),
+                     position_dependent=False)
+    write_lang(flat, tmp_path / "flat")
+    assert read_lang(tmp_path / "flat").phone_set == flat.phone_set
+    phones = tmp_path / "lang" / "phones.txt"
+    phones.write_text(phones.read_text().replace("A_B", "A_X"))
+    with pytest.raises(LexiconError, match="phones.txt.*does not match"):
+        read_lang(tmp_path / "lang")
