@@ -19,7 +19,10 @@ The pieces, one idea per module, in the order a system is built:
 * :mod:`.ali_io`    alignment files: tids, pdfs, phones, CTM (``ali-to-pdf``,
   ``ali-to-phones``).
 * :mod:`.mono`      flat-start monophone training (``steps/train_mono.sh``).
-* :mod:`.tri`       triphone training from alignments (``steps/train_deltas.sh``).
+* :mod:`.tri`       triphone training from alignments (``steps/train_deltas.sh``), with
+  MLLT updates on LDA features (``steps/train_lda_mllt.sh``).
+* :mod:`.lda_mllt`  spliced features, LDA and MLLT (``splice-feats``, ``est-lda``,
+  ``est-mllt``).
 
 Everything is vectorised in torch and runs on the device of the model (CPU by default).
 """
@@ -48,6 +51,13 @@ from asrkit.models.hmm_gmm.features import (
 )
 from asrkit.models.hmm_gmm.gmm import DiagGMM, GmmStats, GmmUpdateInfo, split_targets
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
+from asrkit.models.hmm_gmm.lda_mllt import (
+    accumulate_lda_stats,
+    accumulate_mllt_stats,
+    estimate_lda,
+    estimate_mllt,
+    splice,
+)
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.mono import REALIGN_ITERS, IterationStats, MonoResult, train_mono
 from asrkit.models.hmm_gmm.topology import PhoneHmm, PhoneTopology, Topology, TransitionModel
@@ -96,6 +106,8 @@ __all__ = [
     "TriIterationStats",
     "TriResult",
     "UttGraph",
+    "accumulate_lda_stats",
+    "accumulate_mllt_stats",
     "accumulate_tree_stats",
     "add_deltas",
     "align_equal",
@@ -104,12 +116,15 @@ __all__ = [
     "cluster_phones",
     "convert_alignments",
     "delta_filters",
+    "estimate_lda",
+    "estimate_mllt",
     "frame_contexts",
     "gauss_loglik",
     "gmm_features",
     "load_gmm_features",
     "read_ctm",
     "read_int_vectors",
+    "splice",
     "split_targets",
     "train_mono",
     "train_tri",
