@@ -483,6 +483,12 @@ hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per r
                    help="beam methods: hypotheses kept; for ctc_prefix_beam also the number "
                    "of candidate tokens tried per frame (default: 10); HMM-GMM: the "
                    "decoding beam in cost units (default: 13)")
+    p.add_argument("--lm", type=Path, help="ctc_prefix_beam: word n-gram (ARPA) for shallow "
+                   "fusion")
+    p.add_argument("--lm-weight", type=float, default=0.5,
+                   help="weight of the LM log-probabilities (default %(default)s)")
+    p.add_argument("--word-bonus", type=float, default=0.0,
+                   help="added per word inside the LM weight (default %(default)s)")
     p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph)")
     p.add_argument("--acwt", type=float, default=0.1,
                    help="HMM-GMM: acoustic scale (1 / LM weight; default %(default)s)")
@@ -534,8 +540,10 @@ def _run_decode(args) -> int:
         rep = decode_data_dir(args.exp_dir, args.data_dir, args.out, method=args.method,
                               beam=int(beam), nbest=args.nbest, ctc_weight=args.ctc_weight,
                               length_penalty=args.length_penalty,
-                              maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint, avg=args.avg, device=args.device,
-                              max_frames=args.max_frames, progress=bar.update)
+                              maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint,
+                              avg=args.avg, device=args.device, max_frames=args.max_frames,
+                              lm=args.lm, lm_weight=args.lm_weight, word_bonus=args.word_bonus,
+                              progress=bar.update)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
     if rep.nbest is not None:
         print(f"{rep.nbest}: {args.nbest}-best lists")

@@ -87,6 +87,7 @@ def _candidates(log_probs: torch.Tensor, blank: int, prune: float | None,
 def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: int = BLANK_ID,
                            prune: float | None = None, token_topk: int | None = None,
                            scorer: PrefixScorer | None = None, lm_weight: float = 0.0,
+                           final_scorer: Callable[[tuple[int, ...]], float] | None = None,
                            ) -> list[tuple[list[int], float]]:
     """CTC prefix beam search over one utterance (Hannun et al., 2014, arXiv:1408.2873).
 
@@ -108,7 +109,9 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
     ``lm(l) = sum_i scorer(l[:i], l[i])``, computed incrementally once per new prefix, and is
     ranked by ``log P_ctc(l) + lm_weight * lm(l)``. Because ``lm(l)`` depends only on ``l``, this
     equals Hannun's form that multiplies ``P(c | l) ** lm_weight`` into ``p_nb(l + c)`` at
-    extension time. No end-of-sentence score and no length bonus are added.
+    extension time. ``final_scorer(l)`` (e.g. the last word and ``</s>`` of a word LM,
+    :meth:`asrkit.lm.fusion.WordNgramScorer.final`) is added, weighted, to the final ranking
+    only.
 
     Args:
         log_probs: (T, V) log posteriors of one utterance (``log_softmax`` output, natural log);
@@ -122,10 +125,12 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
             always scored, so the pruning only drops unlikely new prefixes.
         scorer: optional ``(prefix, token) -> log P(token | prefix)`` (see :data:`PrefixScorer`).
         lm_weight: weight of the scorer's log-probabilities.
+        final_scorer: optional ``prefix -> log-prob`` added (times ``lm_weight``) when the
+            search ends.
 
     Returns:
         Up to ``beam`` ``(token ids, score)`` pairs, unique, sorted best first (ties broken by
-        the token ids); ``score = log P_ctc + lm_weight * lm`` in nats. ``T == 0`` gives
+        the token ids); ``score = log P_ctc + lm_weight * (lm + final)`` in nats. ``T == 0`` gives
         ``[([], 0.0)]``.
 
     Raises:
@@ -182,7 +187,10 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
         hyps = dict(kept)
         if use_lm:  # keep the LM cache bounded: only the surviving prefixes
             lm_score = {p: lm_score[p] for p in hyps}
-    final = sorted(((list(p), rank((p, s))) for p, s in hyps.items()),
+    def end(p: tuple[int, ...]) -> float:
+        return lm_weight * float(final_scorer(p)) if use_lm and final_scorer else 0.0
+
+    final = sorted(((list(p), rank((p, s)) + end(p)) for p, s in hyps.items()),
                    key=lambda h: (-h[1], h[0]))
     return final
 
@@ -196,8 +204,8 @@ def ctc_prefix_beam_search_batch(log_probs: torch.Tensor, lengths: torch.Tensor,
         log_probs: (B, T, V) log posteriors, padded along T.
         lengths: (B,) valid frames of each utterance.
         beam: beam size.
-        **kwargs: ``blank``, ``prune``, ``token_topk``, ``scorer``, ``lm_weight`` as for
-            :func:`ctc_prefix_beam_search`.
+        **kwargs: ``blank``, ``prune``, ``token_topk``, ``scorer``, ``lm_weight``,
+            ``final_scorer`` as for :func:`ctc_prefix_beam_search`.
 
     Returns:
         One n-best list (``[(token ids, score), ...]``, best first) per utterance.

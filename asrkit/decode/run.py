@@ -93,7 +93,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     maxlen_ratio: float = 1.0,
                     checkpoint: str | os.PathLike | None = None, avg: int = 1,
                     device: str | None = "auto", max_frames: int = 60000,
-                    progress=None) -> DecodeReport:
+                    lm: str | os.PathLike | None = None, lm_weight: float = 0.5,
+                    word_bonus: float = 0.0, progress=None) -> DecodeReport:
     """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
 
     With a beam method and ``nbest > 1`` it also writes ``out_dir/nbest``
@@ -124,6 +125,11 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         avg: number of last epoch checkpoints to average.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
         max_frames: padded frames per batch.
+        lm: a word n-gram in ARPA format for shallow fusion in ``ctc_prefix_beam``
+            (:class:`asrkit.lm.fusion.WordNgramScorer`; words are the tokenizer's ``▁``-pieces
+            joined), or None.
+        lm_weight: weight of the LM's natural-log probabilities.
+        word_bonus: added per word inside the LM weight.
         progress: optional callable receiving the number of utterances just decoded.
 
     Returns:
@@ -131,8 +137,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
 
     Raises:
         ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam``,
-            ``nbest > 1`` with ``ctc_greedy``, or an attention method for a model without
-            an attention decoder.
+            ``nbest > 1`` with ``ctc_greedy``, an attention method for a model without
+            an attention decoder, or ``lm`` with a method other than ``ctc_prefix_beam``.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
@@ -143,6 +149,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     if nbest > 1 and method == "ctc_greedy":
         raise ValueError("nbest > 1 needs a beam method, not ctc_greedy")
+    if lm is not None and method != "ctc_prefix_beam":
+        raise ValueError(f"--lm works with ctc_prefix_beam so far, not {method}")
     topk = beam if token_topk is None else token_topk
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
@@ -155,6 +163,16 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             raise ValueError(f"{method} needs a model with an attention decoder; {exp_dir} "
                              "is CTC-only (use ctc_greedy or ctc_prefix_beam)")
         ds = FeatureDataset(data_dir, None, max_frames=10**9)
+        fusion = {}
+        if lm is not None:
+            from asrkit.lm.fusion import WordNgramScorer
+            from asrkit.lm.ngram import read_arpa
+
+            scorer = WordNgramScorer(read_arpa(lm), tok.pieces(list(range(tok.vocab_size))),
+                                     word_bonus=word_bonus)
+            fusion = {"scorer": scorer, "lm_weight": lm_weight, "final_scorer": scorer.final}
+            logger.info("shallow fusion: %s, weight %g, word bonus %g", lm, lm_weight,
+                        word_bonus)
         if method != "ctc_greedy":
             logger.info("%s: beam %d, n-best %d%s", method, beam, nbest,
                         f", CTC weight {ctc_weight}" if method == "joint_ctc_attention" else "")
@@ -171,7 +189,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             else:
                 if method == "ctc_prefix_beam":
                     results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
-                                                           token_topk=topk)
+                                                           token_topk=topk, **fusion)
+                    if fusion:
+                        fusion["scorer"].reset()
                 elif method == "attention_beam":
                     results = attention_beam_search(
                         model, enc, lens, beam, maxlen_ratio=maxlen_ratio,
@@ -206,6 +226,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         summary = {"method": method, "beam": beam if method != "ctc_greedy" else 1,
                    "ctc_weight": ctc_weight if method == "joint_ctc_attention" else None,
                    "checkpoint": checkpoint, "avg": avg, "num_utts": report.num_utts,
+                   "lm": str(lm) if lm else None, "lm_weight": lm_weight if lm else None,
+                   "word_bonus": word_bonus if lm else None,
                    "audio_seconds": round(audio, 3), "wall_seconds": round(wall, 3),
                    "rtf": round(report.rtf, 6), "device": str(dev),
                    "threads": torch.get_num_threads() if dev.type == "cpu" else None}
