@@ -26,6 +26,7 @@ _EPILOG = """stages (Kaldi order):
   align      HMM-GMM model + data dir -> forced alignments (frame labels, CTM)
   mkgraph    lang + ARPA LM + HMM-GMM model -> graph dir (HCLG.fst)
   decode     experiment + feature data dir -> hypotheses in Kaldi text format
+  rescore    n-best list + LM (pretrained Hugging Face causal LM or n-gram) -> new 1-best
   score      reference text + hypothesis text -> WER/CER tables (sclite style)
 
 example (AN4):  recipes/an4/run.sh --an4-dir /path/to/an4
@@ -298,6 +299,15 @@ def _add_train_lm(sub) -> None:
                    help="closed vocabulary: a words.txt or word list; other words -> <unk>")
     n.add_argument("--dev", type=Path,
                    help="text to report perplexity on (same format as the training text)")
+    nn_ = ps.add_parser(
+        "neural", help="LSTM or Transformer token LM (also: asrkit train-lm model=...)",
+        description="Compose conf/lm/config.yaml with Hydra and train, e.g.\n"
+        "  asrkit train-lm model=lstm_lm data.train=data/train/text data.dev=data/dev/text "
+        "data.tokenizer=data/token/bpe_150.model exp_dir=exp/lm_lstm\n"
+        "The LM uses the acoustic model's tokenizer; dev perplexity per epoch, best.pt kept, "
+        "rerunning resumes.")
+    nn_.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    nn_.add_argument("--print-config", action="store_true")
 
 
 def _lm_sentences(paths, no_ids: bool):
@@ -315,6 +325,17 @@ def _lm_sentences(paths, no_ids: bool):
 
 
 def _run_train_lm(args) -> int:
+    if args.lm_type == "neural":
+        from omegaconf import OmegaConf
+
+        cfg = compose_train_config(args.overrides, conf_dir=CONF_DIR / "lm")
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        from asrkit.lm.neural import train_lm
+
+        print(f"trained: {train_lm(cfg)}")
+        return 0
     from asrkit.lm.ngram import estimate_ngram, write_arpa
 
     vocab = None
@@ -400,11 +421,12 @@ def _add_train(sub) -> None:
                    help="print the composed config and exit")
 
 
-def compose_train_config(overrides: list[str]):
+def compose_train_config(overrides: list[str], conf_dir: Path = CONF_DIR):
     """Compose the training config from ``conf/`` (+ an optional ``conf=FILE``) and overrides.
 
     Args:
         overrides: Hydra override strings; one may be ``conf=PATH`` naming a recipe YAML.
+        conf_dir: the package config dir (``conf/``; ``conf/lm`` for neural LMs).
 
     Returns:
         The composed ``DictConfig``.
@@ -421,9 +443,9 @@ def compose_train_config(overrides: list[str]):
         if not path.is_file():
             raise FileNotFoundError(f"recipe config {path} not found")
         config_dir, name = str(path.parent), path.stem
-        rest = [f"hydra.searchpath=[file://{CONF_DIR}]"] + rest
+        rest = [f"hydra.searchpath=[file://{conf_dir}]"] + rest
     else:
-        config_dir, name = str(CONF_DIR), "config"
+        config_dir, name = str(conf_dir), "config"
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         return compose(name, overrides=rest)
 
@@ -550,6 +572,59 @@ def _run_decode(args) -> int:
     return 0
 
 
+def _add_rescore(sub) -> None:
+    p = sub.add_parser(
+        "rescore", help="rescore an n-best list with a language model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""N-best rescoring: new score = decoder score + LM_WEIGHT * log P_lm(text)
++ LENGTH_BONUS * words; the best per utterance is written to OUT/text.
+
+input  NBEST (asrkit decode --nbest N): one hypothesis a line, ranks consecutive from 1,
+       natural-log decoder score:   <utt-id>-<rank> <score> <WORDS...>
+output OUT/text    Kaldi text, utt-id WORDS... (the rescored 1-best)
+       OUT/nbest   the same format as the input, re-ranked, with the new scores
+       OUT/rescore_summary.json   LM, weights, hypotheses, seconds
+
+LMs (--lm):
+  hf:DIR        a causal LM (GPT-2, Llama-family, ...) saved with save_pretrained in a local
+                directory; needs 'pip install asrkit[llm]'; never downloads
+  ngram:FILE    an ARPA n-gram
+  asrkit:DIR    a neural LM trained with asrkit train-lm model=lstm_lm|transformer_lm""")
+    p.add_argument("nbest", type=Path, help="n-best file (decode --nbest N output)")
+    p.add_argument("out", type=Path, help="output dir")
+    p.add_argument("--lm", required=True, help="hf:DIR, ngram:ARPA_FILE or asrkit:LM_EXP_DIR")
+    p.add_argument("--lm-weight", type=float, default=0.5)
+    p.add_argument("--length-bonus", type=float, default=0.0, help="added per word")
+    p.add_argument("--batch-size", type=int, default=16, help="hypotheses per LM batch")
+    p.add_argument("--case", choices=["keep", "lower", "upper"], default="keep",
+                   help="recase hypotheses for an hf: LM (default %(default)s)")
+    p.add_argument("--device", default="auto")
+
+
+def _run_rescore(args) -> int:
+    import json
+
+    from asrkit.decode.nbest import read_nbest, write_nbest
+    from asrkit.fileio import atomic_write
+    from asrkit.lm.rescore import load_sentence_lm, rescore_nbest
+
+    nbest = read_nbest(args.nbest)
+    lm = load_sentence_lm(args.lm, device=args.device, case=args.case)
+    best, rescored, info = rescore_nbest(nbest, lm, lm_weight=args.lm_weight,
+                                         length_bonus=args.length_bonus,
+                                         batch_size=args.batch_size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out / "text") as f:
+        for u in sorted(best, key=lambda s: s.encode("utf-8")):
+            f.write(f"{u} {best[u]}".rstrip() + "\n")
+    write_nbest(args.out / "nbest", rescored)
+    with atomic_write(args.out / "rescore_summary.json") as f:
+        json.dump({"nbest": str(args.nbest), "lm": args.lm, "lm_weight": args.lm_weight,
+                   "length_bonus": args.length_bonus, "case": args.case, **info}, f, indent=1)
+    print(f"{args.out / 'text'}: {len(best)} utterances, {info['changed']} 1-best changed")
+    return 0
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="WER/CER of hypotheses against references",
                        description="Both files in Kaldi text format (utt-id WORDS…). Writes "
@@ -590,6 +665,7 @@ _COMMANDS = {
     "align": (_add_align, _run_align),
     "mkgraph": (_add_mkgraph, _run_mkgraph),
     "decode": (_add_decode, _run_decode),
+    "rescore": (_add_rescore, _run_rescore),
     "score": (_add_score, _run_score),
 }
 
@@ -611,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``asrkit`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "train-lm" and ("=" in argv[1] or argv[1] == "--print-config"):
+        argv.insert(1, "neural")  # asrkit train-lm model=lstm_lm ... (Hydra overrides)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -618,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return _COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
         if args.verbose:
             raise
         print(f"asrkit {args.command}: error: {e}", file=sys.stderr)

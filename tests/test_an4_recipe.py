@@ -91,7 +91,7 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                PYTHONPATH=str(ROOT))
     cmd = ["bash", str(ROOT / "recipes" / "an4" / "run.sh"), "--an4-dir", AN4, "--work-dir",
-           str(tmp_path), "--tag", "gmm", "--acwt", "0.083 0.1", "--", *GMM_QUICK]
+           str(tmp_path), "--tag", "gmm", "--acwt", "0.083", "--", *GMM_QUICK]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200,
                          check=False)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -71,3 +71,64 @@ def test_word_bonus_trades_deletions_for_insertions(lm):
     long = ctc_prefix_beam_search(lp, beam=8, scorer=sc9, lm_weight=0.1,
                                   final_scorer=sc9.final)[0][0]
     assert len(long) > len(short)
+
+
+def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
+    """A tiny model trained for a few epochs on synthetic letters; `asrkit decode --lm` and
+    scripts/tune_lm_weight.py run end to end, weight 0 equals plain beam search, and an LM
+    with a bad method is refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from asrkit.cli import compose_train_config, main
+    from asrkit.lm.ngram import write_arpa
+    from asrkit.text.tokenizer import train_tokenizer
+    from asrkit.train.loop import train
+    from tests.synth import make_feature_dir
+
+    train_dir = make_feature_dir(tmp_path / "train", n_utts=32, seed=0)
+    dev_dir = make_feature_dir(tmp_path / "dev", n_utts=8, seed=1)
+    tok = train_tokenizer(train_dir / "text", tmp_path / "tok" / "char", model_type="char")
+    exp = tmp_path / "exp"
+    train(compose_train_config([
+        f"exp_dir={exp}", f"data.train={train_dir}", f"data.dev={dev_dir}",
+        f"data.tokenizer={tok}", "model.d_model=32", "model.nhead=2", "model.num_layers=1",
+        "model.dim_feedforward=64", "model.specaug=null", "trainer.max_epochs=3",
+        "trainer.num_threads=1", "data.max_frames=1500"]))
+    sentences = [line.split(maxsplit=1)[1] for line in (train_dir / "text").read_text()
+                 .splitlines()]
+    arpa = tmp_path / "lm.arpa"
+    write_arpa(estimate_ngram(sentences, order=2), arpa)
+    base = ["decode", str(exp), str(dev_dir), "--method", "ctc_prefix_beam", "--beam", "4"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--out", str(tmp_path / "w0"), "--lm", str(arpa),
+                 "--lm-weight", "0"]) == 0
+    assert (tmp_path / "w0" / "text").read_text() == (tmp_path / "plain" / "text").read_text()
+    assert main([*base, "--out", str(tmp_path / "w1"), "--lm", str(arpa), "--lm-weight", "0.5",
+                 "--word-bonus", "1"]) == 0
+    summary = json.loads((tmp_path / "w1" / "decode_summary.json").read_text())
+    assert summary["lm"] == str(arpa) and summary["lm_weight"] == 0.5
+    assert main(["decode", str(exp), str(dev_dir), "--lm", str(arpa)]) == 2
+    assert "ctc_prefix_beam" in capsys.readouterr().err
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tune_lm_weight.py"
+    spec = importlib.util.spec_from_file_location("tune_lm_weight", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "tune.json"
+    assert mod.main(["fusion", str(exp), str(dev_dir), str(dev_dir / "text"), "--lm", str(arpa),
+                     "--weights", "0,0.5", "--bonuses", "0", "--beam", "4", "--device", "cpu",
+                     "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 2 and res["best"]["wer"] == min(r["wer"] for r in res["rows"])
+    # rescore mode over an n-best written by the decoder
+    assert main([*base, "--out", str(tmp_path / "nb"), "--nbest", "3"]) == 0
+    out2 = tmp_path / "tune2.json"
+    assert mod.main(["rescore", str(tmp_path / "nb" / "nbest"), str(dev_dir / "text"),
+                     "--lm", f"ngram:{arpa}", "--weights", "0,1", "--bonuses", "0,1",
+                     "--out", str(out2)]) == 0
+    rows = json.loads(out2.read_text())["rows"]
+    assert len(rows) == 4
+    plain = mod._wer(dev_dir / "text", tmp_path / "plain" / "text")
+    assert [r["wer"] for r in rows if r["lm_weight"] == 0 and r["length_bonus"] == 0] == [plain]

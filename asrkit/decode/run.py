@@ -125,9 +125,11 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         avg: number of last epoch checkpoints to average.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
         max_frames: padded frames per batch.
-        lm: a word n-gram in ARPA format for shallow fusion in ``ctc_prefix_beam``
+        lm: for shallow fusion in ``ctc_prefix_beam``: a word n-gram in ARPA format
             (:class:`asrkit.lm.fusion.WordNgramScorer`; words are the tokenizer's ``▁``-pieces
-            joined), or None.
+            joined), or the directory of an ``asrkit train-lm`` neural LM trained with the
+            same tokenizer (:class:`asrkit.lm.fusion.NeuralTokenScorer`; ``word_bonus`` is
+            not used), or None.
         lm_weight: weight of the LM's natural-log probabilities.
         word_bonus: added per word inside the LM weight.
         progress: optional callable receiving the number of utterances just decoded.
@@ -164,12 +166,22 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                              "is CTC-only (use ctc_greedy or ctc_prefix_beam)")
         ds = FeatureDataset(data_dir, None, max_frames=10**9)
         fusion = {}
-        if lm is not None:
+        if lm is not None and Path(lm).is_dir():
+            from asrkit.lm.fusion import NeuralTokenScorer
+            from asrkit.lm.neural import load_lm
+
+            lm_model, lm_tok = load_lm(lm, dev)
+            if lm_tok.vocab_size != tok.vocab_size:
+                raise ValueError(f"the LM {lm} has {lm_tok.vocab_size} tokens, the acoustic "
+                                 f"model {tok.vocab_size}; train it with the same tokenizer")
+            scorer = NeuralTokenScorer(lm_model)
+        elif lm is not None:
             from asrkit.lm.fusion import WordNgramScorer
             from asrkit.lm.ngram import read_arpa
 
             scorer = WordNgramScorer(read_arpa(lm), tok.pieces(list(range(tok.vocab_size))),
                                      word_bonus=word_bonus)
+        if lm is not None:
             fusion = {"scorer": scorer, "lm_weight": lm_weight, "final_scorer": scorer.final}
             logger.info("shallow fusion: %s, weight %g, word bonus %g", lm, lm_weight,
                         word_bonus)

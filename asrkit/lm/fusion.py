@@ -1,4 +1,5 @@
-"""Shallow fusion of a word n-gram LM into token-level searches (CTC prefix beam search).
+"""Shallow fusion of a word n-gram LM or a neural token LM into token-level searches (CTC
+prefix beam search).
 
 Acoustic models emit sentencepiece pieces; a word starts at a piece that begins with ``▁``
 (U+2581). :class:`WordNgramScorer` turns a word-level :class:`asrkit.lm.ngram.NgramLM` into
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 from asrkit.lm.ngram import LMState, NgramLM
 
-__all__ = ["WORD_START", "WordNgramScorer"]
+__all__ = ["WORD_START", "NeuralTokenScorer", "WordNgramScorer"]
 
 WORD_START = "\u2581"
 """Sentencepiece's word-start marker."""
@@ -100,3 +101,63 @@ class WordNgramScorer:
     def reset(self) -> None:
         """Forget cached prefixes (call between utterances to bound memory)."""
         self._states = {(): (self.lm.start_state(), "")}
+
+
+class NeuralTokenScorer:
+    """A neural token LM (``asrkit train-lm``, the acoustic model's tokenizer) as a prefix
+    scorer: ``log P(token | <sos> prefix)``, and ``log P(<eos> | <sos> prefix)`` at the end
+    (:meth:`final`). The LM's distribution after each prefix is computed once and cached
+    (an LSTM continues from its parent prefix's state; a Transformer re-reads the prefix).
+
+    Args:
+        model: a :class:`asrkit.models.lm.TokenLM` in eval mode.
+    """
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.model = model
+        self._torch = torch
+        self._lstm = hasattr(model, "lstm")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget cached prefixes (call between utterances to bound memory)."""
+        self._cache: dict[tuple[int, ...], tuple[list[float], object]] = {}
+
+    def _dist(self, prefix: tuple[int, ...]) -> list[float]:
+        hit = self._cache.get(prefix)
+        if hit is not None:
+            return hit[0]
+        torch = self._torch
+        from asrkit.text.tokenizer import SOS_EOS_ID
+
+        dev = next(self.model.parameters()).device
+        with torch.inference_mode():
+            if self._lstm:
+                if prefix:
+                    self._dist(prefix[:-1])
+                    state = self._cache[prefix[:-1]][1]
+                    tok = prefix[-1]
+                else:
+                    state, tok = None, SOS_EOS_ID
+                emb = self.model.embed(torch.tensor([[tok]], device=dev))
+                y, state = self.model.lstm(emb, state)
+                logp = self.model.out(y[0, -1]).float().log_softmax(-1)
+            else:
+                ids = torch.tensor([[SOS_EOS_ID, *prefix]], device=dev)
+                logp = self.model(ids)[0, -1].float().log_softmax(-1)
+                state = None
+        row = logp.tolist()
+        self._cache[prefix] = (row, state)
+        return row
+
+    def __call__(self, prefix: tuple[int, ...], token: int) -> float:
+        """``log P(token | <sos> prefix)``."""
+        return self._dist(prefix)[token]
+
+    def final(self, prefix: tuple[int, ...]) -> float:
+        """``log P(<eos> | <sos> prefix)``."""
+        from asrkit.text.tokenizer import SOS_EOS_ID
+
+        return self._dist(prefix)[SOS_EOS_ID]
