@@ -495,7 +495,13 @@ line, Kaldi lattice-to-nbest style, utterances sorted, ranks consecutive from 1 
 where score is the natural-log probability of the hypothesis (higher is better). Texts are
 distinct (token sequences spelling the same words are merged, keeping the best score), so
 an utterance may get fewer than N lines; a --beam of 2-3 x N avoids that. Rank 1 is the
-hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per rank).""")
+hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per rank).
+
+Shallow fusion (any beam method): --lm ARPA_FILE (word n-gram, words = the tokenizer's
+pieces joined at word starts) or --lm LM_EXP_DIR (asrkit train-lm neural LM, same tokenizer);
+score = log P_am + --lm-weight * (log P_lm + --word-bonus * words). Options can also be
+given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
+(any decode.KEY=VALUE is read as --KEY VALUE, underscores as dashes).""")
     p.add_argument("exp_dir", type=Path, help="experiment directory (asrkit train output)")
     p.add_argument("data_dir", type=Path, help="feature data dir (asrkit features output)")
     p.add_argument("--out", type=Path, help="output directory")
@@ -505,8 +511,8 @@ hypothesis in OUT/text. One file for all ranks (not ESPnet's one directory per r
                    help="beam methods: hypotheses kept; for ctc_prefix_beam also the number "
                    "of candidate tokens tried per frame (default: 10); HMM-GMM: the "
                    "decoding beam in cost units (default: 13)")
-    p.add_argument("--lm", type=Path, help="ctc_prefix_beam: word n-gram (ARPA) for shallow "
-                   "fusion")
+    p.add_argument("--lm", type=Path, help="beam methods: shallow fusion with a word n-gram "
+                   "(ARPA file) or a neural LM (asrkit train-lm experiment dir)")
     p.add_argument("--lm-weight", type=float, default=0.5,
                    help="weight of the LM log-probabilities (default %(default)s)")
     p.add_argument("--word-bonus", type=float, default=0.0,
@@ -685,11 +691,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _decode_overrides(args: list[str]) -> list[str]:
+    """``decode.KEY=VALUE`` (Hydra-style, as in ``asrkit decode decode.lm=lm.arpa``) →
+    ``--KEY VALUE`` with underscores as dashes; other arguments are left as they are."""
+    out = []
+    for a in args:
+        if a.startswith("decode.") and "=" in a:
+            key, value = a[len("decode."):].split("=", 1)
+            out += [f"--{key.replace('_', '-')}", value]
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``asrkit`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "train-lm" and ("=" in argv[1] or argv[1] == "--print-config"):
         argv.insert(1, "neural")  # asrkit train-lm model=lstm_lm ... (Hydra overrides)
+    if argv and argv[0] == "decode":
+        argv = [argv[0], *_decode_overrides(argv[1:])]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -76,3 +76,26 @@ def test_attention_method_on_ctc_only_model_is_refused(tmp_path):
                                 *TINY, "trainer.max_epochs=1"]))
     with pytest.raises(ValueError, match="attention decoder"):
         decode_data_dir(exp, tr, method="attention_beam", device="cpu")
+
+
+@pytest.mark.parametrize("method", ["joint_ctc_attention", "attention_beam"])
+def test_attention_methods_with_lm_fusion(hybrid, tmp_path, method):
+    """Shallow fusion in the label-synchronous searches: weight 0 is the plain search, and in
+    joint search a word bigram estimated on the dev references (an oracle LM) does not make
+    dev worse. (The attention decoder alone is barely trained here: with a strong LM and no
+    word bonus it ends hypotheses early, the known deletion problem of attention + LM.)"""
+    from asrkit.lm.ngram import estimate_ngram, write_arpa
+
+    dev = hybrid["dev"]
+    sentences = [line.split(maxsplit=1)[1] for line in (dev / "text").read_text().splitlines()]
+    arpa = tmp_path / "oracle.arpa"
+    write_arpa(estimate_ngram(sentences, order=2), arpa)
+    kw = dict(method=method, beam=4, ctc_weight=0.5, device="cpu")
+    plain = decode_data_dir(hybrid["exp"], dev, tmp_path / "plain", **kw)
+    w0 = decode_data_dir(hybrid["exp"], dev, tmp_path / "w0", lm=arpa, lm_weight=0.0, **kw)
+    assert w0.text.read_text() == plain.text.read_text()
+    fused = decode_data_dir(hybrid["exp"], dev, tmp_path / "w1", lm=arpa, lm_weight=1.0, **kw)
+    ref = dev / "text"
+    if method == "joint_ctc_attention":
+        assert score_files(ref, fused.text).wer.rate <= score_files(ref, plain.text).wer.rate
+    assert '"lm_weight": 1.0' in (fused.text.parent / "decode_summary.json").read_text()

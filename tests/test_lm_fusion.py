@@ -61,6 +61,28 @@ def test_fusion_changes_the_best_hypothesis_toward_the_lm(lm):
                                   final_scorer=sc.final) == plain
 
 
+def test_fusion_in_label_synchronous_search(lm):
+    """The same LM moves joint CTC/attention search (here CTC-only: no decoder needed) to the
+    LM's word order; <sos/eos> gets the scorer's final score."""
+    from asrkit.decode.attention import joint_ctc_attention_beam_search
+
+    sc = WordNgramScorer(lm, PIECES)
+    assert sc((3, 4), 2) == pytest.approx(sc.final((3, 4)))
+    lp = _posteriors([{4: 0.5, 3: 0.4}, {0: 0.9}, {3: 0.5, 4: 0.4}, {0: 0.9}])
+    enc, lens = torch.zeros(1, lp.size(0), 1), torch.tensor([lp.size(0)])
+
+    def search(**kw):
+        return joint_ctc_attention_beam_search(None, enc, lens, beam=8, ctc_weight=1.0,
+                                               ctc_log_probs=lp[None], **kw)[0]
+
+    plain = search()
+    assert plain[0][0] == [4, 3]
+    fused = search(scorer=sc, lm_weight=1.0)
+    assert fused[0][0] == [3, 4]
+    ac = {tuple(h): s for h, s in plain}
+    assert fused[0][1] == pytest.approx(ac[(3, 4)] + lm.score_sentence("A B"))
+
+
 def test_word_bonus_trades_deletions_for_insertions(lm):
     # One frame that may or may not be a second word.
     lp = _posteriors([{3: 0.8}, {0: 0.9}, {4: 0.3, 0: 0.6}])
@@ -105,6 +127,11 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "w0"), "--lm", str(arpa),
                  "--lm-weight", "0"]) == 0
     assert (tmp_path / "w0" / "text").read_text() == (tmp_path / "plain" / "text").read_text()
+    # Hydra-style decode.KEY=VALUE options mean the same as --KEY VALUE
+    assert main(["decode", str(exp), str(dev_dir), "decode.method=ctc_prefix_beam",
+                 "decode.beam=4", f"decode.lm={arpa}", "decode.lm_weight=0",
+                 "--out", str(tmp_path / "w0h")]) == 0
+    assert (tmp_path / "w0h" / "text").read_text() == (tmp_path / "plain" / "text").read_text()
     assert main([*base, "--out", str(tmp_path / "w1"), "--lm", str(arpa), "--lm-weight", "0.5",
                  "--word-bonus", "1"]) == 0
     summary = json.loads((tmp_path / "w1" / "decode_summary.json").read_text())

@@ -11,7 +11,8 @@ Methods (:data:`METHODS`):
   (Watanabe et al., 2017; :func:`asrkit.decode.attention.joint_ctc_attention_beam_search`).
 
 Every beam method can also write an n-best list (``nbest``, format in
-:mod:`asrkit.decode.nbest`).
+:mod:`asrkit.decode.nbest`) and take a language model by shallow fusion (``lm``: a word
+n-gram in ARPA format or an ``asrkit train-lm`` neural LM; :mod:`asrkit.lm.fusion`).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         avg: number of last epoch checkpoints to average.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
         max_frames: padded frames per batch.
-        lm: for shallow fusion in ``ctc_prefix_beam``: a word n-gram in ARPA format
+        lm: for shallow fusion in any beam method (``ctc_prefix_beam``, ``attention_beam``,
+            ``joint_ctc_attention``): a word n-gram in ARPA format
             (:class:`asrkit.lm.fusion.WordNgramScorer`; words are the tokenizer's ``▁``-pieces
             joined), or the directory of an ``asrkit train-lm`` neural LM trained with the
             same tokenizer (:class:`asrkit.lm.fusion.NeuralTokenScorer`; ``word_bonus`` is
@@ -140,7 +142,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     Raises:
         ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam``,
             ``nbest > 1`` with ``ctc_greedy``, an attention method for a model without
-            an attention decoder, or ``lm`` with a method other than ``ctc_prefix_beam``.
+            an attention decoder, or ``lm`` with ``ctc_greedy``.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
@@ -151,8 +153,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     if nbest > 1 and method == "ctc_greedy":
         raise ValueError("nbest > 1 needs a beam method, not ctc_greedy")
-    if lm is not None and method != "ctc_prefix_beam":
-        raise ValueError(f"--lm works with ctc_prefix_beam so far, not {method}")
+    if lm is not None and method == "ctc_greedy":
+        raise ValueError("an LM needs a beam method (ctc_prefix_beam, attention_beam, "
+                         "joint_ctc_attention), not ctc_greedy")
     topk = beam if token_topk is None else token_topk
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
@@ -182,7 +185,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             scorer = WordNgramScorer(read_arpa(lm), tok.pieces(list(range(tok.vocab_size))),
                                      word_bonus=word_bonus)
         if lm is not None:
-            fusion = {"scorer": scorer, "lm_weight": lm_weight, "final_scorer": scorer.final}
+            fusion = {"scorer": scorer, "lm_weight": lm_weight}
+            if method == "ctc_prefix_beam":  # label-synchronous searches ask for <eos> instead
+                fusion["final_scorer"] = scorer.final
             logger.info("shallow fusion: %s, weight %g, word bonus %g", lm, lm_weight,
                         word_bonus)
         if method != "ctc_greedy":
@@ -202,16 +207,16 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                 if method == "ctc_prefix_beam":
                     results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
                                                            token_topk=topk, **fusion)
-                    if fusion:
-                        fusion["scorer"].reset()
                 elif method == "attention_beam":
                     results = attention_beam_search(
                         model, enc, lens, beam, maxlen_ratio=maxlen_ratio,
-                        length_penalty=length_penalty)
+                        length_penalty=length_penalty, **fusion)
                 else:
                     results = joint_ctc_attention_beam_search(
                         model, enc, lens, beam, ctc_weight, ctc_log_probs=log_probs,
-                        maxlen_ratio=maxlen_ratio, length_penalty=length_penalty)
+                        maxlen_ratio=maxlen_ratio, length_penalty=length_penalty, **fusion)
+                if fusion:
+                    fusion["scorer"].reset()
                 for utt, res in zip(batch["ids"], results):
                     hyps[utt] = tok.decode(res[0][0])
                     if nbest > 1:

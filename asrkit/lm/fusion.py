@@ -1,5 +1,5 @@
 """Shallow fusion of a word n-gram LM or a neural token LM into token-level searches (CTC
-prefix beam search).
+prefix beam search, attention and joint CTC/attention beam search).
 
 Acoustic models emit sentencepiece pieces; a word starts at a piece that begins with ``▁``
 (U+2581). :class:`WordNgramScorer` turns a word-level :class:`asrkit.lm.ngram.NgramLM` into
@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from asrkit.lm.ngram import LMState, NgramLM
+from asrkit.text.tokenizer import SOS_EOS_ID
 
 __all__ = ["WORD_START", "NeuralTokenScorer", "WordNgramScorer"]
 
@@ -37,16 +38,21 @@ class WordNgramScorer:
         pieces: the text of every token id (``pieces[i]`` for id ``i``; special tokens such
             as ``<blank>`` are never emitted by the search and may be anything).
         word_bonus: added (inside the LM weight) for every word scored.
+        eos: the end-of-sentence token id (``<sos/eos>``, 2): label-synchronous searches
+            (:mod:`asrkit.decode.attention`) end a hypothesis by asking for it, and get
+            :meth:`final`'s score.
 
     Raises:
         ValueError: ``pieces`` is empty.
     """
 
-    def __init__(self, lm: NgramLM, pieces: Sequence[str], *, word_bonus: float = 0.0) -> None:
+    def __init__(self, lm: NgramLM, pieces: Sequence[str], *, word_bonus: float = 0.0,
+                 eos: int = SOS_EOS_ID) -> None:
         if not pieces:
             raise ValueError("pieces is empty; expected the tokenizer's vocabulary")
         self.lm = lm
         self.word_bonus = float(word_bonus)
+        self.eos = eos
         self._starts = [p.startswith(WORD_START) for p in pieces]
         self._text = [p.lstrip(WORD_START) if s else p
                       for p, s in zip(pieces, self._starts)]
@@ -74,7 +80,10 @@ class WordNgramScorer:
 
     def __call__(self, prefix: tuple[int, ...], token: int) -> float:
         """The LM score (natural log, bonus included) that ``token`` adds to ``prefix``: the
-        completed previous word's when ``token`` starts a word, else 0."""
+        completed previous word's when ``token`` starts a word, else 0; for ``eos``, the
+        score of :meth:`final`."""
+        if token == self.eos:
+            return self.final(prefix)
         score, st = self._advance(self._state(prefix), token)
         self._states[(*prefix, token)] = st
         return score
@@ -130,8 +139,6 @@ class NeuralTokenScorer:
         if hit is not None:
             return hit[0]
         torch = self._torch
-        from asrkit.text.tokenizer import SOS_EOS_ID
-
         dev = next(self.model.parameters()).device
         with torch.inference_mode():
             if self._lstm:
@@ -158,6 +165,4 @@ class NeuralTokenScorer:
 
     def final(self, prefix: tuple[int, ...]) -> float:
         """``log P(<eos> | <sos> prefix)``."""
-        from asrkit.text.tokenizer import SOS_EOS_ID
-
         return self._dist(prefix)[SOS_EOS_ID]
