@@ -90,7 +90,7 @@ def test_attention_methods_with_lm_fusion(hybrid, tmp_path, method):
     sentences = [line.split(maxsplit=1)[1] for line in (dev / "text").read_text().splitlines()]
     arpa = tmp_path / "oracle.arpa"
     write_arpa(estimate_ngram(sentences, order=2), arpa)
-    kw = dict(method=method, beam=4, ctc_weight=0.5, device="cpu")
+    kw = {"method": method, "beam": 4, "ctc_weight": 0.5, "device": "cpu"}
     plain = decode_data_dir(hybrid["exp"], dev, tmp_path / "plain", **kw)
     w0 = decode_data_dir(hybrid["exp"], dev, tmp_path / "w0", lm=arpa, lm_weight=0.0, **kw)
     assert w0.text.read_text() == plain.text.read_text()
