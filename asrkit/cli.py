@@ -123,14 +123,17 @@ def _run_validate(args) -> int:
 
 
 def _add_features(sub) -> None:
-    p = sub.add_parser("features", help="compute fbank/MFCC features and CMVN stats",
+    from asrkit.features.compute import FEATURE_TYPES
+
+    p = sub.add_parser("features", help="compute fbank/MFCC/raw-waveform features and CMVN stats",
                        description="Kaldi-compatible features with torchaudio.compliance.kaldi, "
                        "stored as Kaldi ark/scp in OUT, which also becomes a data dir of the "
                        "utterances that succeeded; failures are listed in OUT/bad_utts.")
     p.add_argument("data_dir", type=Path, help="input Kaldi data dir")
     p.add_argument("out", type=Path, help="output data dir (feats.scp, cmvn.ark, …)")
-    p.add_argument("--type", choices=["fbank", "mfcc"],
-                   help="feature type (default: the --conf file's, else fbank)")
+    p.add_argument("--type", choices=FEATURE_TYPES,
+                   help="feature type (default: the --conf file's, else fbank); raw = the "
+                   "waveform in 10 ms frames of samples, for model=pretrained_encoder")
     p.add_argument("--conf", type=Path, help="a features YAML (e.g. conf/features/fbank.yaml); "
                    "command-line options below override it")
     p.add_argument("--num-mel-bins", type=int, help="mel bins (fbank default 80)")

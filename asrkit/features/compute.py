@@ -1,9 +1,21 @@
-"""Filterbank / MFCC feature extraction into Kaldi ark/scp, the ``features`` stage.
+"""Filterbank / MFCC / raw-waveform feature extraction into Kaldi ark/scp, the ``features`` stage.
 
 :func:`extract` turns one waveform into a ``(T, F)`` matrix with
 ``torchaudio.compliance.kaldi.fbank`` / ``.mfcc``, which reproduce Kaldi's
 ``compute-fbank-feats`` / ``compute-mfcc-feats`` (Povey window, pre-emphasis 0.97, DC removal,
 ``snip_edges``), on int16-scaled samples as Kaldi reads them.
+
+Type ``raw`` stores the waveform itself, for models that read audio (``model=pretrained_encoder``,
+a wav2vec 2.0 / HuBERT encoder): the samples in [-1, 1] cut into consecutive, non-overlapping
+``frame_shift`` frames (``F = sample_rate × frame_shift / 1000`` samples, 160 at 16 kHz and
+10 ms), the last partial frame zero-padded, so ``T = ceil(N / F)`` and no sample is lost (the
+model sees at most ``F - 1`` trailing zeros, under 10 ms of silence). Stored in the same ark/scp
+with the same ``utt2num_frames`` (10 ms frames), the data loader, length bucketing
+(``data.max_frames``), speed perturbation and decoding need no change. The CMVN stats are
+still written (over the ``F`` sample positions of a frame, so every file of the layout below
+exists), but a raw-waveform model ignores them: normalising each position within a 10 ms frame
+means nothing; such models normalise per utterance instead. Float32 samples take 64 kB per
+second of audio, twice 80-dim fbank.
 
 :func:`compute_features` runs it over a Kaldi data dir like Kaldi's ``steps/make_fbank.sh``
 followed by ``compute-cmvn-stats``, and leaves an output directory that is itself a Kaldi
@@ -81,8 +93,8 @@ from asrkit.features.cmvn import (
 )
 from asrkit.fileio import atomic_write, is_done, mark_done
 
-__all__ = ["FeatureConfig", "FeatureError", "FeatureReport", "compute_features", "extract",
-           "perturb_speed", "speed_prefix"]
+__all__ = ["FEATURE_TYPES", "FeatureConfig", "FeatureError", "FeatureReport", "compute_features",
+           "extract", "perturb_speed", "speed_prefix"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +108,8 @@ INT16_SCALE = 32768.0
 
 # (utt_id, wav.scp value or None when missing, start s, end s or None, speed factor)
 _Utt = tuple[str, str | None, float, float | None, float]
+FEATURE_TYPES = ("fbank", "mfcc", "raw")
+"""Values of :attr:`FeatureConfig.type`."""
 
 
 class FeatureError(ValueError):
@@ -110,15 +124,17 @@ class FeatureConfig:
     """Feature extraction options; defaults follow Kaldi except where noted.
 
     Attributes:
-        type: ``"fbank"`` (log mel filterbank, ``compute-fbank-feats``) or ``"mfcc"``
-            (``compute-mfcc-feats``).
+        type: ``"fbank"`` (log mel filterbank, ``compute-fbank-feats``), ``"mfcc"``
+            (``compute-mfcc-feats``) or ``"raw"`` (the waveform in ``frame_shift`` frames of
+            samples, see the module docstring; only ``sample_rate``, ``frame_shift`` and
+            ``frame_length`` apply, the last as the shortest audio accepted).
         num_mel_bins: mel bins for fbank (80, ESPnet's usual; Kaldi's default is 23).
         num_ceps: cepstra kept for MFCC (13, Kaldi default).
         mfcc_num_mel_bins: mel bins used inside MFCC (23, Kaldi's ``--num-mel-bins`` default
             for ``compute-mfcc-feats``); ``num_mel_bins`` applies to fbank only.
         sample_rate: Hz the features are computed at; other audio is resampled.
         frame_length: window length in ms (25).
-        frame_shift: frame shift in ms (10).
+        frame_shift: frame shift in ms (10); for ``raw`` it must be a whole number of samples.
         dither: dithering constant (0.0 here for reproducible features; Kaldi's default 1.0).
         low_freq: lowest mel-bin frequency in Hz (20, Kaldi default).
         high_freq: highest mel-bin frequency in Hz; 0 means Nyquist, negative is an offset
@@ -142,8 +158,9 @@ class FeatureConfig:
     use_energy: bool = False
 
     def __post_init__(self) -> None:
-        if self.type not in ("fbank", "mfcc"):
-            raise ValueError(f"FeatureConfig.type must be 'fbank' or 'mfcc', got {self.type!r}")
+        if self.type not in FEATURE_TYPES:
+            raise ValueError(f"FeatureConfig.type must be one of {FEATURE_TYPES}, got "
+                             f"{self.type!r}")
         for name in ("num_mel_bins", "num_ceps", "mfcc_num_mel_bins", "sample_rate",
                      "frame_length", "frame_shift"):
             if getattr(self, name) <= 0:
@@ -155,12 +172,20 @@ class FeatureConfig:
         if self.frame_shift > self.frame_length:
             raise ValueError(f"frame_shift {self.frame_shift} ms exceeds frame_length "
                              f"{self.frame_length} ms")
+        if self.type == "raw":
+            samples = self.sample_rate * self.frame_shift / 1000
+            if abs(samples - round(samples)) > 1e-6:
+                raise ValueError(f"raw features need a whole number of samples per frame; "
+                                 f"frame_shift {self.frame_shift} ms at {self.sample_rate} Hz "
+                                 f"is {samples:g}")
 
     @property
     def feat_dim(self) -> int:
-        """Output dimension ``F``."""
+        """Output dimension ``F`` (for ``raw``: samples per frame, 160 at 16 kHz / 10 ms)."""
         if self.type == "mfcc":
             return self.num_ceps
+        if self.type == "raw":
+            return round(self.sample_rate * self.frame_shift / 1000)
         return self.num_mel_bins + int(self.use_energy)
 
     @property
@@ -215,15 +240,23 @@ def _kaldi_compute(samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
                       num_mel_bins=cfg.mfcc_num_mel_bins, **common)
 
 
+def _raw_frames(wav: torch.Tensor, frame_samples: int) -> torch.Tensor:
+    """``(N,)`` samples → ``(ceil(N / F), F)`` frames of ``F = frame_samples``, zero-padded."""
+    pad = -wav.numel() % frame_samples
+    return torch.nn.functional.pad(wav, (0, pad)).reshape(-1, frame_samples)
+
+
 def extract(waveform: torch.Tensor, sample_rate: int, cfg: FeatureConfig, *,
             utt_id: str | None = None) -> torch.Tensor:
-    """Compute Kaldi-compatible fbank or MFCC features of one waveform.
+    """Compute Kaldi-compatible fbank or MFCC features, or raw-waveform frames, of one waveform.
 
     Resamples to ``cfg.sample_rate`` with ``torchaudio.functional.resample`` when
     ``sample_rate`` differs (logged at DEBUG; :func:`compute_features` reports a per-job
     summary), scales samples to the int16 range (``* 32768``) as Kaldi reads PCM, and calls
     ``torchaudio.compliance.kaldi.fbank`` / ``.mfcc`` (Kaldi ``compute-fbank-feats`` /
     ``compute-mfcc-feats`` with ``snip_edges=true``: ``T = 1 + (N - window) // shift``).
+    For ``cfg.type == "raw"`` the (resampled) samples, unscaled in [-1, 1], are cut into
+    ``T = ceil(N / F)`` frames of ``F = cfg.feat_dim`` samples, the last zero-padded.
 
     Args:
         waveform: ``(num_samples,)`` float waveform in [-1, 1] (``(1, num_samples)`` accepted).
@@ -253,7 +286,10 @@ def extract(waveform: torch.Tensor, sample_rate: int, cfg: FeatureConfig, *,
         raise FeatureError(f"{name}: audio too short: {wav.numel()} samples at "
                            f"{cfg.sample_rate} Hz ({wav.numel() / cfg.sample_rate:.3f} s) is less "
                            f"than one {cfg.frame_length:g} ms window; 0 frames")
-    feats = _kaldi_compute(wav * INT16_SCALE, cfg)
+    if cfg.type == "raw":
+        feats = _raw_frames(wav, cfg.feat_dim)
+    else:
+        feats = _kaldi_compute(wav * INT16_SCALE, cfg)
     if feats.shape[0] == 0:
         raise FeatureError(f"{name}: 0 feature frames from {wav.numel()} samples")
     if not torch.isfinite(feats).all():

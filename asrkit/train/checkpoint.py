@@ -204,6 +204,9 @@ def load_model(exp_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | No
                metric: str = "dev_loss") -> tuple[torch.nn.Module, dict]:
     """Build the model of an experiment from ``config.yaml`` and load its weights.
 
+    A ``model.pretrained`` path (initial weights of ``model=pretrained_encoder``) is set to
+    None: the checkpoints hold every weight, so the pretrained file is neither read nor needed.
+
     Args:
         exp_dir: experiment directory written by ``asrkit train``.
         checkpoint: a specific checkpoint file; default: the average of ``avg`` epoch
@@ -230,7 +233,11 @@ def load_model(exp_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | No
     cfg = OmegaConf.load(cfg_path)
     info = OmegaConf.to_container(cfg, resolve=True)
     dims = info["model_dims"]
-    model = instantiate(cfg.model, input_dim=dims["input_dim"], vocab_size=dims["vocab_size"])
+    # a model's "pretrained" argument only initialises training (model=pretrained_encoder);
+    # the checkpoint holds every weight, so the pretrained file is not read (it may be gone)
+    init_only = {"pretrained": None} if "pretrained" in cfg.model else {}
+    model = instantiate(cfg.model, input_dim=dims["input_dim"], vocab_size=dims["vocab_size"],
+                        **init_only)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)["model"]
         used = [Path(checkpoint)]

@@ -31,6 +31,12 @@ N best epochs by it; :func:`asrkit.train.checkpoint.load_model` (``select="best"
 the best ones. Early stopping (``trainer.early_stop.metric`` = ``dev_loss``/``dev_wer``) ends
 training after ``patience`` epochs in a row without an improvement larger than ``min_delta``.
 
+Optimiser parameter groups: a model that has a ``param_groups()`` method (only
+``model=pretrained_encoder`` so far) returns a list of ``{"params": [...], "lr_scale": s,
+...}`` dicts; the optimiser gets one group per dict, with lr = ``optim.optimizer.lr × s``, and
+the scheduler scales every group's lr alike (it keeps each group's own base lr), so the ratio
+holds. Other models give all their parameters to one group. The lr logged is group 0's.
+
 Data-parallel training: launched under ``torchrun`` (``WORLD_SIZE > 1``), each process trains
 on its shard of every epoch's batches (:func:`asrkit.train.data.shard_batches`) with the model
 wrapped in ``DistributedDataParallel`` (:mod:`asrkit.train.ddp`); rank 0 alone writes
@@ -337,7 +343,14 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     cmvn = read_cmvn_stats(train_dir / "cmvn.ark")
     model = instantiate(cfg.model, input_dim=dims["input_dim"], vocab_size=dims["vocab_size"],
                         cmvn_stats=cmvn).to(device)
-    optimizer = instantiate(cfg.optim.optimizer, model.parameters())
+    # Hook: a model with param_groups() (model=pretrained_encoder) gets one optimiser group per
+    # dict it returns, with lr = optimiser lr × the group's "lr_scale"; schedulers scale every
+    # group's lr alike, so the ratio holds. Other models: one group, as before.
+    groups = model.param_groups() if hasattr(model, "param_groups") else None
+    optimizer = instantiate(cfg.optim.optimizer,
+                            model.parameters() if groups is None else groups)
+    for group in optimizer.param_groups if groups is not None else ():
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
     scheduler = instantiate(cfg.optim.scheduler, optimizer) if cfg.optim.get("scheduler") \
         else None
     n_params = count_parameters(model)
