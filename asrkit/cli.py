@@ -384,23 +384,49 @@ def _run_align(args) -> int:
 
 def _add_mkgraph(sub) -> None:
     p = sub.add_parser(
-        "mkgraph", help="build the HCLG decoding graph (Kaldi mkgraph.sh, with pynini)",
-        description="HCLG = min(det(H o C o min(det(L o G)))) with self-loops; writes "
-        "OUT/HCLG.fst (OpenFst), OUT/words.txt and OUT/graph.json (sizes, times). LM words "
-        "the lexicon lacks are left out of G and listed.")
-    p.add_argument("lang", type=Path, help="lang dir (asrkit lang)")
-    p.add_argument("lm", type=Path, help="ARPA n-gram LM (.gz allowed)")
-    p.add_argument("model", type=Path, help="final.mdl or its stage dir")
-    p.add_argument("out", type=Path, help="graph dir to write (e.g. exp/gmm/tri1/graph_tg)")
-    p.add_argument("--self-loop-scale", type=float, default=0.1)
-    p.add_argument("--transition-scale", type=float, default=1.0)
+        "mkgraph", help="build a decoding graph: HCLG for HMM-GMM (Kaldi mkgraph.sh), TLG for "
+        "CTC models (--ctc), with pynini",
+        usage="asrkit mkgraph [-h] LANG LM MODEL OUT [--self-loop-scale S]\n"
+        "       asrkit mkgraph --ctc TOKENIZER LM OUT [--topology standard|compact]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""HMM-GMM: HCLG = min(det(H o C o min(det(L o G)))) with self-loops from a lang
+dir (asrkit lang), an ARPA LM and a model (final.mdl or its stage dir); writes OUT/HCLG.fst
+(OpenFst), OUT/words.txt and OUT/graph.json (sizes, times).
+
+CTC (--ctc): TLG = T o min(det(L o G)) (EESEN, Miao et al., 2015) from the acoustic model's
+sentencepiece model (TOKENIZER, e.g. data/token/bpe_150.model) and an ARPA LM: T is the CTC
+token topology (blank and repeats), L spells every LM word with the tokenizer's pieces.
+Writes OUT/TLG.fst, words.txt, tokens.txt, lexicon.txt and graph.json; decode with
+asrkit decode EXP DATA --method wfst --graph OUT --lm-weight W.
+
+LM words the lexicon lacks (or the tokenizer cannot spell) are left out of G and listed.
+A graph dir that is complete for the same inputs is not rebuilt.""")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="LANG LM MODEL OUT, or with --ctc: TOKENIZER LM OUT")
+    p.add_argument("--ctc", action="store_true", help="build TLG for a CTC model")
+    p.add_argument("--topology", choices=["standard", "compact"], default="standard",
+                   help="--ctc: CTC token FST (standard: EESEN's, exact; compact: fewer arcs "
+                   "for large vocabularies; default %(default)s)")
+    p.add_argument("--self-loop-scale", type=float, default=0.1, help="HCLG only")
+    p.add_argument("--transition-scale", type=float, default=1.0, help="HCLG only")
 
 
 def _run_mkgraph(args) -> int:
+    if args.ctc:
+        from asrkit.decode.wfst import make_tlg_graph
+
+        if len(args.paths) != 3:
+            raise ValueError("mkgraph --ctc takes TOKENIZER LM OUT")
+        tokenizer, lm, out = args.paths
+        out = make_tlg_graph(tokenizer, lm, out, topology=args.topology)
+        print(f"{out / 'TLG.fst'}: written")
+        return 0
     from asrkit.decode.gmm import make_graph
 
-    out = make_graph(args.lang, args.lm, args.model, args.out,
-                     self_loop_scale=args.self_loop_scale,
+    if len(args.paths) != 4:
+        raise ValueError("mkgraph takes LANG LM MODEL OUT (or --ctc TOKENIZER LM OUT)")
+    lang, lm, model, out = args.paths
+    out = make_graph(lang, lm, model, out, self_loop_scale=args.self_loop_scale,
                      transition_scale=args.transition_scale)
     print(f"{out / 'HCLG.fst'}: written")
     return 0
@@ -486,6 +512,9 @@ methods:
   joint_ctc_attention
                    one-pass joint CTC/attention beam search with CTC prefix scoring
                    (Watanabe et al., 2017), weight --ctc-weight on CTC
+  wfst             Viterbi beam search of the CTC posteriors over --graph DIR/TLG.fst
+                   (asrkit mkgraph --ctc), LM weight --lm-weight (acoustic scale 1/W),
+                   --beam in cost units (default 16), --max-active, --blank-penalty; 1-best
 
 HMM-GMM (EXP_DIR is a stage dir holding final.mdl, e.g. exp/gmm/tri1): Viterbi beam
 search over --graph DIR/HCLG.fst (asrkit mkgraph), options --acwt --beam --max-active
@@ -520,11 +549,14 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    help="weight of the LM log-probabilities (default %(default)s)")
     p.add_argument("--word-bonus", type=float, default=0.0,
                    help="added per word inside the LM weight (default %(default)s)")
-    p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph)")
+    p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph); "
+                   "--method wfst: the TLG graph dir")
+    p.add_argument("--blank-penalty", type=float, default=0.0,
+                   help="--method wfst: cost added per blank frame (default %(default)s)")
     p.add_argument("--acwt", type=float, default=0.1,
                    help="HMM-GMM: acoustic scale (1 / LM weight; default %(default)s)")
     p.add_argument("--max-active", type=int, default=7000,
-                   help="HMM-GMM: most tokens per frame (default %(default)s)")
+                   help="HMM-GMM and --method wfst: most tokens per frame (default %(default)s)")
     p.add_argument("--nj", type=int, default=1,
                    help="HMM-GMM: parallel single-threaded jobs (default %(default)s)")
     p.add_argument("--nbest", type=int, default=1,
@@ -565,6 +597,12 @@ def _run_decode(args) -> int:
         print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
         return 0
     beam = 10 if args.beam is None else args.beam
+    if args.method == "wfst":
+        wfst = {"graph": args.graph, "wfst_beam": 16.0 if args.beam is None else args.beam,
+                "max_active": args.max_active, "blank_penalty": args.blank_penalty}
+        beam = 10
+    else:
+        wfst = {}
     if beam != int(beam):
         raise ValueError(f"--beam must be a whole number of hypotheses, got {args.beam}")
     with _progress(total, f"decode {args.data_dir.name}") as bar:
@@ -574,7 +612,7 @@ def _run_decode(args) -> int:
                               maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint,
                               avg=args.avg, device=args.device, max_frames=args.max_frames,
                               lm=args.lm, lm_weight=args.lm_weight, word_bonus=args.word_bonus,
-                              progress=bar.update)
+                              progress=bar.update, **wfst)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
     if rep.nbest is not None:
         print(f"{rep.nbest}: {args.nbest}-best lists")

@@ -139,6 +139,20 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     assert main(["decode", str(exp), str(dev_dir), "--lm", str(arpa)]) == 2
     assert "ctc_prefix_beam" in capsys.readouterr().err
 
+    # TLG graph from the tokenizer and the ARPA, and WFST decoding over it
+    assert main(["mkgraph", "--ctc", str(tok), str(arpa), str(tmp_path / "tlg")]) == 0
+    assert main([*base[:3], "--method", "wfst", "--graph", str(tmp_path / "tlg"),
+                 "--lm-weight", "0.5", "--out", str(tmp_path / "wfst")]) == 0
+    vocab = {w for s_ in sentences for w in s_.split()}
+    hyp_lines = (tmp_path / "wfst" / "text").read_text().splitlines()
+    assert len(hyp_lines) == len((dev_dir / "text").read_text().splitlines())
+    assert {w for line in hyp_lines for w in line.split()[1:]} <= vocab
+    assert json.loads((tmp_path / "wfst" / "decode_summary.json").read_text())["graph"] == \
+        str(tmp_path / "tlg")
+    assert main([*base[:3], "--method", "wfst"]) == 2  # no --graph
+    assert "graph" in capsys.readouterr().err
+    assert main(["mkgraph", "--ctc", str(tok), str(arpa)]) == 2
+
     script = Path(__file__).resolve().parents[1] / "scripts" / "tune_lm_weight.py"
     spec = importlib.util.spec_from_file_location("tune_lm_weight", script)
     mod = importlib.util.module_from_spec(spec)

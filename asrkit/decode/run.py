@@ -8,7 +8,10 @@ Methods (:data:`METHODS`):
 * ``attention_beam`` — beam search with the attention decoder alone
   (:func:`asrkit.decode.attention.attention_beam_search`; needs a model with a decoder);
 * ``joint_ctc_attention`` — one-pass joint CTC/attention beam search with CTC prefix scoring
-  (Watanabe et al., 2017; :func:`asrkit.decode.attention.joint_ctc_attention_beam_search`).
+  (Watanabe et al., 2017; :func:`asrkit.decode.attention.joint_ctc_attention_beam_search`);
+* ``wfst`` — Viterbi beam search of the CTC posteriors over a ``TLG`` graph (EESEN, Miao et al.,
+  2015; :func:`asrkit.decode.wfst.decode_ctc_wfst`), the graph built by ``asrkit mkgraph
+  --ctc`` from the tokenizer and an ARPA LM; 1-best only.
 
 Every beam method can also write an n-best list (``nbest``, format in
 :mod:`asrkit.decode.nbest`) and take a language model by shallow fusion (``lm``: a word
@@ -39,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "decode_data_dir", "pick_device"]
 
-METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention")
+METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst")
 ATTENTION_METHODS = ("attention_beam", "joint_ctc_attention")
 
 
@@ -95,7 +98,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     checkpoint: str | os.PathLike | None = None, avg: int = 1,
                     device: str | None = "auto", max_frames: int = 60000,
                     lm: str | os.PathLike | None = None, lm_weight: float = 0.5,
-                    word_bonus: float = 0.0, progress=None) -> DecodeReport:
+                    word_bonus: float = 0.0, graph: str | os.PathLike | None = None,
+                    wfst_beam: float = 16.0, max_active: int = 7000,
+                    blank_penalty: float = 0.0, progress=None) -> DecodeReport:
     """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
 
     With a beam method and ``nbest > 1`` it also writes ``out_dir/nbest``
@@ -134,6 +139,12 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             not used), or None.
         lm_weight: weight of the LM's natural-log probabilities.
         word_bonus: added per word inside the LM weight.
+        graph: ``wfst``: the graph dir of ``asrkit mkgraph --ctc`` (``TLG.fst``,
+            ``words.txt``, ``tokens.txt``); its LM is searched with weight ``lm_weight``
+            (acoustic scale ``1 / lm_weight``, the ranking of shallow fusion with that weight).
+        wfst_beam: ``wfst``: the search beam in graph-cost units (natural log).
+        max_active: ``wfst``: most tokens kept per frame.
+        blank_penalty: ``wfst``: added to the cost of every blank frame.
         progress: optional callable receiving the number of utterances just decoded.
 
     Returns:
@@ -142,7 +153,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     Raises:
         ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam``,
             ``nbest > 1`` with ``ctc_greedy``, an attention method for a model without
-            an attention decoder, or ``lm`` with ``ctc_greedy``.
+            an attention decoder, ``lm`` with ``ctc_greedy``, ``wfst`` without ``graph`` or
+            with ``lm`` / ``nbest > 1`` / ``word_bonus`` / ``lm_weight <= 0``.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
@@ -156,6 +168,16 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     if lm is not None and method == "ctc_greedy":
         raise ValueError("an LM needs a beam method (ctc_prefix_beam, attention_beam, "
                          "joint_ctc_attention), not ctc_greedy")
+    if method == "wfst":
+        if graph is None:
+            raise ValueError("method wfst needs a graph dir (asrkit mkgraph --ctc TOKENIZER "
+                             "LM.arpa OUT)")
+        if lm is not None or nbest > 1 or word_bonus != 0.0:
+            raise ValueError("method wfst takes its LM from the graph and gives the 1-best "
+                             "only: no lm, nbest or word_bonus")
+        if not lm_weight > 0:
+            raise ValueError(f"wfst: lm_weight must be > 0 (acoustic scale 1/lm_weight), got "
+                             f"{lm_weight}")
     topk = beam if token_topk is None else token_topk
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
@@ -168,6 +190,12 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             raise ValueError(f"{method} needs a model with an attention decoder; {exp_dir} "
                              "is CTC-only (use ctc_greedy or ctc_prefix_beam)")
         ds = FeatureDataset(data_dir, None, max_frames=10**9)
+        if method == "wfst":
+            from asrkit.decode.wfst import CtcDecodingGraph, decode_ctc_wfst_batch
+
+            ctc_graph = CtcDecodingGraph.load(graph, tokenizer=tok)  # searched on the CPU
+            logger.info("wfst: %s, LM weight %g (acoustic scale %g), beam %g, max-active %d",
+                        graph, lm_weight, 1.0 / lm_weight, wfst_beam, max_active)
         fusion = {}
         if lm is not None and Path(lm).is_dir():
             from asrkit.lm.fusion import NeuralTokenScorer
@@ -190,7 +218,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                 fusion["final_scorer"] = scorer.final
             logger.info("shallow fusion: %s, weight %g, word bonus %g", lm, lm_weight,
                         word_bonus)
-        if method != "ctc_greedy":
+        if method not in ("ctc_greedy", "wfst"):
             logger.info("%s: beam %d, n-best %d%s", method, beam, nbest,
                         f", CTC weight {ctc_weight}" if method == "joint_ctc_attention" else "")
         hyps: dict[str, str] = {}
@@ -203,6 +231,17 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             if method == "ctc_greedy":
                 for utt, ids in zip(batch["ids"], ctc_greedy(log_probs, lens)):
                     hyps[utt] = tok.decode(ids)
+            elif method == "wfst":
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # tiny per-frame tensor ops: threads only contend
+                try:
+                    results = decode_ctc_wfst_batch(
+                        log_probs.cpu(), lens.cpu(), ctc_graph, acoustic_scale=1.0 / lm_weight,
+                        beam=wfst_beam, max_active=max_active, blank_penalty=blank_penalty)
+                finally:
+                    torch.set_num_threads(threads)
+                for utt, r in zip(batch["ids"], results):
+                    hyps[utt] = " ".join(r.words)
             else:
                 if method == "ctc_prefix_beam":
                     results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
@@ -240,11 +279,14 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         report = DecodeReport(out_dir / "text", len(hyps), audio, wall, nbest_path)
         logger.info("decoded %d utterances (%.1f s of audio) in %.1f s on %s, RTF %.4f",
                     report.num_utts, audio, wall, dev, report.rtf)
-        summary = {"method": method, "beam": beam if method != "ctc_greedy" else 1,
+        summary = {"method": method,
+                   "beam": {"ctc_greedy": 1, "wfst": wfst_beam}.get(method, beam),
                    "ctc_weight": ctc_weight if method == "joint_ctc_attention" else None,
                    "checkpoint": checkpoint, "avg": avg, "num_utts": report.num_utts,
-                   "lm": str(lm) if lm else None, "lm_weight": lm_weight if lm else None,
+                   "lm": str(lm) if lm else None,
+                   "lm_weight": lm_weight if lm or method == "wfst" else None,
                    "word_bonus": word_bonus if lm else None,
+                   "graph": str(graph) if method == "wfst" else None,
                    "audio_seconds": round(audio, 3), "wall_seconds": round(wall, 3),
                    "rtf": round(report.rtf, 6), "device": str(dev),
                    "threads": torch.get_num_threads() if dev.type == "cpu" else None}

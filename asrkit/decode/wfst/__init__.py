@@ -12,6 +12,10 @@ being the ids of the lang directory's ``phones.txt`` and ``words.txt``.
   (:func:`make_hclg`, Kaldi's ``mkgraph.sh``).
 * :mod:`~asrkit.decode.wfst.decoder`: Viterbi beam search over ``HCLG`` vectorised in torch
   (:func:`decode_fst`, :class:`DecodingGraph`).
+* :mod:`~asrkit.decode.wfst.tlg`: ``TLG`` for CTC models (EESEN): the token FST ``T``
+  (:func:`make_ctc_token_fst`), the sentencepiece-piece lexicon (:func:`make_piece_lexicon`),
+  ``TLG`` (:func:`make_tlg`), the graph dir (:func:`make_tlg_graph`) and the search over CTC
+  log-posteriors (:func:`decode_ctc_wfst`, :class:`CtcDecodingGraph`).
 * :mod:`~asrkit.decode.wfst.fstio`: atomic binary FST I/O and symbol tables.
 """
 
@@ -19,6 +23,7 @@ from asrkit.decode.wfst.decoder import DecodeResult, DecodingError, DecodingGrap
 from asrkit.decode.wfst.fstio import read_fst, read_symbols, symbol_table, write_fst
 from asrkit.decode.wfst.graph import (
     GraphError,
+    add_word_paths,
     arpa_to_fst,
     determinize_star,
     disambig_ids,
@@ -38,26 +43,53 @@ from asrkit.decode.wfst.hclg import (
     make_h_fst,
     make_hclg,
 )
+from asrkit.decode.wfst.tlg import (
+    TOPOLOGIES,
+    CtcDecodingGraph,
+    CtcWfstResult,
+    PieceLexicon,
+    TlgInfo,
+    decode_ctc_wfst,
+    decode_ctc_wfst_batch,
+    make_ctc_token_fst,
+    make_piece_lexicon,
+    make_piece_lexicon_fst,
+    make_tlg,
+    make_tlg_graph,
+)
 
 __all__ = [
+    "TOPOLOGIES",
     "ContextDependencyLike",
+    "CtcDecodingGraph",
+    "CtcWfstResult",
     "DecodeResult",
     "DecodingError",
     "DecodingGraph",
     "GraphError",
     "HclgInfo",
     "MonophoneContext",
+    "PieceLexicon",
+    "TlgInfo",
     "add_self_loops",
+    "add_word_paths",
     "arpa_to_fst",
     "compose_context",
+    "decode_ctc_wfst",
+    "decode_ctc_wfst_batch",
     "decode_fst",
     "determinize_star",
     "disambig_ids",
     "make_context_fst",
+    "make_ctc_token_fst",
     "make_h_fst",
     "make_hclg",
     "make_lexicon_fst",
     "make_lg",
+    "make_piece_lexicon",
+    "make_piece_lexicon_fst",
+    "make_tlg",
+    "make_tlg_graph",
     "minimize_encoded",
     "read_fst",
     "read_symbols",

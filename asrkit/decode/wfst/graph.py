@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import pynini
 
@@ -50,6 +50,7 @@ from asrkit.text.lexicon import Lang, read_symbol_table
 
 __all__ = [
     "GraphError",
+    "add_word_paths",
     "arpa_to_fst",
     "determinize_star",
     "disambig_ids",
@@ -155,8 +156,7 @@ def make_lexicon_fst(lang: Lang, *, sil_prob: float = 0.5, disambig: bool = True
     one = pynini.Weight.one(fst.weight_type())
 
     def arc(src: int, ilabel: int, olabel: int, cost: float, dst: int) -> None:
-        weight = one if cost == 0.0 else pynini.Weight(fst.weight_type(), cost)
-        fst.add_arc(src, pynini.Arc(ilabel, olabel, weight, dst))
+        _add_arc(fst, src, ilabel, olabel, cost, dst)
 
     if sil_prob > 0.0:
         sil_cost, no_sil_cost = -math.log(sil_prob), -math.log1p(-sil_prob)
@@ -178,22 +178,15 @@ def make_lexicon_fst(lang: Lang, *, sil_prob: float = 0.5, disambig: bool = True
     fst.set_start(start)
     fst.set_final(loop, one)
 
-    for word, prob, pron in lexicon.prob_entries():
-        wid = words.get(word)
-        if wid is None:  # make_lang puts every lexicon word in words.txt
-            raise GraphError(f"word {word!r} of the lexicon is not in the lang's word table "
-                             "(words.txt)")
-        pron_cost = -math.log(prob)
-        labels = [phone_id(p, word) for p in pron]
-        src = loop
-        for k, label in enumerate(labels[:-1]):
-            dst = fst.add_state()
-            arc(src, label, wid if k == 0 else _EPS, pron_cost if k == 0 else 0.0, dst)
-            src = dst
-        first = len(labels) == 1
-        for dst, cost in ends:
-            arc(src, labels[-1], wid if first else _EPS,
-                cost + (pron_cost if first else 0.0), dst)
+    def entries() -> Iterable[tuple[int, float, list[int]]]:
+        for word, prob, pron in lexicon.prob_entries():
+            wid = words.get(word)
+            if wid is None:  # make_lang puts every lexicon word in words.txt
+                raise GraphError(f"word {word!r} of the lexicon is not in the lang's word "
+                                 "table (words.txt)")
+            yield wid, -math.log(prob), [phone_id(p, word) for p in pron]
+
+    add_word_paths(fst, entries(), loop=loop, ends=ends)
 
     if disambig:  # fstaddselfloops phones/wdisambig_phones.int phones/wdisambig_words.int
         if "#0" not in words:
@@ -204,6 +197,58 @@ def make_lexicon_fst(lang: Lang, *, sil_prob: float = 0.5, disambig: bool = True
     logger.info("L%s: %d states, %d arcs (sil_prob %g)", "_disambig" if disambig else "",
                 fst.num_states(), _num_arcs(fst), sil_prob)
     return fst
+
+
+def _add_arc(fst: pynini.Fst, src: int, ilabel: int, olabel: int, cost: float, dst: int
+             ) -> None:
+    """Add an arc of cost ``cost`` (tropical; 0 is written as the exact ``One``)."""
+    wtype = fst.weight_type()
+    weight = pynini.Weight.one(wtype) if cost == 0.0 else pynini.Weight(wtype, cost)
+    fst.add_arc(src, pynini.Arc(ilabel, olabel, weight, dst))
+
+
+def add_word_paths(fst: pynini.Fst, entries: Iterable[tuple[int, float, Sequence[int]]], *,
+                   loop: int, ends: Iterable[tuple[int, float]]) -> int:
+    """Add one path per pronunciation to a lexicon transducer under construction: the loop
+    of Kaldi's ``make_lexicon_fst.py``, shared by the phone lexicon (:func:`make_lexicon_fst`)
+    and the sentencepiece-piece lexicon of ``TLG`` (:mod:`asrkit.decode.wfst.tlg`).
+
+    Each path leaves ``loop``, reads the pronunciation's labels one arc each, writes the word
+    id on the first arc (with the pronunciation cost) and ``<eps>`` on the others; its last
+    arc goes to every ``(state, cost)`` of ``ends`` (e.g. back to the loop state, and to the
+    optional-silence state), adding that cost.
+
+    Args:
+        fst: a tropical FST; states are added to it.
+        entries: ``(word id, pronunciation cost -ln p, input labels)``; at least one label
+            each.
+        loop: the state the paths leave.
+        ends: ``(destination state, cost)`` of the last arc's copies.
+
+    Returns:
+        The number of paths added.
+
+    Raises:
+        GraphError: an entry without labels.
+    """
+    ends = tuple(ends)
+    n = 0
+    for wid, pron_cost, labels in entries:
+        if not labels:
+            raise GraphError(f"word id {wid} has an empty pronunciation; expected at least "
+                             "one label")
+        src = loop
+        for k, label in enumerate(labels[:-1]):
+            dst = fst.add_state()
+            _add_arc(fst, src, label, wid if k == 0 else _EPS, pron_cost if k == 0 else 0.0,
+                     dst)
+            src = dst
+        first = len(labels) == 1
+        for dst, cost in ends:
+            _add_arc(fst, src, labels[-1], wid if first else _EPS,
+                     cost + (pron_cost if first else 0.0), dst)
+        n += 1
+    return n
 
 
 # --- G -----------------------------------------------------------------------------------------
