@@ -551,6 +551,12 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    help="added per word inside the LM weight (default %(default)s)")
     p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph); "
                    "--method wfst: the TLG graph dir")
+    p.add_argument("--backend", choices=["asrkit", "flashlight"], default="asrkit",
+                   help="ctc_prefix_beam implementation: asrkit's, or Flashlight's C++ search "
+                   "through torchaudio (pip install asrkit[flashlight]; default %(default)s)")
+    p.add_argument("--lexicon", type=Path,
+                   help="--backend flashlight: constrain output to these words (word list or "
+                   "'WORD piece ...' lexicon); with --lm ARPA the LM runs in KenLM")
     p.add_argument("--blank-penalty", type=float, default=0.0,
                    help="--method wfst: cost added per blank frame (default %(default)s)")
     p.add_argument("--acwt", type=float, default=0.1,
@@ -612,6 +618,7 @@ def _run_decode(args) -> int:
                               maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint,
                               avg=args.avg, device=args.device, max_frames=args.max_frames,
                               lm=args.lm, lm_weight=args.lm_weight, word_bonus=args.word_bonus,
+                              backend=args.backend, lexicon=args.lexicon,
                               progress=bar.update, **wfst)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
     if rep.nbest is not None:

@@ -153,6 +153,25 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     assert "graph" in capsys.readouterr().err
     assert main(["mkgraph", "--ctc", str(tok), str(arpa)]) == 2
 
+    # Flashlight backend (optional extra): lexicon-free and lexicon-constrained with the LM
+    from asrkit.decode.flashlight import flashlight_available
+
+    if flashlight_available():
+        lex = tmp_path / "words.txt"
+        lex.write_text("".join(f"{w}\n" for w in sorted(vocab)))
+        assert main([*base, "--backend", "flashlight", "--out", str(tmp_path / "fl")]) == 0
+        assert main([*base, "--backend", "flashlight", "--lm", str(arpa), "--lexicon", str(lex),
+                     "--lm-weight", "0.5", "--out", str(tmp_path / "fl_lex")]) == 0
+        for d in ("fl", "fl_lex"):
+            lines = (tmp_path / d / "text").read_text().splitlines()
+            assert len(lines) == len(hyp_lines)
+        assert {w for line in (tmp_path / "fl_lex" / "text").read_text().splitlines()
+                for w in line.split()[1:]} <= vocab
+        assert json.loads((tmp_path / "fl_lex" / "decode_summary.json").read_text())[
+            "backend"] == "flashlight"
+    assert main([*base[:3], "--method", "ctc_greedy", "--backend", "flashlight"]) == 2
+    assert "flashlight" in capsys.readouterr().err
+
     script = Path(__file__).resolve().parents[1] / "scripts" / "tune_lm_weight.py"
     spec = importlib.util.spec_from_file_location("tune_lm_weight", script)
     mod = importlib.util.module_from_spec(spec)

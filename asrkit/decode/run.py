@@ -16,6 +16,9 @@ Methods (:data:`METHODS`):
 Every beam method can also write an n-best list (``nbest``, format in
 :mod:`asrkit.decode.nbest`) and take a language model by shallow fusion (``lm``: a word
 n-gram in ARPA format or an ``asrkit train-lm`` neural LM; :mod:`asrkit.lm.fusion`).
+``ctc_prefix_beam`` also runs on Flashlight's C++ beam search (``backend="flashlight"``,
+:mod:`asrkit.decode.flashlight`, ``pip install asrkit[flashlight]``), lexicon-free or
+constrained to a ``lexicon``.
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     lm: str | os.PathLike | None = None, lm_weight: float = 0.5,
                     word_bonus: float = 0.0, graph: str | os.PathLike | None = None,
                     wfst_beam: float = 16.0, max_active: int = 7000,
-                    blank_penalty: float = 0.0, progress=None) -> DecodeReport:
+                    blank_penalty: float = 0.0, backend: str = "asrkit",
+                    lexicon: str | os.PathLike | None = None, progress=None) -> DecodeReport:
     """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
 
     With a beam method and ``nbest > 1`` it also writes ``out_dir/nbest``
@@ -145,6 +149,13 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         wfst_beam: ``wfst``: the search beam in graph-cost units (natural log).
         max_active: ``wfst``: most tokens kept per frame.
         blank_penalty: ``wfst``: added to the cost of every blank frame.
+        backend: ``ctc_prefix_beam``'s implementation: ``"asrkit"``
+            (:func:`asrkit.decode.ctc.ctc_prefix_beam_search`) or ``"flashlight"``
+            (:class:`asrkit.decode.flashlight.FlashlightCTCDecoder`; word n-gram LMs only; its
+            beam counts prefix states, so it gets ``2 × beam`` and ``token_topk + 1``).
+        lexicon: ``backend="flashlight"``: a word list or lexicon file (``WORD`` or ``WORD
+            piece…`` per line) to constrain the output to; with an ``lm`` the LM is then
+            KenLM's (C++). None: lexicon-free.
         progress: optional callable receiving the number of utterances just decoded.
 
     Returns:
@@ -153,7 +164,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     Raises:
         ValueError: unknown ``method``, ``beam < 1``, ``nbest`` outside ``1..beam``,
             ``nbest > 1`` with ``ctc_greedy``, an attention method for a model without
-            an attention decoder, ``lm`` with ``ctc_greedy``, ``wfst`` without ``graph`` or
+            an attention decoder, ``lm`` with ``ctc_greedy``, an unknown ``backend`` or
+            ``flashlight`` with another method or a neural LM, ``lexicon`` without it, ``wfst`` without ``graph`` or
             with ``lm`` / ``nbest > 1`` / ``word_bonus`` / ``lm_weight <= 0``.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
@@ -168,6 +180,13 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     if lm is not None and method == "ctc_greedy":
         raise ValueError("an LM needs a beam method (ctc_prefix_beam, attention_beam, "
                          "joint_ctc_attention), not ctc_greedy")
+    if backend not in ("asrkit", "flashlight"):
+        raise ValueError(f"unknown backend {backend!r}; choose asrkit or flashlight")
+    if backend == "flashlight" and method != "ctc_prefix_beam":
+        raise ValueError(f"backend flashlight implements ctc_prefix_beam, not {method}")
+    if lexicon is not None and backend != "flashlight":
+        raise ValueError("lexicon needs backend flashlight (the asrkit searches are "
+                         "lexicon-free; use --method wfst for a lexicon-constrained graph)")
     if method == "wfst":
         if graph is None:
             raise ValueError("method wfst needs a graph dir (asrkit mkgraph --ctc TOKENIZER "
@@ -197,7 +216,20 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             logger.info("wfst: %s, LM weight %g (acoustic scale %g), beam %g, max-active %d",
                         graph, lm_weight, 1.0 / lm_weight, wfst_beam, max_active)
         fusion = {}
-        if lm is not None and Path(lm).is_dir():
+        fl_decoder = None
+        if backend == "flashlight":
+            if lm is not None and Path(lm).is_dir():
+                raise ValueError("backend flashlight takes a word n-gram (ARPA), not the neural "
+                                 f"LM dir {lm}")
+            from asrkit.decode.flashlight import FlashlightCTCDecoder
+
+            fl_decoder = FlashlightCTCDecoder.from_tokenizer(
+                tok, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_bonus=word_bonus,
+                beam=2 * beam, beam_size_token=topk + 1, nbest=beam)
+            logger.info("flashlight backend: %s, LM %s, weight %g, word bonus %g",
+                        f"lexicon {lexicon}" if lexicon else "lexicon-free", lm, lm_weight,
+                        word_bonus)
+        elif lm is not None and Path(lm).is_dir():
             from asrkit.lm.fusion import NeuralTokenScorer
             from asrkit.lm.neural import load_lm
 
@@ -212,7 +244,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
 
             scorer = WordNgramScorer(read_arpa(lm), tok.pieces(list(range(tok.vocab_size))),
                                      word_bonus=word_bonus)
-        if lm is not None:
+        if lm is not None and fl_decoder is None:
             fusion = {"scorer": scorer, "lm_weight": lm_weight}
             if method == "ctc_prefix_beam":  # label-synchronous searches ask for <eos> instead
                 fusion["final_scorer"] = scorer.final
@@ -243,7 +275,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                 for utt, r in zip(batch["ids"], results):
                     hyps[utt] = " ".join(r.words)
             else:
-                if method == "ctc_prefix_beam":
+                if fl_decoder is not None:
+                    results = fl_decoder.decode(log_probs, lens)
+                elif method == "ctc_prefix_beam":
                     results = ctc_prefix_beam_search_batch(log_probs, lens.cpu(), beam,
                                                            token_topk=topk, **fusion)
                 elif method == "attention_beam":
@@ -287,6 +321,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                    "lm_weight": lm_weight if lm or method == "wfst" else None,
                    "word_bonus": word_bonus if lm else None,
                    "graph": str(graph) if method == "wfst" else None,
+                   "backend": backend, "lexicon": str(lexicon) if lexicon else None,
                    "audio_seconds": round(audio, 3), "wall_seconds": round(wall, 3),
                    "rtf": round(report.rtf, 6), "device": str(dev),
                    "threads": torch.get_num_threads() if dev.type == "cpu" else None}
