@@ -4,8 +4,13 @@ prefix beam search, or n-best rescoring).
 
 Usage:
     # shallow fusion: decode dev once per (weight, bonus) pair
-    python scripts/tune_lm_weight.py fusion EXP DEV_FEATS DEV_TEXT --lm LM.arpa \\
-        [--weights 0.1,0.2,0.3,0.5] [--bonuses 0,0.5,1] [--beam 10] [--avg 5] [--out F.json]
+    python scripts/tune_lm_weight.py fusion EXP DEV_FEATS DEV_TEXT --lm LM.arpa|LM_EXP \\
+        [--weights 0.1,0.2,0.3,0.5] [--bonuses 0,0.5,1] [--beam 10] [--avg 5] [--out F.json] \\
+        [--method ctc_prefix_beam|attention_beam|joint_ctc_attention] [--ctc-weight 0.3] \\
+        [--backend asrkit|flashlight] [--lexicon WORDS]
+    # the LM weight of WFST decoding over a TLG graph (its LM is in the graph; no bonus)
+    python scripts/tune_lm_weight.py fusion EXP DEV_FEATS DEV_TEXT --method wfst --graph DIR \\
+        --bonuses 0
     # n-best rescoring: rescore one n-best file per pair (cheap; no decoding)
     python scripts/tune_lm_weight.py rescore NBEST DEV_TEXT --lm hf:DIR|ngram:FILE \\
         [--weights ...] [--bonuses ...] [--case lower] [--out F.json]
@@ -47,9 +52,12 @@ def sweep_fusion(args) -> list[dict]:
         for w in args.weights:
             for b in args.bonuses:
                 out = Path(tmp) / f"w{w}_b{b}"
-                rep = decode_data_dir(args.exp, args.feats, out, method="ctc_prefix_beam",
-                                      beam=args.beam, avg=args.avg, lm=args.lm, lm_weight=w,
-                                      word_bonus=b, device=args.device)
+                extra = {"graph": args.graph} if args.method == "wfst" else {
+                    "lm": args.lm, "word_bonus": b, "backend": args.backend,
+                    "lexicon": args.lexicon, "ctc_weight": args.ctc_weight}
+                rep = decode_data_dir(args.exp, args.feats, out, method=args.method,
+                                      beam=args.beam, avg=args.avg, lm_weight=w,
+                                      device=args.device, **extra)
                 rows.append({"lm_weight": w, "word_bonus": b, "wer": _wer(args.text, rep.text),
                              "rtf": round(rep.rtf, 5)})
                 print(f"weight {w:g} bonus {b:g}: WER {rows[-1]['wer']:.2f} % "
@@ -87,11 +95,17 @@ def sweep_rescore(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
-    f = sub.add_parser("fusion", help="shallow fusion in ctc_prefix_beam")
+    f = sub.add_parser("fusion", help="shallow fusion in a beam search, or WFST decoding")
     f.add_argument("exp", type=Path)
     f.add_argument("feats", type=Path, help="dev feature data dir")
     f.add_argument("text", type=Path, help="dev reference text")
-    f.add_argument("--lm", type=Path, required=True, help="word n-gram (ARPA)")
+    f.add_argument("--lm", type=Path, help="word n-gram (ARPA) or neural LM dir")
+    f.add_argument("--method", default="ctc_prefix_beam",
+                   choices=["ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst"])
+    f.add_argument("--ctc-weight", type=float, default=0.3, help="joint_ctc_attention")
+    f.add_argument("--backend", choices=["asrkit", "flashlight"], default="asrkit")
+    f.add_argument("--lexicon", type=Path, help="--backend flashlight: word list")
+    f.add_argument("--graph", type=Path, help="--method wfst: TLG graph dir")
     f.add_argument("--beam", type=int, default=10)
     f.add_argument("--avg", type=int, default=1)
     r = sub.add_parser("rescore", help="n-best rescoring")
@@ -105,14 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--device", default="auto")
         q.add_argument("--out", type=Path, default=Path("tune_lm_weight.json"))
     args = p.parse_args(argv)
+    if args.mode == "fusion" and (args.graph is None) == (args.method == "wfst"):
+        p.error("--graph goes with --method wfst (and only with it)")
+    if args.mode == "fusion" and args.method != "wfst" and args.lm is None:
+        p.error("fusion needs --lm (except --method wfst, whose LM is in --graph)")
     rows = sweep_fusion(args) if args.mode == "fusion" else sweep_rescore(args)
     bonus_key = "word_bonus" if args.mode == "fusion" else "length_bonus"
     best = min(rows, key=lambda r: (round(r["wer"], 6), r["lm_weight"], r[bonus_key]))
     print(f"best: weight {best['lm_weight']:g} bonus {best[bonus_key]:g}: WER "
           f"{best['wer']:.2f} %")
     with atomic_write(args.out) as fh:
-        json.dump({"mode": args.mode, "lm": str(args.lm), "rows": rows, "best": best}, fh,
-                  indent=1)
+        info = {"mode": args.mode, "lm": str(args.lm)}
+        if args.mode == "fusion":
+            info.update(method=args.method, backend=args.backend,
+                        graph=str(args.graph) if args.graph else None)
+        json.dump({**info, "rows": rows, "best": best}, fh, indent=1)
     return 0
 
 

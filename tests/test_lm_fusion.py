@@ -182,6 +182,14 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
                      "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert len(res["rows"]) == 2 and res["best"]["wer"] == min(r["wer"] for r in res["rows"])
+    out3 = tmp_path / "tune3.json"
+    assert mod.main(["fusion", str(exp), str(dev_dir), str(dev_dir / "text"), "--method", "wfst",
+                     "--graph", str(tmp_path / "tlg"), "--weights", "0.5,1", "--bonuses", "0",
+                     "--device", "cpu", "--out", str(out3)]) == 0
+    res3 = json.loads(out3.read_text())
+    assert res3["method"] == "wfst" and [r["lm_weight"] for r in res3["rows"]] == [0.5, 1.0]
+    with pytest.raises(SystemExit):  # wfst needs --graph
+        mod.main(["fusion", str(exp), str(dev_dir), str(dev_dir / "text"), "--method", "wfst"])
     # rescore mode over an n-best written by the decoder
     assert main([*base, "--out", str(tmp_path / "nb"), "--nbest", "3"]) == 0
     out2 = tmp_path / "tune2.json"
