@@ -13,7 +13,12 @@ import soundfile as sf
 import torch
 from torchaudio.compliance import kaldi
 
-from asrkit.data.datadir import read_kaldi_map, validate_data_dir, write_kaldi_map
+from asrkit.data.datadir import (
+    read_kaldi_map,
+    spk2utt_from_utt2spk,
+    validate_data_dir,
+    write_kaldi_map,
+)
 from asrkit.features import compute
 from asrkit.features.cmvn import compute_cmvn_stats, read_cmvn_stats
 from asrkit.features.compute import (
@@ -63,10 +68,7 @@ def _make_data_dir(root: Path, *, corrupt: bool = False, empty: bool = False,
     write_kaldi_map(data / "wav.scp", wav_scp)
     write_kaldi_map(data / "text", text)
     write_kaldi_map(data / "utt2spk", utt2spk)
-    spk2utt: dict[str, list[str]] = {}
-    for u, s in sorted(utt2spk.items()):
-        spk2utt.setdefault(s, []).append(u)
-    write_kaldi_map(data / "spk2utt", {s: " ".join(us) for s, us in spk2utt.items()})
+    write_kaldi_map(data / "spk2utt", spk2utt_from_utt2spk(utt2spk))
     return data
 
 

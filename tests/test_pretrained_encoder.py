@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 
 from asrkit.cli import compose_train_config
-from asrkit.data.datadir import read_kaldi_map, write_kaldi_map
+from asrkit.data.datadir import read_kaldi_map, spk2utt_from_utt2spk, write_kaldi_map
 from asrkit.decode.run import decode_data_dir
 from asrkit.features.compute import FeatureConfig, compute_features, extract
 from asrkit.models.pretrained import (
@@ -294,10 +294,7 @@ def _make_wav_data_dir(root: Path, n_utts: int, seed: int) -> Path:
     write_kaldi_map(data / "wav.scp", wav_scp)
     write_kaldi_map(data / "text", text)
     write_kaldi_map(data / "utt2spk", utt2spk)
-    spk2utt: dict[str, list[str]] = {}
-    for u, s in sorted(utt2spk.items()):
-        spk2utt.setdefault(s, []).append(u)
-    write_kaldi_map(data / "spk2utt", {s: " ".join(us) for s, us in spk2utt.items()})
+    write_kaldi_map(data / "spk2utt", spk2utt_from_utt2spk(utt2spk))
     return data
 
 

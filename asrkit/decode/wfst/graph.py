@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import pynini
@@ -50,10 +51,12 @@ from asrkit.text.lexicon import Lang, read_symbol_table
 
 __all__ = [
     "GraphError",
+    "StageTimer",
     "add_word_paths",
     "arpa_to_fst",
     "determinize_star",
     "disambig_ids",
+    "fst_size",
     "make_lexicon_fst",
     "make_lg",
     "minimize_encoded",
@@ -431,6 +434,35 @@ def arpa_to_fst(lm: NgramLM | str | os.PathLike, words: Mapping[str, int] | str 
 
 def _num_arcs(fst: pynini.Fst) -> int:
     return sum(fst.num_arcs(s) for s in fst.states())
+
+
+def fst_size(fst: pynini.Fst) -> tuple[int, int]:
+    """``(states, arcs)`` of an FST."""
+    return fst.num_states(), _num_arcs(fst)
+
+
+class StageTimer:
+    """Sizes and wall seconds of the stages of a graph build (``L``, ``G``, ``LG``, …),
+    logged as each finishes.
+
+    Attributes:
+        sizes: ``{stage: (states, arcs)}``.
+        seconds: ``{stage: seconds since the previous stage ended (or the timer started)}``.
+    """
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, tuple[int, int]] = {}
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def done(self, stage: str, fst: pynini.Fst) -> None:
+        """Record that ``stage`` produced ``fst`` now."""
+        now = time.perf_counter()
+        self.sizes[stage] = fst_size(fst)
+        self.seconds[stage] = now - self._clock
+        self._clock = now
+        logger.info("%s: %d states, %d arcs (%.2f s)", stage, *self.sizes[stage],
+                    self.seconds[stage])
 
 
 def table_compose(fst1: pynini.Fst, fst2: pynini.Fst) -> pynini.Fst:

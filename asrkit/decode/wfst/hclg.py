@@ -49,8 +49,10 @@ import torch
 
 from asrkit.decode.wfst.graph import (
     GraphError,
+    StageTimer,
     determinize_star,
     disambig_ids,
+    fst_size,
     make_lexicon_fst,
     make_lg,
     minimize_encoded,
@@ -129,14 +131,6 @@ class MonophoneContext:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-def _num_arcs(fst: pynini.Fst) -> int:
-    return sum(fst.num_arcs(s) for s in fst.states())
-
-
-def _size(fst: pynini.Fst) -> tuple[int, int]:
-    return fst.num_states(), _num_arcs(fst)
-
 
 def _check_context(N: int, P: int) -> None:
     if not (isinstance(N, int) and N >= 1):
@@ -260,7 +254,7 @@ def make_context_fst(N: int, P: int, phone_ids: Iterable[int], disambig_ids: Ite
             fst.add_arc(s, pynini.Arc(_window_label(table, w, P), _EPS, one,
                                       state((w[1:], k + 1))))
     fst.arcsort("olabel")
-    logger.info("C (N=%d, P=%d): %d states, %d arcs, %d ilabels", N, P, *_size(fst),
+    logger.info("C (N=%d, P=%d): %d states, %d arcs, %d ilabels", N, P, *fst_size(fst),
                 len(table.info))
     return fst, table.info
 
@@ -369,7 +363,7 @@ def compose_context(LG: pynini.Fst, N: int, P: int, phone_ids: Iterable[int],
                                           flush_state(w[1:], 1)))
     out.connect()
     logger.info("CLG = C o LG (N=%d, P=%d): %d states, %d arcs, %d ilabels (%.2f s)", N, P,
-                *_size(out), len(table.info), time.perf_counter() - t0)
+                *fst_size(out), len(table.info), time.perf_counter() - t0)
     return out, table.info
 
 
@@ -508,7 +502,7 @@ def make_h_fst(ilabel_info: Sequence[Window], context_dependency: ContextDepende
                 for src, olabel in sources:
                     fst.add_arc(src, pynini.Arc(tid, olabel, weight, dst))
     fst.arcsort("olabel")
-    logger.info("Ha: %d states, %d arcs, %d disambiguation symbols", *_size(fst),
+    logger.info("Ha: %d states, %d arcs, %d disambiguation symbols", *fst_size(fst),
                 len(disambig_tids))
     return fst, disambig_tids
 
@@ -602,7 +596,7 @@ def add_self_loops(fst: pynini.Fst, transition_model, *, self_loop_scale: float 
                     out.add_arc(s_k, a)
     out.arcsort("ilabel")
     logger.info("add_self_loops (scale %g): %d states (%d added for mixed states), %d arcs",
-                self_loop_scale, out.num_states(), num_split, _num_arcs(out))
+                self_loop_scale, out.num_states(), num_split, fst_size(out)[1])
     return out
 
 
@@ -689,19 +683,10 @@ def make_hclg(lang: Lang, G: pynini.Fst, transition_model,
     N = int(context_dependency.context_width)
     P = int(context_dependency.central_position)
     _check_context(N, P)
-    sizes: dict[str, tuple[int, int]] = {}
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    timer = StageTimer()
+    done, sizes, seconds = timer.done, timer.sizes, timer.seconds
 
-    def done(stage: str, fst: pynini.Fst) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        sizes[stage] = _size(fst)
-        seconds[stage] = now - clock
-        clock = now
-        logger.info("%s: %d states, %d arcs (%.2f s)", stage, *sizes[stage], seconds[stage])
-
-    sizes["G"] = _size(G)
+    sizes["G"] = fst_size(G)
     L = make_lexicon_fst(lang, sil_prob=sil_prob)
     done("L", L)
     LG = make_lg(L, G)

@@ -72,8 +72,10 @@ from asrkit.decode.wfst.decoder import DecodingGraph, decode_fst
 from asrkit.decode.wfst.fstio import read_fst, write_fst
 from asrkit.decode.wfst.graph import (
     GraphError,
+    StageTimer,
     add_word_paths,
     arpa_to_fst,
+    fst_size,
     make_lg,
     remove_disambig,
     table_compose,
@@ -114,9 +116,6 @@ _UNK_WORDS = frozenset({"<unk>", "<UNK>"})
 _DISAMBIG = re.compile(r"#\d+")
 _GRAPH_FILES = ("TLG.fst", "words.txt", "tokens.txt", "lexicon.txt")
 
-
-def _size(fst: pynini.Fst) -> tuple[int, int]:
-    return fst.num_states(), sum(fst.num_arcs(s) for s in fst.states())
 
 
 # --- T -----------------------------------------------------------------------------------------
@@ -212,7 +211,7 @@ def make_ctc_token_fst(num_tokens: int, *, blank: int = BLANK_ID,
         for d in disambig:
             arc(s, d, d, s)
     fst.arcsort("olabel")
-    logger.info("T (%s): %d states, %d arcs for %d tokens", topology, *_size(fst), len(toks))
+    logger.info("T (%s): %d states, %d arcs for %d tokens", topology, *fst_size(fst), len(toks))
     return fst
 
 
@@ -375,7 +374,7 @@ def make_piece_lexicon_fst(lex: PieceLexicon, *, disambig: bool = True) -> pynin
                                   pynini.Weight.one(fst.weight_type()), s))
     fst.arcsort("olabel")
     logger.info("L%s over pieces: %d states, %d arcs", "_disambig" if disambig else "",
-                *_size(fst))
+                *fst_size(fst))
     return fst
 
 
@@ -442,17 +441,8 @@ def make_tlg(tokenizer: Tokenizer | str | os.PathLike, lm: NgramLM | str | os.Pa
         raise ValueError(f"oov must be 'skip' or 'error', got {oov!r}")
     if topology not in TOPOLOGIES:
         raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
-    sizes: dict[str, tuple[int, int]] = {}
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def done(stage: str, fst: pynini.Fst) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        sizes[stage] = _size(fst)
-        seconds[stage] = now - clock
-        clock = now
-        logger.info("%s: %d states, %d arcs (%.2f s)", stage, *sizes[stage], seconds[stage])
+    timer = StageTimer()
+    done, sizes, seconds = timer.done, timer.sizes, timer.seconds
 
     tok = _as_tokenizer(tokenizer)
     source = "" if isinstance(lm, NgramLM) else f"{lm}: "
