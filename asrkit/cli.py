@@ -302,6 +302,10 @@ def _add_train_lm(sub) -> None:
                    help="closed vocabulary: a words.txt or word list; other words -> <unk>")
     n.add_argument("--dev", type=Path,
                    help="text to report perplexity on (same format as the training text)")
+    n.add_argument("--tokenizer", type=Path,
+                   help="a token-level n-gram: sentences are split into this sentencepiece "
+                   "model's pieces (the acoustic model's) before counting; asrkit decode --lm "
+                   "recognises such an ARPA by its '\u2581' pieces and fuses it per token")
     nn_ = ps.add_parser(
         "neural", help="LSTM or Transformer token LM (also: asrkit train-lm model=...)",
         description="Compose conf/lm/config.yaml with Hydra and train, e.g.\n"
@@ -346,13 +350,27 @@ def _run_train_lm(args) -> int:
         with open(args.vocab, encoding="utf-8") as f:
             vocab = [line.split()[0] for line in f if line.split()]
         vocab = [w for w in vocab if w not in ("<eps>", "#0") and not w.startswith("#")]
-    lm = estimate_ngram(_lm_sentences(args.text, args.no_utt_ids), order=args.order,
-                        method=args.method, vocabulary=vocab)
+    if args.tokenizer and vocab is not None:
+        raise ValueError("--vocab and --tokenizer exclude each other (a token LM's vocabulary "
+                         "is the tokenizer's)")
+    tok = None
+    if args.tokenizer:
+        from asrkit.text.tokenizer import Tokenizer
+
+        tok = Tokenizer(args.tokenizer)
+
+    def sentences(paths):
+        for words in _lm_sentences(paths, args.no_utt_ids):
+            yield tok.pieces(tok.encode(" ".join(words))) if tok else words
+
+    lm = estimate_ngram(sentences(args.text), order=args.order, method=args.method,
+                        vocabulary=vocab)
     write_arpa(lm, args.out)
     counts = ", ".join(f"{n}-grams {len(list(lm.ngrams(n)))}" for n in range(1, lm.order + 1))
-    print(f"{args.out}: {args.method} order {lm.order}: {counts}")
+    unit = "token" if tok else "word"
+    print(f"{args.out}: {args.method} {unit} {lm.order}-gram: {counts}")
     if args.dev:
-        print(f"{args.dev}: {lm.perplexity(_lm_sentences([args.dev], args.no_utt_ids))}")
+        print(f"{args.dev}: {lm.perplexity(sentences([args.dev]))}")
     return 0
 
 

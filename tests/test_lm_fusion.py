@@ -37,6 +37,23 @@ def test_scorer_sums_to_the_sentence_log_probability(lm):
         WordNgramScorer(lm, [])
 
 
+def test_token_ngram_scorer_scores_every_piece():
+    from asrkit.lm.fusion import TokenNgramScorer, is_token_lm
+
+    tlm = estimate_ngram([["\u2581A", "C", "\u2581B"], ["\u2581B", "\u2581A"]] * 3, order=2)
+    assert is_token_lm(tlm) and not is_token_lm(estimate_ngram(["A B"], order=2))
+    sc = TokenNgramScorer(tlm, PIECES)
+    prefix, total = (), 0.0
+    for tok in (3, 5, 4):
+        total += sc(prefix, tok)
+        prefix = (*prefix, tok)
+    assert sc(prefix, 2) == pytest.approx(sc.final(prefix))
+    total += sc.final(prefix)
+    assert total == pytest.approx(tlm.score_sentence("\u2581A C \u2581B"))
+    sc.reset()
+    assert TokenNgramScorer(tlm, PIECES).final((3, 5, 4)) == pytest.approx(sc.final((3, 5, 4)))
+
+
 def _posteriors(frames: list[dict[int, float]], vocab: int = len(PIECES)) -> torch.Tensor:
     rows = []
     for f in frames:
@@ -139,6 +156,16 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     assert main(["decode", str(exp), str(dev_dir), "--lm", str(arpa)]) == 2
     assert "ctc_prefix_beam" in capsys.readouterr().err
 
+    # a token-level n-gram (asrkit train-lm ngram --tokenizer) is fused per token
+    tarpa = tmp_path / "tok.arpa"
+    assert main(["train-lm", "ngram", str(train_dir / "text"), str(tarpa), "--order", "3",
+                 "--tokenizer", str(tok), "--dev", str(dev_dir / "text")]) == 0
+    assert "token 3-gram" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "t0"), "--lm", str(tarpa),
+                 "--lm-weight", "0"]) == 0
+    assert (tmp_path / "t0" / "text").read_text() == (tmp_path / "plain" / "text").read_text()
+    assert main([*base, "--out", str(tmp_path / "t1"), "--lm", str(tarpa),
+                 "--lm-weight", "0.5"]) == 0
     # TLG graph from the tokenizer and the ARPA, and WFST decoding over it
     assert main(["mkgraph", "--ctc", str(tok), str(arpa), str(tmp_path / "tlg")]) == 0
     assert main([*base[:3], "--method", "wfst", "--graph", str(tmp_path / "tlg"),

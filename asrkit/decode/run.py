@@ -136,11 +136,13 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
         max_frames: padded frames per batch.
         lm: for shallow fusion in any beam method (``ctc_prefix_beam``, ``attention_beam``,
-            ``joint_ctc_attention``): a word n-gram in ARPA format
+            ``joint_ctc_attention``): an ARPA n-gram over words
             (:class:`asrkit.lm.fusion.WordNgramScorer`; words are the tokenizer's ``▁``-pieces
-            joined), or the directory of an ``asrkit train-lm`` neural LM trained with the
-            same tokenizer (:class:`asrkit.lm.fusion.NeuralTokenScorer`; ``word_bonus`` is
-            not used), or None.
+            joined) or over the tokenizer's pieces (``asrkit train-lm ngram --tokenizer``,
+            recognised by its ``▁`` pieces; :class:`asrkit.lm.fusion.TokenNgramScorer`, no
+            ``word_bonus``), or the directory of an ``asrkit train-lm`` neural LM trained
+            with the same tokenizer (:class:`asrkit.lm.fusion.NeuralTokenScorer`;
+            ``word_bonus`` is not used), or None.
         lm_weight: weight of the LM's natural-log probabilities.
         word_bonus: added per word inside the LM weight.
         graph: ``wfst``: the graph dir of ``asrkit mkgraph --ctc`` (``TLG.fst``,
@@ -222,6 +224,12 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                 raise ValueError("backend flashlight takes a word n-gram (ARPA), not the neural "
                                  f"LM dir {lm}")
             from asrkit.decode.flashlight import FlashlightCTCDecoder
+            from asrkit.lm.fusion import is_token_lm
+            from asrkit.lm.ngram import read_arpa
+
+            if lm is not None and is_token_lm(read_arpa(lm)):
+                raise ValueError(f"backend flashlight takes a word n-gram; {lm} is over tokens "
+                                 "(use the asrkit backend)")
 
             fl_decoder = FlashlightCTCDecoder.from_tokenizer(
                 tok, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_bonus=word_bonus,
@@ -239,11 +247,18 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                                  f"model {tok.vocab_size}; train it with the same tokenizer")
             scorer = NeuralTokenScorer(lm_model)
         elif lm is not None:
-            from asrkit.lm.fusion import WordNgramScorer
+            from asrkit.lm.fusion import TokenNgramScorer, WordNgramScorer, is_token_lm
             from asrkit.lm.ngram import read_arpa
 
-            scorer = WordNgramScorer(read_arpa(lm), tok.pieces(list(range(tok.vocab_size))),
-                                     word_bonus=word_bonus)
+            ngram = read_arpa(lm)
+            pieces = tok.pieces(list(range(tok.vocab_size)))
+            if is_token_lm(ngram):  # asrkit train-lm ngram --tokenizer
+                scorer = TokenNgramScorer(ngram, pieces)
+                if word_bonus:
+                    raise ValueError("word_bonus applies to word n-grams; this ARPA is over "
+                                     "tokens")
+            else:
+                scorer = WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
         if lm is not None and fl_decoder is None:
             fusion = {"scorer": scorer, "lm_weight": lm_weight}
             if method == "ctc_prefix_beam":  # label-synchronous searches ask for <eos> instead

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from asrkit.lm.ngram import LMState, NgramLM
 from asrkit.text.tokenizer import SOS_EOS_ID
 
-__all__ = ["WORD_START", "NeuralTokenScorer", "WordNgramScorer"]
+__all__ = ["WORD_START", "NeuralTokenScorer", "TokenNgramScorer", "WordNgramScorer",
+           "is_token_lm"]
 
 WORD_START = "\u2581"
 """Sentencepiece's word-start marker."""
@@ -110,6 +111,61 @@ class WordNgramScorer:
     def reset(self) -> None:
         """Forget cached prefixes (call between utterances to bound memory)."""
         self._states = {(): (self.lm.start_state(), "")}
+
+
+def is_token_lm(lm: NgramLM) -> bool:
+    """True when ``lm`` is over sentencepiece pieces (``asrkit train-lm ngram --tokenizer``):
+    some 1-gram starts with ``▁``, which word-level text never holds."""
+    return any(w.startswith(WORD_START) for w in lm.vocab)
+
+
+class TokenNgramScorer:
+    """A token-level n-gram (over the acoustic model's sentencepiece pieces, ``asrkit train-lm
+    ngram --tokenizer``) as a prefix scorer: every token is scored as it is emitted,
+    ``log P(piece | previous pieces)``, and ``</s>`` at the end (:meth:`final`). Unlike
+    :class:`WordNgramScorer` there is no word delay, and it is open-vocabulary (any piece
+    sequence gets a probability).
+
+    Args:
+        lm: the token-level model.
+        pieces: the text of every token id (``pieces[i]`` for id ``i``).
+        eos: the ``<sos/eos>`` id, answered with :meth:`final`'s score.
+
+    Raises:
+        ValueError: ``pieces`` is empty.
+    """
+
+    def __init__(self, lm: NgramLM, pieces: Sequence[str], *, eos: int = SOS_EOS_ID) -> None:
+        if not pieces:
+            raise ValueError("pieces is empty; expected the tokenizer's vocabulary")
+        self.lm = lm
+        self.pieces = list(pieces)
+        self.eos = eos
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget cached prefixes (call between utterances to bound memory)."""
+        self._states: dict[tuple[int, ...], LMState] = {(): self.lm.start_state()}
+
+    def _state(self, prefix: tuple[int, ...]) -> LMState:
+        st = self._states.get(prefix)
+        if st is None:
+            st = self._state(prefix[:-1])
+            st = self.lm.score(st, self.pieces[prefix[-1]])[1]
+            self._states[prefix] = st
+        return st
+
+    def __call__(self, prefix: tuple[int, ...], token: int) -> float:
+        """``log P(token | prefix)`` (natural log); for ``eos``, :meth:`final`'s score."""
+        if token == self.eos:
+            return self.final(prefix)
+        lp, st = self.lm.score(self._state(prefix), self.pieces[token])
+        self._states[(*prefix, token)] = st
+        return lp
+
+    def final(self, prefix: tuple[int, ...]) -> float:
+        """``log P(</s> | prefix)``."""
+        return self.lm.final_score(self._state(prefix))
 
 
 class NeuralTokenScorer:
