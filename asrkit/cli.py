@@ -565,6 +565,10 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    "(ARPA file) or a neural LM (asrkit train-lm experiment dir)")
     p.add_argument("--lm-weight", type=float, default=0.5,
                    help="weight of the LM log-probabilities (default %(default)s)")
+    p.add_argument("--extra-lm", nargs=2, action="append", default=[],
+                   metavar=("LM", "WEIGHT"),
+                   help="another LM fused together with --lm, with its own weight (e.g. "
+                   "--lm kn3.arpa --extra-lm exp/lm_lstm 0.2); repeatable")
     p.add_argument("--word-bonus", type=float, default=0.0,
                    help="added per word inside the LM weight (default %(default)s)")
     p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph); "
@@ -602,6 +606,13 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
     p.add_argument("--max-frames", type=int, default=60000, help="padded frames per batch")
 
 
+def _float_arg(option: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{option}: expected a number, got {text!r}") from None
+
+
 def _run_decode(args) -> int:
     from asrkit.data.datadir import read_kaldi_map
     from asrkit.decode.gmm import decode_gmm_data_dir, is_gmm_exp
@@ -636,6 +647,8 @@ def _run_decode(args) -> int:
                               maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint,
                               avg=args.avg, device=args.device, max_frames=args.max_frames,
                               lm=args.lm, lm_weight=args.lm_weight, word_bonus=args.word_bonus,
+                              extra_lms=[(Path(p), _float_arg("--extra-lm", w))
+                                         for p, w in args.extra_lm],
                               backend=args.backend, lexicon=args.lexicon,
                               progress=bar.update, **wfst)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")

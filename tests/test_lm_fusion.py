@@ -54,6 +54,19 @@ def test_token_ngram_scorer_scores_every_piece():
     assert TokenNgramScorer(tlm, PIECES).final((3, 5, 4)) == pytest.approx(sc.final((3, 5, 4)))
 
 
+def test_combined_scorer_is_the_weighted_sum(lm):
+    from asrkit.lm.fusion import CombinedScorer
+
+    a, b = WordNgramScorer(lm, PIECES), WordNgramScorer(lm, PIECES, word_bonus=1.0)
+    both = CombinedScorer([(a, 0.3), (b, 0.5)])
+    for prefix, tok in [((), 3), ((3,), 4), ((3, 4), 2)]:
+        assert both(prefix, tok) == pytest.approx(0.3 * a(prefix, tok) + 0.5 * b(prefix, tok))
+    assert both.final((3, 4)) == pytest.approx(0.3 * a.final((3, 4)) + 0.5 * b.final((3, 4)))
+    both.reset()
+    with pytest.raises(ValueError):
+        CombinedScorer([])
+
+
 def _posteriors(frames: list[dict[int, float]], vocab: int = len(PIECES)) -> torch.Tensor:
     rows = []
     for f in frames:
@@ -166,6 +179,15 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     assert (tmp_path / "t0" / "text").read_text() == (tmp_path / "plain" / "text").read_text()
     assert main([*base, "--out", str(tmp_path / "t1"), "--lm", str(tarpa),
                  "--lm-weight", "0.5"]) == 0
+    # two LMs at once: the word bigram plus the token trigram with weight 0 is the bigram alone
+    assert main([*base, "--out", str(tmp_path / "two"), "--lm", str(arpa), "--lm-weight", "0.5",
+                 "--word-bonus", "1", "--extra-lm", str(tarpa), "0"]) == 0
+    assert (tmp_path / "two" / "text").read_text() == (tmp_path / "w1" / "text").read_text()
+    assert main([*base, "--out", str(tmp_path / "two2"), "--lm", str(arpa),
+                 "--extra-lm", str(tarpa), "0.3"]) == 0
+    assert json.loads((tmp_path / "two2" / "decode_summary.json").read_text())["extra_lms"] == [
+        [str(tarpa), 0.3]]
+    assert main([*base, "--extra-lm", str(tarpa), "x", "--lm", str(arpa)]) == 2
     # TLG graph from the tokenizer and the ARPA, and WFST decoding over it
     assert main(["mkgraph", "--ctc", str(tok), str(arpa), str(tmp_path / "tlg")]) == 0
     assert main([*base[:3], "--method", "wfst", "--graph", str(tmp_path / "tlg"),

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ from asrkit.train.data import FeatureDataset, collate, frame_batches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "decode_data_dir", "pick_device"]
+__all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "decode_data_dir", "fusion_scorer",
+           "pick_device"]
 
 METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst")
 ATTENTION_METHODS = ("attention_beam", "joint_ctc_attention")
@@ -92,6 +94,39 @@ def _distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
     return out
 
 
+def fusion_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *,
+                  word_bonus: float = 0.0):
+    """The shallow-fusion scorer for an LM path (:mod:`asrkit.lm.fusion`): an ``asrkit
+    train-lm`` neural LM directory (:class:`~asrkit.lm.fusion.NeuralTokenScorer`), or an ARPA
+    file over the tokenizer's pieces (:class:`~asrkit.lm.fusion.TokenNgramScorer`) or over
+    words (:class:`~asrkit.lm.fusion.WordNgramScorer`, with ``word_bonus``).
+
+    Raises:
+        ValueError: a neural LM with another vocabulary size, or ``word_bonus`` with a token
+            n-gram.
+        FileNotFoundError, asrkit.lm.ngram.ArpaError: unreadable files.
+    """
+    if Path(lm).is_dir():
+        from asrkit.lm.fusion import NeuralTokenScorer
+        from asrkit.lm.neural import load_lm
+
+        lm_model, lm_tok = load_lm(lm, device)
+        if lm_tok.vocab_size != tok.vocab_size:
+            raise ValueError(f"the LM {lm} has {lm_tok.vocab_size} tokens, the acoustic "
+                             f"model {tok.vocab_size}; train it with the same tokenizer")
+        return NeuralTokenScorer(lm_model)
+    from asrkit.lm.fusion import TokenNgramScorer, WordNgramScorer, is_token_lm
+    from asrkit.lm.ngram import read_arpa
+
+    ngram = read_arpa(lm)
+    pieces = tok.pieces(list(range(tok.vocab_size)))
+    if is_token_lm(ngram):  # asrkit train-lm ngram --tokenizer
+        if word_bonus:
+            raise ValueError(f"word_bonus applies to word n-grams; {lm} is over tokens")
+        return TokenNgramScorer(ngram, pieces)
+    return WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
+
+
 @torch.inference_mode()
 def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     out_dir: str | os.PathLike | None = None, *, method: str = "ctc_greedy",
@@ -101,6 +136,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     checkpoint: str | os.PathLike | None = None, avg: int = 1,
                     device: str | None = "auto", max_frames: int = 60000,
                     lm: str | os.PathLike | None = None, lm_weight: float = 0.5,
+                    extra_lms: Sequence[tuple[str | os.PathLike, float]] = (),
                     word_bonus: float = 0.0, graph: str | os.PathLike | None = None,
                     wfst_beam: float = 16.0, max_active: int = 7000,
                     blank_penalty: float = 0.0, backend: str = "asrkit",
@@ -144,6 +180,10 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             with the same tokenizer (:class:`asrkit.lm.fusion.NeuralTokenScorer`;
             ``word_bonus`` is not used), or None.
         lm_weight: weight of the LM's natural-log probabilities.
+        extra_lms: more LMs fused at the same time as ``lm``, as ``(path, weight)`` pairs
+            (e.g. a word n-gram as ``lm`` and a neural LM here): the search adds
+            ``lm_weight · log P_lm + Σ weight_i · log P_i``
+            (:class:`asrkit.lm.fusion.CombinedScorer`); ``word_bonus`` goes with ``lm``.
         word_bonus: added per word inside the LM weight.
         graph: ``wfst``: the graph dir of ``asrkit mkgraph --ctc`` (``TLG.fst``,
             ``words.txt``, ``tokens.txt``); its LM is searched with weight ``lm_weight``
@@ -179,6 +219,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     if nbest > 1 and method == "ctc_greedy":
         raise ValueError("nbest > 1 needs a beam method, not ctc_greedy")
+    if extra_lms and (lm is None or backend != "asrkit"):
+        raise ValueError("extra_lms need lm (the first LM) and the asrkit backend")
     if lm is not None and method == "ctc_greedy":
         raise ValueError("an LM needs a beam method (ctc_prefix_beam, attention_beam, "
                          "joint_ctc_attention), not ctc_greedy")
@@ -237,34 +279,21 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             logger.info("flashlight backend: %s, LM %s, weight %g, word bonus %g",
                         f"lexicon {lexicon}" if lexicon else "lexicon-free", lm, lm_weight,
                         word_bonus)
-        elif lm is not None and Path(lm).is_dir():
-            from asrkit.lm.fusion import NeuralTokenScorer
-            from asrkit.lm.neural import load_lm
-
-            lm_model, lm_tok = load_lm(lm, dev)
-            if lm_tok.vocab_size != tok.vocab_size:
-                raise ValueError(f"the LM {lm} has {lm_tok.vocab_size} tokens, the acoustic "
-                                 f"model {tok.vocab_size}; train it with the same tokenizer")
-            scorer = NeuralTokenScorer(lm_model)
         elif lm is not None:
-            from asrkit.lm.fusion import TokenNgramScorer, WordNgramScorer, is_token_lm
-            from asrkit.lm.ngram import read_arpa
+            scorer = fusion_scorer(lm, tok, dev, word_bonus=word_bonus)
+            if extra_lms:
+                from asrkit.lm.fusion import CombinedScorer
 
-            ngram = read_arpa(lm)
-            pieces = tok.pieces(list(range(tok.vocab_size)))
-            if is_token_lm(ngram):  # asrkit train-lm ngram --tokenizer
-                scorer = TokenNgramScorer(ngram, pieces)
-                if word_bonus:
-                    raise ValueError("word_bonus applies to word n-grams; this ARPA is over "
-                                     "tokens")
-            else:
-                scorer = WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
+                scorer = CombinedScorer(
+                    [(scorer, lm_weight)]
+                    + [(fusion_scorer(p, tok, dev), float(w)) for p, w in extra_lms])
         if lm is not None and fl_decoder is None:
-            fusion = {"scorer": scorer, "lm_weight": lm_weight}
+            # with extra LMs the weights are inside the CombinedScorer
+            fusion = {"scorer": scorer, "lm_weight": 1.0 if extra_lms else lm_weight}
             if method == "ctc_prefix_beam":  # label-synchronous searches ask for <eos> instead
                 fusion["final_scorer"] = scorer.final
-            logger.info("shallow fusion: %s, weight %g, word bonus %g", lm, lm_weight,
-                        word_bonus)
+            logger.info("shallow fusion: %s, weight %g, word bonus %g%s", lm, lm_weight,
+                        word_bonus, "".join(f"; {p}, weight {w:g}" for p, w in extra_lms))
         if method not in ("ctc_greedy", "wfst"):
             logger.info("%s: beam %d, n-best %d%s", method, beam, nbest,
                         f", CTC weight {ctc_weight}" if method == "joint_ctc_attention" else "")
@@ -333,6 +362,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                    "ctc_weight": ctc_weight if method == "joint_ctc_attention" else None,
                    "checkpoint": checkpoint, "avg": avg, "num_utts": report.num_utts,
                    "lm": str(lm) if lm else None,
+                   "extra_lms": [[str(p), float(w)] for p, w in extra_lms] or None,
                    "lm_weight": lm_weight if lm or method == "wfst" else None,
                    "word_bonus": word_bonus if lm else None,
                    "graph": str(graph) if method == "wfst" else None,

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from asrkit.lm.ngram import LMState, NgramLM
 from asrkit.text.tokenizer import SOS_EOS_ID
 
-__all__ = ["WORD_START", "NeuralTokenScorer", "TokenNgramScorer", "WordNgramScorer",
+__all__ = ["WORD_START", "CombinedScorer", "NeuralTokenScorer", "TokenNgramScorer", "WordNgramScorer",
            "is_token_lm"]
 
 WORD_START = "\u2581"
@@ -222,3 +222,35 @@ class NeuralTokenScorer:
     def final(self, prefix: tuple[int, ...]) -> float:
         """``log P(<eos> | <sos> prefix)``."""
         return self._dist(prefix)[SOS_EOS_ID]
+
+
+class CombinedScorer:
+    """Several LMs fused at once (e.g. a word n-gram and a neural token LM): the score of a
+    token is ``Σ_i w_i · scorer_i(prefix, token)``, and likewise for :meth:`final`. Use it
+    with ``lm_weight = 1`` in the search, the weights being inside.
+
+    Args:
+        parts: ``(scorer, weight)`` pairs; every scorer has ``__call__``, ``final`` and
+            ``reset`` (the scorers of this module).
+
+    Raises:
+        ValueError: ``parts`` is empty.
+    """
+
+    def __init__(self, parts: Sequence[tuple[object, float]]) -> None:
+        if not parts:
+            raise ValueError("CombinedScorer needs at least one (scorer, weight) pair")
+        self.parts = [(sc, float(w)) for sc, w in parts]
+
+    def __call__(self, prefix: tuple[int, ...], token: int) -> float:
+        """``Σ_i w_i · scorer_i(prefix, token)``."""
+        return sum(w * sc(prefix, token) for sc, w in self.parts if w)
+
+    def final(self, prefix: tuple[int, ...]) -> float:
+        """``Σ_i w_i · scorer_i.final(prefix)``."""
+        return sum(w * sc.final(prefix) for sc, w in self.parts if w)
+
+    def reset(self) -> None:
+        """Reset every scorer's cache."""
+        for sc, _ in self.parts:
+            sc.reset()
