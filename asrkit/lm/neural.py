@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.lm import TokenLM
 from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer
+from asrkit.train.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["NeuralSentenceLM", "load_lm", "read_sentences", "train_lm"]
 
@@ -144,7 +145,7 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
     ckdir.mkdir(exist_ok=True)
     start_epoch, best, bad, history, seconds = 1, math.inf, 0, [], 0.0
     if (ckdir / "last.pt").is_file():
-        ck = torch.load(ckdir / "last.pt", map_location=dev, weights_only=True)
+        ck = load_checkpoint(ckdir / "last.pt", map_location=dev)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, best, bad = ck["epoch"] + 1, ck["best"], ck["bad"]
@@ -175,8 +176,7 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
         improved = ppl is None or ppl < best
         if improved:
             best, bad = (ppl if ppl is not None else best), 0
-            torch.save({"model": model.state_dict()}, ckdir / "best.pt.tmp")
-            os.replace(ckdir / "best.pt.tmp", ckdir / "best.pt")
+            save_checkpoint(ckdir / "best.pt", {"model": model.state_dict()})
         else:
             bad += 1
         row = {"epoch": epoch, "train_loss_per_token": tot_loss / max(1, tot_tok),
@@ -188,10 +188,10 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
                     row["train_loss_per_token"], f"{ppl:.3f}" if ppl is not None else "-",
                     " (best)" if improved and ppl is not None else "")
         state = rng.getstate()
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "epoch": epoch, "best": best, "bad": bad, "seconds": seconds,
-                    "rng": [state[0], list(state[1]), state[2]]}, ckdir / "last.pt.tmp")
-        os.replace(ckdir / "last.pt.tmp", ckdir / "last.pt")
+        save_checkpoint(ckdir / "last.pt", {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+            "best": best, "bad": bad, "seconds": seconds,
+            "rng": [state[0], list(state[1]), state[2]]})
         if dev_seqs and bad >= int(tr.patience):
             logger.info("dev perplexity has not improved for %d epochs; stopping", bad)
             break
@@ -217,7 +217,7 @@ def load_lm(exp_dir: str | os.PathLike, device: str | torch.device = "cpu"
                                     "experiment")
     cfg = OmegaConf.load(exp / "config.yaml")
     model = instantiate(cfg.model, vocab_size=int(cfg.vocab_size))
-    ck = torch.load(exp / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    ck = load_checkpoint(exp / "checkpoints" / "best.pt")
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), Tokenizer(cfg.data.tokenizer)
 
