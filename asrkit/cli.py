@@ -532,11 +532,13 @@ methods:
                    (Watanabe et al., 2017), weight --ctc-weight on CTC
   wfst             Viterbi beam search of the CTC posteriors over --graph DIR/TLG.fst
                    (asrkit mkgraph --ctc), LM weight --lm-weight (acoustic scale 1/W),
-                   --beam in cost units (default 16), --max-active, --blank-penalty; 1-best
+                   --beam in cost units (default 16), --max-active, --blank-penalty;
+                   --nbest N from a lattice (--lattice-beam)
 
 HMM-GMM (EXP_DIR is a stage dir holding final.mdl, e.g. exp/gmm/tri1): Viterbi beam
 search over --graph DIR/HCLG.fst (asrkit mkgraph), options --acwt --beam --max-active
---nj; writes OUT/text, OUT/ctm (word CTM, seconds), OUT/decode_summary.json, OUT/failed;
+--nj; writes OUT/text, OUT/ctm (word CTM, seconds), OUT/decode_summary.json, OUT/failed,
+OUT/nbest with --nbest N > 1 (from a lattice, --lattice-beam);
 default OUT is EXP_DIR/decode_<data>_<graph dir name>.
 
 n-best (a beam method with --nbest N, N > 1) also writes OUT/nbest, one hypothesis a
@@ -589,7 +591,13 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    help="HMM-GMM: parallel single-threaded jobs (default %(default)s)")
     p.add_argument("--nbest", type=int, default=1,
                    help="beam methods: write the N best distinct hypotheses per utterance "
-                   "to OUT/nbest (1 <= N <= --beam; default: %(default)s, no nbest file)")
+                   "to OUT/nbest (1 <= N <= --beam; default: %(default)s, no nbest file); "
+                   "--method wfst and HMM-GMM: any N >= 1, the N best distinct word "
+                   "sequences of a lattice, score -(graph cost + acoustic scale x acoustic "
+                   "cost)")
+    p.add_argument("--lattice-beam", type=float, default=8.0,
+                   help="--method wfst and HMM-GMM with --nbest N > 1: lattice pruning beam "
+                   "in cost units (default %(default)s)")
     p.add_argument("--ctc-weight", type=float, default=0.3,
                    help="joint_ctc_attention: weight of the CTC prefix score "
                    "(default: %(default)s)")
@@ -628,13 +636,17 @@ def _run_decode(args) -> int:
                                       beam=13.0 if args.beam is None else args.beam,
                                       max_active=args.max_active, nj=args.nj,
                                       device="cpu" if args.device == "auto" else args.device,
+                                      nbest=args.nbest, lattice_beam=args.lattice_beam,
                                       progress=bar.update)
         print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
+        if rep.nbest is not None:
+            print(f"{rep.nbest}: {args.nbest}-best lists")
         return 0
     beam = 10 if args.beam is None else args.beam
     if args.method == "wfst":
         wfst = {"graph": args.graph, "wfst_beam": 16.0 if args.beam is None else args.beam,
-                "max_active": args.max_active, "blank_penalty": args.blank_penalty}
+                "max_active": args.max_active, "blank_penalty": args.blank_penalty,
+                "lattice_beam": args.lattice_beam}
         beam = 10
     else:
         wfst = {}

@@ -11,6 +11,7 @@ from synth import PHONE_LEXICON, make_phone_feature_dir
 
 from asrkit.cli import main
 from asrkit.data.datadir import read_kaldi_map
+from asrkit.decode.nbest import read_nbest
 from asrkit.models.hmm_gmm import read_ctm
 from asrkit.score import score_files
 from asrkit.text.lexicon import Lexicon, LexiconError, make_lang, read_lang, write_lang
@@ -104,9 +105,18 @@ def test_mkgraph_decode_score_recognise_held_out_utterances(system, capsys):
     assert main(["decode", str(exp / "tri2"), str(test)]) == 0
     report2 = score_files(test / "text", exp / "tri2" / "decode_test_graph" / "text")
     assert report2.wer.sub + report2.wer.dele + report2.wer.ins <= 1, report2.wer
-    # One job gives the same output.
+    # One job gives the same output; with --nbest the 1-best is unchanged and the n-best file
+    # (all jobs merged) starts with it, scores descending.
     assert main(["decode", str(exp / "tri1"), str(test), "--out", str(root / "dec1")]) == 0
     assert (root / "dec1" / "text").read_text() == (out / "text").read_text()
+    assert main(["decode", str(exp / "tri1"), str(test), "--nj", "2", "--nbest", "3",
+                 "--out", str(root / "dec3")]) == 0
+    assert (root / "dec3" / "text").read_text() == (out / "text").read_text()
+    nb = read_nbest(root / "dec3" / "nbest")
+    assert set(nb) == set(hyp)
+    for utt, entries in nb.items():
+        assert entries[0][0] == hyp[utt] and 1 <= len(entries) <= 3
+        assert [sc for _, sc in entries] == sorted((sc for _, sc in entries), reverse=True)
 
 
 def test_align_held_out_data_dir_matches_true_word_boundaries(system):

@@ -450,3 +450,24 @@ def test_graph_dir_written_resumed_and_loaded(workdir, tok, char_tok, arpa, capl
         CtcDecodingGraph.load(workdir / "nowhere")
     with pytest.raises(FileNotFoundError):
         make_tlg_graph(tok.model_path, workdir / "missing.arpa", out)
+
+
+def test_decode_nbest_from_the_lattice(graphs, tok, lm):
+    """``nbest=N``: distinct word sequences, best first, rank 1 the 1-best with score -cost;
+    ``nbest=1`` leaves the result as it was."""
+    g, _ = graphs["bpe", "standard"]
+    rng = random.Random(11)
+    frames, _ = _align([tok.encode(w) for w in SENTENCES[0].split()], rng)
+    lp = _log_posteriors(frames, tok.vocab_size, peak=0.5)
+    one = decode_ctc_wfst(lp, g, acoustic_scale=2.0)
+    r = decode_ctc_wfst(lp, g, acoustic_scale=2.0, nbest=4, lattice_beam=30.0)
+    assert one.nbest is None
+    assert (r.words, r.cost, r.tokens) == (one.words, one.cost, one.tokens)
+    assert r.nbest[0] == (one.words, -one.cost)
+    scores = [s for _, s in r.nbest]
+    assert scores == sorted(scores, reverse=True) and len(r.nbest) == 4
+    assert len({tuple(w) for w, _ in r.nbest}) == 4
+    # a narrow lattice beam keeps only the hypotheses within it of the best
+    narrow = decode_ctc_wfst(lp, g, acoustic_scale=2.0, nbest=4, lattice_beam=1e-3)
+    assert narrow.nbest[0] == r.nbest[0]
+    assert all(s >= scores[0] - 1e-3 - 1e-9 for _, s in narrow.nbest)

@@ -9,7 +9,7 @@ model give a graph dir:
 * ``graph.json`` what was built from what: model, LM, lang, sizes and seconds of each stage,
   LM words left out because the lexicon lacks them
 
-``decode_gmm_data_dir`` is ``steps/decode.sh`` without lattices: GMM log-likelihoods of
+``decode_gmm_data_dir`` is ``steps/decode.sh`` without lattice files: GMM log-likelihoods of
 each utterance's features (the options saved with the model: per-speaker CMN, deltas), a
 Viterbi beam search over ``HCLG`` (:func:`asrkit.decode.wfst.decode_fst`), and in the
 output dir:
@@ -18,6 +18,9 @@ output dir:
 * ``ctm``                 word CTM ``utt-id 1 start duration WORD`` in seconds (word
   boundaries from the position-dependent phones of the best path; Kaldi's
   ``lattice-align-words`` does the same with ``word_boundary.int``)
+* ``nbest``               with ``nbest > 1``: the n-best lists (:mod:`asrkit.decode.nbest`
+  format), from a state-level lattice of the search (Kaldi's ``lattice-to-nbest`` on
+  ``--lattice-beam`` lattices); score ``-(graph cost + acoustic_scale * acoustic cost)``
 * ``decode_summary.json`` options, utterances, audio and wall seconds, real-time factor
 * ``failed``              ``utt<TAB>reason`` of utterances without output (kept going)
 * ``decode.log``
@@ -38,6 +41,7 @@ from pathlib import Path
 import torch
 
 from asrkit.data.datadir import read_kaldi_map, split_evenly
+from asrkit.decode.nbest import write_nbest
 from asrkit.decode.run import DecodeReport
 from asrkit.decode.wfst import DecodingError, DecodingGraph, arpa_to_fst, decode_fst, make_hclg
 from asrkit.decode.wfst.fstio import read_fst, write_fst
@@ -184,7 +188,7 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     id2word = {i: w for w, i in read_symbol_table(Path(graph_path).parent / "words.txt").items()}
     feats = load_features(data_dir, am.meta.get("features") or {})
     tid2pdf = am.tmodel.tid2pdf.to(dev)
-    out = {"hyps": {}, "ctm": {}, "failed": {}, "frames": 0, "seconds": 0.0,
+    out = {"hyps": {}, "ctm": {}, "failed": {}, "nbest": {}, "frames": 0, "seconds": 0.0,
            "am_cost": 0.0, "lm_cost": 0.0}
     start = time.perf_counter()
     for u in utts:
@@ -203,6 +207,8 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
             continue
         words = [id2word[w] for w in res.words]
         out["hyps"][u] = " ".join(words)
+        if res.nbest is not None:
+            out["nbest"][u] = [(" ".join(id2word[w] for w in ws), -c) for ws, c in res.nbest]
         out["frames"] += x.shape[0]
         out["am_cost"] += res.am_cost
         out["lm_cost"] += res.lm_cost
@@ -220,6 +226,7 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                         data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                         *, acoustic_scale: float = 0.1, beam: float = 13.0,
                         max_active: int = 7000, nj: int = 1, device: str | None = "cpu",
+                        nbest: int = 1, lattice_beam: float = 8.0,
                         progress: Callable[[int], None] | None = None) -> DecodeReport:
     """Decode a feature data dir with an HMM-GMM model and a graph dir (Kaldi
     ``steps/decode.sh`` 1-best; outputs in the module docstring).
@@ -237,6 +244,12 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         nj: parallel jobs (spawned single-threaded processes, utterances split Kaldi style);
             1 decodes in this process.
         device: ``cpu`` (default), ``cuda``, ``auto``.
+        nbest: with ``nbest > 1`` also write ``out_dir/nbest``: up to ``nbest`` distinct
+            word sequences per utterance (all jobs merged, utterances sorted), scored
+            ``-(graph cost + acoustic_scale * acoustic cost)`` (natural log, higher better;
+            rank 1 is the ``text`` line); with 1 a stale ``nbest`` file is removed.
+        lattice_beam: ``nbest > 1``: lattice pruning beam in cost units (Kaldi's
+            ``--lattice-beam``, 8.0).
         progress: called with the number of utterances of each finished job.
 
     Returns:
@@ -245,10 +258,15 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
 
     Raises:
         FileNotFoundError: a missing model, graph or data file.
-        ValueError: ``nj < 1`` or features of another dimension than the model's.
+        ValueError: ``nj < 1``, ``nbest < 1``, ``lattice_beam <= 0``, or features of
+            another dimension than the model's.
     """
     if nj < 1:
         raise ValueError(f"nj must be >= 1, got {nj}")
+    if not (isinstance(nbest, int) and nbest >= 1):
+        raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
+    if not lattice_beam > 0:
+        raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
     mpath = model_file(exp)
     graph_dir, data_dir = Path(graph_dir), Path(data_dir)
     gpath = graph_dir / "HCLG.fst"
@@ -258,7 +276,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
         "cpu" if device in (None, "auto") else device)
     utts = list(read_kaldi_map(data_dir / "feats.scp"))
-    opts = {"acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active}
+    opts = {"acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
+            "nbest": nbest, "lattice_beam": lattice_beam}
     with stage_log(out / "decode.log"):
         logger.info("decoding %d utterances of %s with %s and %s (acwt %g, beam %g, "
                     "max-active %d, %d job(s))", len(utts), data_dir, mpath, gpath,
@@ -284,8 +303,10 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         hyps: dict[str, str] = {}
         ctm: dict[str, list[Segment]] = {}
         failed: dict[str, str] = {}
+        nbests: dict[str, list[tuple[str, float]]] = {}
         for r in results:
             hyps.update(r["hyps"])
+            nbests.update(r["nbest"])
             ctm.update(r["ctm"])
             failed.update(r["failed"])
         search_seconds = sum(r["seconds"] for r in results)
@@ -293,13 +314,20 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             for u in sorted(hyps, key=lambda s: s.encode("utf-8")):
                 f.write(f"{u} {hyps[u]}".rstrip() + "\n")
         write_ctm(out / "ctm", ctm)
+        if nbest > 1:
+            write_nbest(out / "nbest", nbests)
+        elif (out / "nbest").is_file():
+            logger.info("removing stale %s (this run asked for the 1-best only)", out / "nbest")
+            (out / "nbest").unlink()
         write_failed(out / "failed", failed)
         durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
         frames = sum(r["frames"] for r in results)
         audio = sum(float(durs[u]) for u in hyps if u in durs) if durs else frames * 0.01
-        report = DecodeReport(out / "text", len(hyps), audio, search_seconds)
+        report = DecodeReport(out / "text", len(hyps), audio, search_seconds,
+                              out / "nbest" if nbest > 1 else None)
         summary = {"method": "wfst_viterbi", "model": str(mpath), "graph": str(gpath),
                    "acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
+                   "nbest": nbest, "lattice_beam": lattice_beam if nbest > 1 else None,
                    "nj": nj, "num_utts": len(hyps), "num_failed": len(failed),
                    "audio_seconds": round(audio, 3), "wall_seconds": round(search_seconds, 3),
                    "elapsed_seconds": round(wall, 3), "rtf": round(report.rtf, 6),

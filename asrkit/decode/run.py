@@ -139,7 +139,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     extra_lms: Sequence[tuple[str | os.PathLike, float]] = (),
                     word_bonus: float = 0.0, graph: str | os.PathLike | None = None,
                     wfst_beam: float = 16.0, max_active: int = 7000,
-                    blank_penalty: float = 0.0, backend: str = "asrkit",
+                    blank_penalty: float = 0.0, lattice_beam: float = 8.0, backend: str = "asrkit",
                     lexicon: str | os.PathLike | None = None, progress=None) -> DecodeReport:
     """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
 
@@ -155,7 +155,12 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         method: one of :data:`METHODS`.
         beam: hypotheses kept by the beam methods (ignored by ``ctc_greedy``).
         nbest: distinct hypothesis texts per utterance to write to ``nbest``
-            (``1 <= nbest <= beam``; > 1 only with a beam method). They are taken from
+            (``1 <= nbest <= beam``; > 1 only with a beam method or ``wfst``). For
+            ``wfst`` they are the ``nbest`` best distinct word sequences of a lattice
+            (:func:`asrkit.decode.wfst.decode_ctc_wfst`; any ``nbest >= 1``, ``beam``
+            unused), scored ``-(graph cost + acoustic cost / lm_weight)`` (natural log,
+            higher better; rank 1 is the 1-best with minus its cost). For the other beam
+            methods they are taken from
             the ``beam`` token sequences the search ends with; token sequences spelling the
             same text are merged (the best one's score is kept), so an utterance gets fewer
             lines when the beam holds fewer distinct texts; a beam of 2-3 × ``nbest`` avoids
@@ -191,6 +196,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         wfst_beam: ``wfst``: the search beam in graph-cost units (natural log).
         max_active: ``wfst``: most tokens kept per frame.
         blank_penalty: ``wfst``: added to the cost of every blank frame.
+        lattice_beam: ``wfst`` with ``nbest > 1``: lattice pruning beam in cost units.
         backend: ``ctc_prefix_beam``'s implementation: ``"asrkit"``
             (:func:`asrkit.decode.ctc.ctc_prefix_beam_search`) or ``"flashlight"``
             (:class:`asrkit.decode.flashlight.FlashlightCTCDecoder`; word n-gram LMs only; its
@@ -208,14 +214,14 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             ``nbest > 1`` with ``ctc_greedy``, an attention method for a model without
             an attention decoder, ``lm`` with ``ctc_greedy``, an unknown ``backend`` or
             ``flashlight`` with another method or a neural LM, ``lexicon`` without it, ``wfst`` without ``graph`` or
-            with ``lm`` / ``nbest > 1`` / ``word_bonus`` / ``lm_weight <= 0``.
+            with ``lm`` / ``word_bonus`` / ``lm_weight <= 0``.
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown decoding method {method!r}; choose from {METHODS}")
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
-    if not 1 <= nbest <= beam:
+    if not 1 <= nbest <= (10**9 if method == "wfst" else beam):
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     if nbest > 1 and method == "ctc_greedy":
         raise ValueError("nbest > 1 needs a beam method, not ctc_greedy")
@@ -235,9 +241,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         if graph is None:
             raise ValueError("method wfst needs a graph dir (asrkit mkgraph --ctc TOKENIZER "
                              "LM.arpa OUT)")
-        if lm is not None or nbest > 1 or word_bonus != 0.0:
-            raise ValueError("method wfst takes its LM from the graph and gives the 1-best "
-                             "only: no lm, nbest or word_bonus")
+        if lm is not None or word_bonus != 0.0:
+            raise ValueError("method wfst takes its LM from the graph: no lm or word_bonus")
         if not lm_weight > 0:
             raise ValueError(f"wfst: lm_weight must be > 0 (acoustic scale 1/lm_weight), got "
                              f"{lm_weight}")
@@ -313,11 +318,14 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                 try:
                     results = decode_ctc_wfst_batch(
                         log_probs.cpu(), lens.cpu(), ctc_graph, acoustic_scale=1.0 / lm_weight,
-                        beam=wfst_beam, max_active=max_active, blank_penalty=blank_penalty)
+                        beam=wfst_beam, max_active=max_active, blank_penalty=blank_penalty,
+                        nbest=nbest, lattice_beam=lattice_beam)
                 finally:
                     torch.set_num_threads(threads)
                 for utt, r in zip(batch["ids"], results):
                     hyps[utt] = " ".join(r.words)
+                    if r.nbest is not None:
+                        nbests[utt] = [(" ".join(w), score) for w, score in r.nbest]
             else:
                 if fl_decoder is not None:
                     results = fl_decoder.decode(log_probs, lens)

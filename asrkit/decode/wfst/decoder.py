@@ -34,6 +34,22 @@ back; if no token is in a final state the cheapest token is used, with a warning
 ``ReachedFinal() == false``). The trace gives the words (output labels) and one input label
 per frame: the transition-id alignment, from which phones (and CTM lines) follow.
 
+**N-best** (``nbest > 1``; Povey et al., 2012, "Generating exact lattices in the WFST
+decoding framework", ICASSP, for the idea; ours is a simpler *state-level* lattice without
+their determinization of the phone-level lattice): during the search every candidate
+transition within ``lattice_beam`` of its frame's best (emitting and epsilon-closure ones,
+not only the winner per destination state), and every winner, is recorded as an arc between
+two lattice nodes, a node being a graph state at a frame (two layers per frame: after the
+emitting step and after the epsilon step). After the search the forward and backward costs
+of the nodes give each arc the cost of the best path through it; arcs more than
+``lattice_beam`` above the best path go, and the rest becomes an OpenFst acceptor over the
+output labels (words), with each arc's cost shifted by the forward costs so that the best
+path costs 0 (exact in float32). ``rmepsilon``, ``determinize`` (tropical: each word
+sequence keeps its cheapest path) and ``shortestpath(nshortest=n)`` give the ``n`` best
+distinct word sequences. The epsilon closure keeps one (the cheapest) epsilon path per pair
+of states, so epsilon paths between the same states with other output labels are not in
+the lattice.
+
 The same search decodes CTC outputs with a ``TLG`` graph: its input labels are token ids
 plus one (``0`` is ``<eps>``; the token FST ``T`` maps a blank and repeated tokens to
 ``<eps>`` outputs), ``tid2pdf = torch.arange(V + 1) - 1`` maps them to the columns of the
@@ -43,6 +59,7 @@ is that every frame consumes exactly one non-``<eps>`` input label.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import struct
@@ -292,6 +309,11 @@ class DecodeResult:
         reached_final: whether the path ends in a final state (else the best token of the
             last frame was taken).
         num_active: ``(T,)`` int64 tokens kept after pruning, per frame.
+        nbest: with ``nbest > 1``: up to ``nbest`` distinct word sequences, each with its
+            total cost (same units as ``cost``: ``lm_cost + acoustic_scale * am_cost`` of its
+            best path in the lattice), cheapest first; the first is ``(words, cost)``. Fewer
+            when the lattice holds fewer within ``lattice_beam`` of the best. None when
+            ``nbest == 1``.
     """
 
     words: list[int]
@@ -301,6 +323,7 @@ class DecodeResult:
     lm_cost: float
     reached_final: bool
     num_active: torch.Tensor
+    nbest: list[tuple[list[int], float]] | None = None
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -362,11 +385,163 @@ def _mark(size: int, idx: torch.Tensor, same: torch.Tensor | None) -> torch.Tens
     return mask
 
 
+class _Lattice:
+    """The state-level lattice recorded during the search (``nbest > 1``; module docstring).
+
+    A node is a graph state in a layer, keyed ``layer * N + state``: layer ``2f`` holds the
+    tokens of frame ``f`` after the emitting step (``f = 0``: the start state before the
+    first frame, ``f = t + 1``: after frame ``t``), layer ``2f + 1`` the tokens after the
+    epsilon step. Arcs go from a layer to the next (an identity arc of cost 0 from each
+    token to itself, the closure entries, the emitting arcs) and are recorded in layer
+    order. A label is a word id (0: none) or ``-1 - c`` for closure entry ``c``, whose words
+    are looked up when the lattice is built. Costs are float64, acoustic costs included.
+    """
+
+    def __init__(self, g: DecodingGraph, lattice_beam: float, col: torch.Tensor):
+        self.g, self.beam, self.n = g, lattice_beam, g.num_states
+        self._col = col  # (E,) score column of each emitting arc
+        self.layer = 0  # the layer of the current frame's emitting-step tokens
+        self.src: list[torch.Tensor] = []
+        self.dst: list[torch.Tensor] = []
+        self.weight: list[torch.Tensor] = []
+        self.label: list[torch.Tensor] = []
+
+    def _keep(self, cost: torch.Tensor, best: float, winners: torch.Tensor) -> torch.Tensor:
+        """Candidates within the lattice beam of ``best``, and the ``winners``."""
+        mask = cost <= best + self.beam
+        mask.index_fill_(0, winners, True)
+        return _where(mask)
+
+    def _add(self, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor,
+             label: torch.Tensor) -> None:
+        base = self.layer * self.n
+        self.src.append(src + base)
+        self.dst.append(dst + (base + self.n))
+        self.weight.append(weight)
+        self.label.append(label)
+
+    def identity(self, st: torch.Tensor) -> None:
+        """The emitting-step tokens ``st`` of the current frame, into the epsilon layer."""
+        self._add(st, st, torch.zeros(st.numel(), dtype=torch.float64, device=st.device),
+                  torch.zeros_like(st))
+
+    def closure(self, src: torch.Tensor, c: torch.Tensor, cost: torch.Tensor, best: float,
+                winners: torch.Tensor) -> None:
+        """Closure candidates: entry ``c`` from state ``src``, total cost ``cost``."""
+        k = self._keep(cost, best, winners)
+        c = _take(c, k)
+        self._add(_take(src, k), _take(self.g.c_dst, c), _take(self.g.c_weight, c), -1 - c)
+
+    def emitting(self, src: torch.Tensor, arc: torch.Tensor, cost: torch.Tensor, best: float,
+                 winners: torch.Tensor, frame_costs: torch.Tensor) -> None:
+        """Emitting candidates: ``arc`` from state ``src`` at total cost ``cost``;
+        ``frame_costs`` is the frame's ``(S,)`` scaled acoustic costs. Moves to the next
+        frame."""
+        g = self.g
+        k = self._keep(cost, best, winners)
+        arc = _take(arc, k)
+        ac = _take(frame_costs, _take(self._col, arc))
+        self.layer += 1
+        self._add(_take(src, k), _take(g.e_dst, arc), _take(g.weight, arc) + ac,
+                  _take(g.olabel, arc))
+        self.layer += 1
+
+    def _closure_words(self, c: int) -> list[int]:
+        g = self.g
+        arcs = g.c_arcs[int(g.c_arc_offsets[c]):int(g.c_arc_offsets[c + 1])]
+        return [int(w) for w in _take(g.olabel, arcs).tolist() if w]
+
+    def nbest(self, end_states: torch.Tensor, end_final: torch.Tensor, n: int
+              ) -> list[tuple[list[int], float]]:
+        """The ``n`` best distinct word sequences of the paths ending in ``end_states``
+        (the last frame's tokens after the epsilon step, final costs ``end_final``), with
+        their costs minus the best path's, cheapest first."""
+        g = self.g
+        dev = end_states.device
+        sizes = [x.numel() for x in self.src]
+        src, dst = torch.cat(self.src), torch.cat(self.dst)
+        weight, label = torch.cat(self.weight), torch.cat(self.label)
+        num = src.numel()
+        end_keys = end_states + (self.layer + 1) * self.n
+        keys, inv = torch.unique(
+            torch.cat([src, dst, end_keys, torch.tensor([g.start], device=dev)]),
+            return_inverse=True)
+        s_id, d_id = inv[:num], inv[num:2 * num]
+        e_id, start_id = inv[2 * num:-1], int(inv[-1])
+        alpha = torch.full((keys.numel(),), math.inf, dtype=torch.float64, device=dev)
+        alpha[start_id] = 0.0
+        bounds = list(itertools.pairwise([0, *itertools.accumulate(sizes)]))
+        for lo, hi in bounds:
+            alpha.scatter_reduce_(0, d_id[lo:hi], alpha[s_id[lo:hi]] + weight[lo:hi], "amin")
+        beta = torch.full_like(alpha, math.inf)
+        beta.scatter_reduce_(0, e_id, end_final, "amin")
+        for lo, hi in reversed(bounds):
+            beta.scatter_reduce_(0, s_id[lo:hi], beta[d_id[lo:hi]] + weight[lo:hi], "amin")
+        total = alpha[e_id] + end_final
+        best = float(total.min())
+        limit = best + self.beam
+        through = alpha[s_id] + weight + beta[d_id]
+        k = _where(through <= limit if math.isfinite(limit) else through < math.inf)
+        s_id, d_id, label = s_id[k], d_id[k], label[k]
+        # Shift by the forward costs: the best path costs 0, every arc >= 0.
+        rel = (alpha[s_id] + weight[k] - alpha[d_id]).clamp_min(0.0)
+        fk = _where(total <= limit if math.isfinite(limit) else total < math.inf)
+        f_id, f_rel = e_id[fk], (total[fk] - best).clamp_min(0.0)
+        nodes = torch.unique(torch.cat([s_id, d_id, f_id,
+                                        torch.tensor([start_id], device=dev)]))
+        fst = pynini.Fst()
+        fst.add_states(nodes.numel())
+        fst.set_start(int(torch.searchsorted(nodes, start_id)))
+        words_of: dict[int, list[int]] = {}
+        for s, d, lab, w in zip(torch.searchsorted(nodes, s_id).tolist(),
+                                torch.searchsorted(nodes, d_id).tolist(), label.tolist(),
+                                rel.tolist()):
+            if lab >= 0:
+                fst.add_arc(s, pynini.Arc(lab, lab, w, d))
+                continue
+            c = -1 - lab
+            if c not in words_of:
+                words_of[c] = self._closure_words(c)
+            ws = words_of[c] or [0]
+            for i, word in enumerate(ws):  # a chain through new states for several words
+                nxt = d if i == len(ws) - 1 else fst.add_state()
+                fst.add_arc(s, pynini.Arc(word, word, w if i == 0 else 0.0, nxt))
+                s = nxt
+        for f, w in zip(torch.searchsorted(nodes, f_id).tolist(), f_rel.tolist()):
+            fst.set_final(f, w)
+        fst = fst.rmepsilon()
+        fst = (pynini.determinize(fst, weight=self.beam) if math.isfinite(self.beam)
+               else pynini.determinize(fst))
+        paths = _fst_paths(pynini.shortestpath(fst, nshortest=n, unique=True))
+        # Arcs on good paths can combine into a path above the beam: leave those out.
+        return [(w, c) for w, c in paths if c <= self.beam + 1e-4]
+
+
+def _fst_paths(fst: pynini.Fst) -> list[tuple[list[int], float]]:
+    """``(labels without 0, cost)`` of every path of an acyclic FST, cheapest first."""
+    out: list[tuple[list[int], float]] = []
+    if fst.start() == pynini.NO_STATE_ID:
+        return out
+    zero = pynini.Weight.zero(fst.weight_type())
+    stack: list[tuple[int, list[int], float]] = [(fst.start(), [], 0.0)]
+    while stack:
+        s, labels, cost = stack.pop()
+        if fst.final(s) != zero:
+            out.append((labels, cost + float(fst.final(s))))
+        for a in fst.arcs(s):
+            stack.append((a.nextstate, labels + [a.olabel] if a.olabel else labels,
+                          cost + float(a.weight)))
+    out.sort(key=lambda x: (x[1], x[0]))
+    return out
+
+
 class _Search:
     """The token sets of one utterance and their backpointer chunks."""
 
-    def __init__(self, g: DecodingGraph, beam: float, max_active: int):
+    def __init__(self, g: DecodingGraph, beam: float, max_active: int,
+                 lattice: _Lattice | None = None):
         self.g = g
+        self.lat = lattice
         self.beam = beam
         self.max_active = max_active
         dev = g.device
@@ -408,6 +583,8 @@ class _Search:
         parent, c, cost = _take(parent, ok), _take(c, ok), _take(cost, ok)
         dst = _take(g.c_dst, c)
         sel = self.best_per_dst(dst, cost)
+        if self.lat is not None:
+            self.lat.closure(_take(st, parent), c, cost, float(co.min()), sel)
         parent, c, cost, dst = _take(parent, sel), _take(c, sel), _take(cost, sel), _take(dst, sel)
         # Compare with the tokens already in the destination states.
         n0 = st.numel()
@@ -434,6 +611,8 @@ class _Search:
         """Epsilon step, pruning and storage of one frame's tokens ``(st, co, prev, arc)``
         (one per state); returns the active ``(states, costs, chunk indices)``."""
         same = active = None
+        if self.lat is not None:
+            self.lat.identity(st)
         if self.any_closure:
             grown = self._epsilon(st, co, prev, arc)
             if grown is not None:
@@ -506,7 +685,8 @@ class _Search:
 
 def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
                tid2pdf: torch.Tensor, *, acoustic_scale: float = 0.1, beam: float = 13.0,
-               max_active: int = 7000, gc_threshold: int = 1_000_000) -> DecodeResult:
+               max_active: int = 7000, gc_threshold: int = 1_000_000, nbest: int = 1,
+               lattice_beam: float = 8.0) -> DecodeResult:
     """Viterbi beam search for the cheapest path of ``graph`` given per-frame scores (Kaldi's
     ``decode-faster`` / ``gmm-decode-faster``); the algorithm is in the module docstring.
 
@@ -529,13 +709,22 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
         max_active: at most this many tokens are kept per frame (7000).
         gc_threshold: compact the backpointers when more than this many are held (and
             twice as many as after the previous compaction); each takes 16 to 24 bytes.
+        nbest: with ``nbest > 1`` a lattice is recorded and the ``nbest`` best distinct word
+            sequences are returned in :attr:`DecodeResult.nbest` (module docstring); 1 (the
+            default) records nothing and returns the same 1-best as before.
+        lattice_beam: ``nbest > 1``: transitions more than this above their frame's best
+            are not recorded (winners always are), and word sequences more than this above
+            the best path are not returned (8.0, cost units like ``beam``; ``inf`` keeps
+            all).
+            Memory grows with it: the recorded transitions of all frames are held until the
+            end of the utterance.
 
     Returns:
-        The best path (:class:`DecodeResult`).
+        The best path (:class:`DecodeResult`), with the n-best list when asked for.
 
     Raises:
-        ValueError: bad shapes, options, or an input label ``tid2pdf`` does not map to a
-            column of ``loglikes``.
+        ValueError: bad shapes, options (``nbest < 1``, ``lattice_beam <= 0``), or an input
+            label ``tid2pdf`` does not map to a column of ``loglikes``.
         DecodingError: no token survives a frame (every path is impossible: ``-inf`` or NaN
             scores, or a graph with dead ends).
     """
@@ -547,6 +736,10 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
         raise ValueError(f"max_active must be an integer >= 1, got {max_active!r}")
     if not (isinstance(gc_threshold, int) and gc_threshold >= 1):
         raise ValueError(f"gc_threshold must be an integer >= 1, got {gc_threshold!r}")
+    if not (isinstance(nbest, int) and nbest >= 1):
+        raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
+    if not (lattice_beam > 0):
+        raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
     if isinstance(graph, pynini.Fst):
         graph = DecodingGraph.from_fst(graph)
     dev = loglikes.device
@@ -566,7 +759,8 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
                          f"{int(col.min())}..{int(col.max())}, but loglikes has {S} columns")
     scores = loglikes.detach().to(torch.float64) * -acoustic_scale  # (T, S) costs
 
-    search = _Search(g, float(beam), max_active)
+    lattice = _Lattice(g, float(lattice_beam), col) if nbest > 1 else None
+    search = _Search(g, float(beam), max_active, lattice)
     e_weight = g.weight[:g.num_emitting]
     z = torch.zeros(1, dtype=torch.int64, device=dev)
     states, costs, idx = search.frame(
@@ -589,6 +783,8 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
             tok, arc, cost = _take(tok, ok), _take(arc, ok), _take(cost, ok)
         dst = _take(g.e_dst, arc)
         sel = search.best_per_dst(dst, cost)
+        if lattice is not None:
+            lattice.emitting(_take(states, tok), arc, cost, best, sel, scores[t])
         tok, arc, cost, dst = _take(tok, sel), _take(arc, sel), _take(cost, sel), _take(dst, sel)
         states, costs, idx = search.frame(dst, cost, _take(idx, tok), arc)
         num_active[t] = states.numel()
@@ -618,6 +814,19 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
     lm_cost = float(g.weight[path].sum()) + final_cost
     am_cost = -float(loglikes.detach().to(torch.float64)[
         torch.arange(T, device=dev), tid2pdf[tids]].sum()) if T else 0.0
-    return DecodeResult(words=words, tids=tids.cpu(), cost=lm_cost + acoustic_scale * am_cost,
-                        am_cost=am_cost, lm_cost=lm_cost, reached_final=reached_final,
-                        num_active=num_active)
+    cost = lm_cost + acoustic_scale * am_cost
+    nbest_list = None
+    if lattice is not None:
+        end_final = g.final[states] if reached_final else torch.zeros_like(costs)
+        nbest_list = _rank_first(lattice.nbest(states, end_final, nbest), words, cost, nbest)
+    return DecodeResult(words=words, tids=tids.cpu(), cost=cost, am_cost=am_cost,
+                        lm_cost=lm_cost, reached_final=reached_final, num_active=num_active,
+                        nbest=nbest_list)
+
+
+def _rank_first(hyps: list[tuple[list[int], float]], words: list[int], cost: float, n: int
+                ) -> list[tuple[list[int], float]]:
+    """Absolute costs of the lattice's n-best (``hyps``: costs relative to the best path),
+    the 1-best ``words`` first at exactly ``cost`` (it is first anyway but for ties)."""
+    rest = [(w, cost + max(rel, 0.0)) for w, rel in hyps if w != words]
+    return [(list(words), cost), *rest][:n]

@@ -679,6 +679,10 @@ class CtcWfstResult:
         am_cost: ``-sum_t`` of the (prior- and blank-adjusted) log-posteriors of the path.
         lm_cost: graph cost (n-gram, ``-ln p``).
         reached_final: whether the path ends in a final state.
+        nbest: with ``nbest > 1``: up to ``nbest`` distinct word sequences (names like
+            ``words``) with their scores ``-cost`` (natural log, higher better: ``-lm_cost -
+            acoustic_scale * am_cost`` of the sequence's best path in the lattice), best
+            first; the first is ``(words, -cost)``. None with ``nbest == 1``.
     """
 
     words: list[str]
@@ -690,6 +694,7 @@ class CtcWfstResult:
     am_cost: float
     lm_cost: float
     reached_final: bool
+    nbest: list[tuple[list[str], float]] | None = None
 
 
 def _token_runs(frames: list[int], blank: int) -> list[tuple[int, int, int]]:
@@ -723,8 +728,8 @@ def decode_ctc_wfst(log_probs: torch.Tensor,
                     graph: CtcDecodingGraph | DecodingGraph | pynini.Fst, *,
                     acoustic_scale: float = 1.0, blank_penalty: float = 0.0,
                     log_priors: torch.Tensor | None = None, prior_scale: float = 1.0,
-                    beam: float = 16.0, max_active: int = 7000, blank: int = BLANK_ID
-                    ) -> CtcWfstResult:
+                    beam: float = 16.0, max_active: int = 7000, blank: int = BLANK_ID,
+                    nbest: int = 1, lattice_beam: float = 8.0) -> CtcWfstResult:
     """Decode one utterance's CTC log-posteriors with a ``TLG`` graph (EESEN): the Viterbi
     beam search of :func:`asrkit.decode.wfst.decode_fst` with ``tid2pdf = arange(V + 1) - 1``.
 
@@ -753,12 +758,16 @@ def decode_ctc_wfst(log_probs: torch.Tensor,
         beam: tokens more than ``beam`` above the frame's best are dropped (16).
         max_active: tokens kept per frame (7000).
         blank: the blank id (0).
+        nbest: also return the ``nbest`` best distinct word sequences from a lattice
+            (:func:`asrkit.decode.wfst.decode_fst`), in :attr:`CtcWfstResult.nbest`.
+        lattice_beam: ``nbest > 1``: the lattice pruning beam in cost units (8.0).
 
     Returns:
         :class:`CtcWfstResult`.
 
     Raises:
-        ValueError: ``log_probs`` not ``(T, V)``, ``V`` not the graph's, bad ``log_priors``.
+        ValueError: ``log_probs`` not ``(T, V)``, ``V`` not the graph's, bad ``log_priors``,
+            ``nbest < 1`` or ``lattice_beam <= 0``.
         asrkit.decode.wfst.DecodingError: no path survives (e.g. ``-inf`` everywhere).
     """
     if log_probs.dim() != 2:
@@ -787,18 +796,22 @@ def decode_ctc_wfst(log_probs: torch.Tensor,
         scores[:, blank] -= blank_penalty
     tid2pdf = torch.arange(V + 1, device=dev) - 1
     r = decode_fst(dg, scores, tid2pdf, acoustic_scale=acoustic_scale, beam=beam,
-                   max_active=max_active)
+                   max_active=max_active, nbest=nbest, lattice_beam=lattice_beam)
     frames = (r.tids - 1).tolist()
     runs = _token_runs(frames, blank)
-    words = ([id2word.get(w, str(w)) for w in r.words] if id2word is not None
-             else [str(w) for w in r.words])
+    def names(ids: list[int]) -> list[str]:
+        return ([id2word.get(w, str(w)) for w in ids] if id2word is not None
+                else [str(w) for w in ids])
+
+    words = names(r.words)
     segments = _word_segments(runs, pieces, len(words)) if pieces is not None else None
     if pieces is not None and segments is None and words:
         logger.debug("no word segments: %d piece groups for %d words", len(runs), len(words))
     return CtcWfstResult(words=words, word_ids=list(r.words), tokens=[k for k, _, _ in runs],
                          frame_tokens=r.tids - 1, segments=segments, cost=r.cost,
                          am_cost=r.am_cost, lm_cost=r.lm_cost,
-                         reached_final=r.reached_final)
+                         reached_final=r.reached_final,
+                         nbest=None if r.nbest is None else [(names(w), -c) for w, c in r.nbest])
 
 
 def decode_ctc_wfst_batch(log_probs: torch.Tensor, lengths: torch.Tensor,
