@@ -117,3 +117,24 @@ def make_phone_feature_dir(path: Path, n_utts: int = 40, seed: int = 0, feat_dim
     path.mkdir(parents=True, exist_ok=True)
     _write_feature_files(path, feats, texts)
     return path, truth
+
+
+def train_tiny_ctc(root: Path, *, n_train: int = 32, n_dev: int = 8, epochs: int = 3
+                   ) -> dict[str, Path]:
+    """A tiny character Transformer-CTC trained for ``epochs`` on synthetic letters, for tests
+    of the decoding paths. Returns ``{"exp", "train", "dev", "tok"}`` paths (the tokenizer's
+    ``.model`` as ``tok``)."""
+    from asrkit.cli import compose_train_config
+    from asrkit.text.tokenizer import train_tokenizer
+    from asrkit.train.loop import train
+
+    train_dir = make_feature_dir(root / "train", n_utts=n_train, seed=0)
+    dev_dir = make_feature_dir(root / "dev", n_utts=n_dev, seed=1)
+    tok = train_tokenizer(train_dir / "text", root / "tok" / "char", model_type="char")
+    exp = root / "exp"
+    train(compose_train_config([
+        f"exp_dir={exp}", f"data.train={train_dir}", f"data.dev={dev_dir}",
+        f"data.tokenizer={tok}", "model.d_model=32", "model.nhead=2", "model.num_layers=1",
+        "model.dim_feedforward=64", "model.specaug=null", f"trainer.max_epochs={epochs}",
+        "trainer.num_threads=1", "data.max_frames=1500"]))
+    return {"exp": exp, "train": train_dir, "dev": dev_dir, "tok": Path(tok)}

@@ -133,21 +133,12 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     import json
     from pathlib import Path
 
-    from asrkit.cli import compose_train_config, main
+    from asrkit.cli import main
     from asrkit.lm.ngram import write_arpa
-    from asrkit.text.tokenizer import train_tokenizer
-    from asrkit.train.loop import train
-    from tests.synth import make_feature_dir
+    from tests.synth import train_tiny_ctc
 
-    train_dir = make_feature_dir(tmp_path / "train", n_utts=32, seed=0)
-    dev_dir = make_feature_dir(tmp_path / "dev", n_utts=8, seed=1)
-    tok = train_tokenizer(train_dir / "text", tmp_path / "tok" / "char", model_type="char")
-    exp = tmp_path / "exp"
-    train(compose_train_config([
-        f"exp_dir={exp}", f"data.train={train_dir}", f"data.dev={dev_dir}",
-        f"data.tokenizer={tok}", "model.d_model=32", "model.nhead=2", "model.num_layers=1",
-        "model.dim_feedforward=64", "model.specaug=null", "trainer.max_epochs=3",
-        "trainer.num_threads=1", "data.max_frames=1500"]))
+    tiny = train_tiny_ctc(tmp_path)
+    exp, train_dir, dev_dir, tok = tiny["exp"], tiny["train"], tiny["dev"], tiny["tok"]
     sentences = [line.split(maxsplit=1)[1] for line in (train_dir / "text").read_text()
                  .splitlines()]
     arpa = tmp_path / "lm.arpa"

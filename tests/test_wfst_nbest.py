@@ -143,24 +143,14 @@ def test_nbest_of_one_word_sequence_and_options():
 def test_decode_data_dir_wfst_writes_the_nbest_file(tmp_path):
     """A tiny CTC model (1 epoch on synthetic letters), a TLG graph, `decode_data_dir(method=
     "wfst", nbest=3)`: the nbest file parses, rank 1 is the text line, scores descend."""
-    from asrkit.cli import compose_train_config
     from asrkit.decode.nbest import read_nbest
     from asrkit.decode.run import decode_data_dir
     from asrkit.decode.wfst import make_tlg_graph
     from asrkit.lm.ngram import estimate_ngram, write_arpa
-    from asrkit.text.tokenizer import train_tokenizer
-    from asrkit.train.loop import train
-    from tests.synth import make_feature_dir
+    from tests.synth import train_tiny_ctc
 
-    train_dir = make_feature_dir(tmp_path / "train", n_utts=16, seed=0)
-    dev_dir = make_feature_dir(tmp_path / "dev", n_utts=4, seed=1)
-    tok = train_tokenizer(train_dir / "text", tmp_path / "tok" / "char", model_type="char")
-    exp = tmp_path / "exp"
-    train(compose_train_config([
-        f"exp_dir={exp}", f"data.train={train_dir}", f"data.dev={dev_dir}",
-        f"data.tokenizer={tok}", "model.d_model=32", "model.nhead=2", "model.num_layers=1",
-        "model.dim_feedforward=64", "model.specaug=null", "trainer.max_epochs=1",
-        "trainer.num_threads=1", "data.max_frames=1500"]))
+    tiny = train_tiny_ctc(tmp_path, n_train=16, n_dev=4, epochs=1)
+    exp, train_dir, dev_dir, tok = tiny["exp"], tiny["train"], tiny["dev"], tiny["tok"]
     sentences = [line.split(maxsplit=1)[1]
                  for line in (train_dir / "text").read_text().splitlines()]
     write_arpa(estimate_ngram(sentences, order=2), tmp_path / "lm.arpa")
