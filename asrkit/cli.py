@@ -317,20 +317,6 @@ def _add_train_lm(sub) -> None:
     nn_.add_argument("--print-config", action="store_true")
 
 
-def _lm_sentences(paths, no_ids: bool):
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for no, line in enumerate(f, 1):
-                words = line.split()
-                if not no_ids:
-                    if not words:
-                        raise ValueError(f"{path}:{no}: empty line; expected 'utt-id WORDS...' "
-                                         "(or pass --no-utt-ids)")
-                    words = words[1:]
-                if words:
-                    yield words
-
-
 def _run_train_lm(args) -> int:
     if args.lm_type == "neural":
         from omegaconf import OmegaConf
@@ -353,15 +339,14 @@ def _run_train_lm(args) -> int:
     if args.tokenizer and vocab is not None:
         raise ValueError("--vocab and --tokenizer exclude each other (a token LM's vocabulary "
                          "is the tokenizer's)")
-    tok = None
-    if args.tokenizer:
-        from asrkit.text.tokenizer import Tokenizer
+    from asrkit.text.tokenizer import Tokenizer, read_transcripts
 
-        tok = Tokenizer(args.tokenizer)
+    tok = Tokenizer(args.tokenizer) if args.tokenizer else None
 
     def sentences(paths):
-        for words in _lm_sentences(paths, args.no_utt_ids):
-            yield tok.pieces(tok.encode(" ".join(words))) if tok else words
+        for path in paths:
+            for text in read_transcripts(path, utt_ids=not args.no_utt_ids):
+                yield tok.pieces(tok.encode(text)) if tok else text.split()
 
     lm = estimate_ngram(sentences(args.text), order=args.order, method=args.method,
                         vocabulary=vocab)
@@ -701,6 +686,7 @@ LMs (--lm):
 def _run_rescore(args) -> int:
     import json
 
+    from asrkit.data.datadir import write_kaldi_map
     from asrkit.decode.nbest import read_nbest, write_nbest
     from asrkit.fileio import atomic_write
     from asrkit.lm.rescore import load_sentence_lm, rescore_nbest
@@ -711,9 +697,7 @@ def _run_rescore(args) -> int:
                                          length_bonus=args.length_bonus,
                                          batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.out / "text") as f:
-        for u in sorted(best, key=lambda s: s.encode("utf-8")):
-            f.write(f"{u} {best[u]}".rstrip() + "\n")
+    write_kaldi_map(args.out / "text", best)
     write_nbest(args.out / "nbest", rescored)
     with atomic_write(args.out / "rescore_summary.json") as f:
         json.dump({"nbest": str(args.nbest), "lm": args.lm, "lm_weight": args.lm_weight,

@@ -30,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from asrkit.data.datadir import write_kaldi_map
 from asrkit.fileio import atomic_write
 from asrkit.score import score_files
 
@@ -39,8 +40,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _wer(ref: Path, hyp: Path) -> float:
-    w = score_files(ref, hyp).wer
-    return 100.0 * (w.sub + w.dele + w.ins) / max(w.ref_units, 1)
+    return score_files(ref, hyp).wer.rate
 
 
 def sweep_fusion(args) -> list[dict]:
@@ -86,7 +86,7 @@ def sweep_rescore(args) -> list[dict]:
             for b in args.bonuses:
                 best, _, _ = rescore_nbest(nbest, Cached(), lm_weight=w, length_bonus=b)
                 hyp = Path(tmp) / "text"
-                hyp.write_text("".join(f"{u} {best[u]}".rstrip() + "\n" for u in sorted(best)))
+                write_kaldi_map(hyp, best)
                 rows.append({"lm_weight": w, "length_bonus": b, "wer": _wer(args.text, hyp)})
                 print(f"weight {w:g} bonus {b:g}: WER {rows[-1]['wer']:.2f} %", flush=True)
     return rows

@@ -333,8 +333,9 @@ class FlashlightCTCDecoder:
         self.words: list[str] | None = None
         use_lm = lm is not None
         self._drop = {blank}
-        # all final hypotheses: the n-best is cut after mapping and de-duplication
-        common = {"nbest": beam, "beam_size": beam, "beam_size_token": beam_size_token,
+        # decode() reads every final hypothesis from Flashlight's decoder itself; the n-best is
+        # cut after mapping and de-duplication
+        common = {"beam_size": beam, "beam_size_token": beam_size_token,
                   "beam_threshold": beam_threshold, "log_add": log_add,
                   "blank_token": self.pieces[blank], "unk_word": unk_word}
 

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-from asrkit.data.datadir import read_kaldi_map, split_evenly
-from asrkit.decode.nbest import write_nbest
+from asrkit.data.datadir import read_kaldi_map, split_evenly, write_kaldi_map
+from asrkit.decode.nbest import write_or_clear_nbest
 from asrkit.decode.run import DecodeReport
 from asrkit.decode.wfst import DecodingError, DecodingGraph, arpa_to_fst, decode_fst, make_hclg
 from asrkit.decode.wfst.fstio import read_fst, write_fst
@@ -186,10 +186,10 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     am = AcousticModel.load(model_path, dev)
     graph = DecodingGraph.from_fst(read_fst(graph_path)).to(dev)
     id2word = {i: w for w, i in read_symbol_table(Path(graph_path).parent / "words.txt").items()}
-    feats = load_features(data_dir, am.meta.get("features") or {})
+    feats = load_features(data_dir, am.meta.get("features") or {}, utt_ids=utts)
     tid2pdf = am.tmodel.tid2pdf.to(dev)
     out = {"hyps": {}, "ctm": {}, "failed": {}, "nbest": {}, "frames": 0, "seconds": 0.0,
-           "am_cost": 0.0, "lm_cost": 0.0}
+           "am_cost": 0.0}
     start = time.perf_counter()
     for u in utts:
         x = feats.get(u)
@@ -211,7 +211,6 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
             out["nbest"][u] = [(" ".join(id2word[w] for w in ws), -c) for ws, c in res.nbest]
         out["frames"] += x.shape[0]
         out["am_cost"] += res.am_cost
-        out["lm_cost"] += res.lm_cost
         if not res.reached_final:
             logger.warning("%s: no final state reached; partial output", u)
         try:
@@ -310,21 +309,14 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             ctm.update(r["ctm"])
             failed.update(r["failed"])
         search_seconds = sum(r["seconds"] for r in results)
-        with atomic_write(out / "text") as f:
-            for u in sorted(hyps, key=lambda s: s.encode("utf-8")):
-                f.write(f"{u} {hyps[u]}".rstrip() + "\n")
+        write_kaldi_map(out / "text", hyps)
         write_ctm(out / "ctm", ctm)
-        if nbest > 1:
-            write_nbest(out / "nbest", nbests)
-        elif (out / "nbest").is_file():
-            logger.info("removing stale %s (this run asked for the 1-best only)", out / "nbest")
-            (out / "nbest").unlink()
+        nbest_path = write_or_clear_nbest(out / "nbest", nbests, nbest)
         write_failed(out / "failed", failed)
         durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
         frames = sum(r["frames"] for r in results)
         audio = sum(float(durs[u]) for u in hyps if u in durs) if durs else frames * 0.01
-        report = DecodeReport(out / "text", len(hyps), audio, search_seconds,
-                              out / "nbest" if nbest > 1 else None)
+        report = DecodeReport(out / "text", len(hyps), audio, search_seconds, nbest_path)
         summary = {"method": "wfst_viterbi", "model": str(mpath), "graph": str(gpath),
                    "acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
                    "nbest": nbest, "lattice_beam": lattice_beam if nbest > 1 else None,

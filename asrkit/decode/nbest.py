@@ -25,13 +25,16 @@ and sees each utterance's list together.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
 
 from asrkit.fileio import atomic_write
 
-__all__ = ["read_nbest", "write_nbest"]
+__all__ = ["read_nbest", "write_nbest", "write_or_clear_nbest"]
+
+logger = logging.getLogger(__name__)
 
 NBest = dict[str, list[tuple[str, float]]]
 
@@ -67,6 +70,23 @@ def write_nbest(path: str | os.PathLike, nbest: NBest) -> Path:
                 words = " ".join(text.split())
                 f.write(f"{utt}-{rank} {score:.6f} {words}".rstrip(" ") + "\n")
     return path
+
+
+def write_or_clear_nbest(path: str | os.PathLike, nbest: NBest, n: int) -> Path | None:
+    """The decode stages' n-best output: with ``n > 1`` write ``nbest`` to ``path``
+    (:func:`write_nbest`) and return it; with ``n == 1`` remove a ``path`` left by an earlier
+    run, so the decode dir stays consistent, and return None.
+
+    Raises:
+        ValueError: as :func:`write_nbest`.
+    """
+    if n > 1:
+        return write_nbest(path, nbest)
+    path = Path(path)
+    if path.is_file():
+        logger.info("removing stale %s (this run asked for the 1-best only)", path)
+        path.unlink()
+    return None
 
 
 def read_nbest(path: str | os.PathLike) -> NBest:

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import torch
 
-from asrkit.data.datadir import read_kaldi_map
+from asrkit.data.datadir import read_kaldi_map, write_kaldi_map
 from asrkit.decode.attention import attention_beam_search, joint_ctc_attention_beam_search
 from asrkit.decode.ctc import ctc_greedy, ctc_prefix_beam_search_batch
-from asrkit.decode.nbest import write_nbest
+from asrkit.decode.nbest import write_or_clear_nbest
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.text.tokenizer import Tokenizer
-from asrkit.train.checkpoint import load_model
+from asrkit.train.checkpoint import load_model, pick_device
 from asrkit.train.data import FeatureDataset, collate, frame_batches
 
 logger = logging.getLogger(__name__)
@@ -66,13 +66,6 @@ class DecodeReport:
     def rtf(self) -> float:
         """Real-time factor: decoding wall time / audio duration."""
         return self.wall_seconds / max(self.audio_seconds, 1e-9)
-
-
-def pick_device(device: str | None = "auto") -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU; otherwise ``torch.device(device)``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
@@ -270,30 +263,30 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             if lm is not None and Path(lm).is_dir():
                 raise ValueError("backend flashlight takes a word n-gram (ARPA), not the neural "
                                  f"LM dir {lm}")
-            from asrkit.decode.flashlight import FlashlightCTCDecoder
+            from asrkit.decode.flashlight import FlashlightCTCDecoder, kenlm_available
             from asrkit.lm.fusion import is_token_lm
             from asrkit.lm.ngram import read_arpa
 
-            if lm is not None and is_token_lm(read_arpa(lm)):
+            fl_lm = None if lm is None else read_arpa(lm)
+            if fl_lm is not None and is_token_lm(fl_lm):
                 raise ValueError(f"backend flashlight takes a word n-gram; {lm} is over tokens "
                                  "(use the asrkit backend)")
-
+            if fl_lm is not None and lexicon is not None and kenlm_available():
+                fl_lm = lm  # a path: KenLM reads it (C++)
             fl_decoder = FlashlightCTCDecoder.from_tokenizer(
-                tok, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_bonus=word_bonus,
+                tok, lexicon=lexicon, lm=fl_lm, lm_weight=lm_weight, word_bonus=word_bonus,
                 beam=2 * beam, beam_size_token=topk + 1, nbest=beam)
             logger.info("flashlight backend: %s, LM %s, weight %g, word bonus %g",
                         f"lexicon {lexicon}" if lexicon else "lexicon-free", lm, lm_weight,
                         word_bonus)
         elif lm is not None:
             scorer = fusion_scorer(lm, tok, dev, word_bonus=word_bonus)
-            if extra_lms:
+            if extra_lms:  # the weights go inside the CombinedScorer
                 from asrkit.lm.fusion import CombinedScorer
 
                 scorer = CombinedScorer(
                     [(scorer, lm_weight)]
                     + [(fusion_scorer(p, tok, dev), float(w)) for p, w in extra_lms])
-        if lm is not None and fl_decoder is None:
-            # with extra LMs the weights are inside the CombinedScorer
             fusion = {"scorer": scorer, "lm_weight": 1.0 if extra_lms else lm_weight}
             if method == "ctc_prefix_beam":  # label-synchronous searches ask for <eos> instead
                 fusion["final_scorer"] = scorer.final
@@ -349,16 +342,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             if progress:
                 progress(len(batch_idx))
         wall = time.perf_counter() - start
-        with atomic_write(out_dir / "text") as f:
-            for utt in sorted(hyps, key=lambda u: u.encode("utf-8")):
-                f.write(f"{utt} {hyps[utt]}\n".replace(" \n", "\n"))
-        nbest_path = None
-        if nbest > 1:
-            nbest_path = write_nbest(out_dir / "nbest", nbests)
-        elif (out_dir / "nbest").is_file():
-            logger.info("removing stale %s (this run asked for the 1-best only)",
-                        out_dir / "nbest")
-            (out_dir / "nbest").unlink()
+        write_kaldi_map(out_dir / "text", hyps)
+        nbest_path = write_or_clear_nbest(out_dir / "nbest", nbests, nbest)
         durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
         audio = sum(float(durs[u]) if u in durs else n * 0.01
                     for u, n in zip(ds.ids, ds.lengths))

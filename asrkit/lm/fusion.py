@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from asrkit.lm.ngram import LMState, NgramLM
 from asrkit.text.tokenizer import SOS_EOS_ID
 
@@ -179,10 +181,7 @@ class NeuralTokenScorer:
     """
 
     def __init__(self, model) -> None:
-        import torch
-
         self.model = model
-        self._torch = torch
         self._lstm = hasattr(model, "lstm")
         self.reset()
 
@@ -194,7 +193,6 @@ class NeuralTokenScorer:
         hit = self._cache.get(prefix)
         if hit is not None:
             return hit[0]
-        torch = self._torch
         dev = next(self.model.parameters()).device
         with torch.inference_mode():
             if self._lstm:

@@ -30,33 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.lm import TokenLM
-from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer
-from asrkit.train.checkpoint import load_checkpoint, save_checkpoint
+from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer, read_transcripts
+from asrkit.train.checkpoint import load_checkpoint, pick_device, save_checkpoint
 
-__all__ = ["NeuralSentenceLM", "load_lm", "read_sentences", "train_lm"]
+__all__ = ["NeuralSentenceLM", "load_lm", "train_lm"]
 
 logger = logging.getLogger(__name__)
-
-
-def read_sentences(path: str | os.PathLike, utt_ids: bool = True) -> list[str]:
-    """Sentences of a text file: Kaldi ``text`` (the first field dropped) or plain lines.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a Kaldi line with only an id, naming ``file:line``.
-    """
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            words = line.split()
-            if utt_ids:
-                if len(words) < 2:
-                    raise ValueError(f"{path}:{no}: expected 'utt-id WORDS...', got "
-                                     f"{line.rstrip()!r}")
-                words = words[1:]
-            if words:
-                out.append(" ".join(words))
-    return out
 
 
 def _batches(seqs: list[list[int]], max_tokens: int, rng: random.Random | None
@@ -124,15 +103,14 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
     tr, dc = cfg.trainer, cfg.data
     if tr.get("num_threads"):
         torch.set_num_threads(int(tr.num_threads))
-    dev = torch.device("cuda" if tr.device == "auto" and torch.cuda.is_available()
-                       else "cpu" if tr.device == "auto" else tr.device)
+    dev = pick_device(tr.device)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = Tokenizer(dc.tokenizer)
-    train_seqs = [tok.encode(s) for s in read_sentences(dc.train, dc.utt_ids)]
+    train_seqs = [tok.encode(s) for s in read_transcripts(dc.train, utt_ids=dc.utt_ids)]
     if not train_seqs:
         raise ValueError(f"{dc.train}: no training sentence")
-    dev_seqs = [tok.encode(s) for s in read_sentences(dc.dev, dc.utt_ids)] if dc.dev else []
+    dev_seqs = [tok.encode(s) for s in read_transcripts(dc.dev, utt_ids=dc.utt_ids)] if dc.dev else []
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["vocab_size"] = tok.vocab_size
     with atomic_write(exp / "config.yaml") as f:
@@ -143,7 +121,7 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
     ckdir = exp / "checkpoints"
     ckdir.mkdir(exist_ok=True)
-    start_epoch, best, bad, history, seconds = 1, math.inf, 0, [], 0.0
+    start_epoch, best, bad, seconds = 1, math.inf, 0, 0.0
     if (ckdir / "last.pt").is_file():
         ck = load_checkpoint(ckdir / "last.pt", map_location=dev)
         model.load_state_dict(ck["model"])
@@ -181,7 +159,6 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
             bad += 1
         row = {"epoch": epoch, "train_loss_per_token": tot_loss / max(1, tot_tok),
                "dev_ppl": ppl, "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(row)
         with open(exp / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         logger.info("epoch %d: train loss %.4f per token, dev perplexity %s%s", epoch,
@@ -232,9 +209,7 @@ class NeuralSentenceLM:
     """
 
     def __init__(self, exp_dir: str | os.PathLike, device: str = "auto") -> None:
-        dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
-            "cpu" if device == "auto" else device)
-        self.model, self.tok = load_lm(exp_dir, dev)
+        self.model, self.tok = load_lm(exp_dir, pick_device(device))
 
     def score(self, texts, batch_size: int = 64) -> list[float]:
         """Natural-log ``P(text <eos>)`` of each text."""

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from asrkit.decode.nbest import NBest
+from asrkit.train.checkpoint import pick_device
 
 __all__ = ["HFCausalLM", "NgramSentenceLM", "load_sentence_lm", "rescore_nbest"]
 
@@ -72,8 +73,7 @@ class HFCausalLM:
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("rescoring with hf: LMs needs transformers: pip install "
                               "'asrkit[llm]'") from e
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if device == "auto" else device)
+        self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         self.model.eval().to(self.device)

@@ -40,10 +40,10 @@ naming the file and keys. A fairseq checkpoint must first be converted
 (``torchaudio.models.wav2vec2.utils.import_fairseq_model``, then ``torch.save`` its
 ``state_dict()``).
 
-The file is read when the model is built with ``pretrained`` set, i.e. when training starts
-(and again on a resume, before the checkpoint overwrites every weight). A trained experiment
-does not need it: :func:`asrkit.train.checkpoint.load_model` builds the model with
-``pretrained=None`` because the checkpoint holds all weights, so decoding works after the
+The file is read when the model is built with ``pretrained`` set, i.e. when training starts.
+A resumed run and a trained experiment do not need it:
+:func:`asrkit.train.checkpoint.instantiate_model` builds the model with ``pretrained=None``
+when a checkpoint will supply every weight, so resuming and decoding work after the
 pretrained file is gone.
 
 Fine-tuning (training mode only):
@@ -572,7 +572,8 @@ class PretrainedEncoderCTC(CTCModel):
         freeze = False
         if self.training and torch.is_grad_enabled():
             self.num_updates += 1
-            freeze = int(self.num_updates) <= self.freeze_encoder_updates
+            freeze = (self.freeze_encoder_updates > 0
+                      and int(self.num_updates) <= self.freeze_encoder_updates)
         with torch.no_grad() if freeze else contextlib.nullcontext():
             feats, lens = self.wav2vec2.feature_extractor(wav, wav_lens)
             enc = self.wav2vec2.encoder

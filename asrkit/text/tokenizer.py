@@ -26,24 +26,36 @@ from asrkit.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLANK_ID", "SOS_EOS_ID", "UNK_ID", "Tokenizer", "train_tokenizer"]
+__all__ = ["BLANK_ID", "SOS_EOS_ID", "UNK_ID", "Tokenizer", "read_transcripts",
+           "train_tokenizer"]
 
 BLANK_ID = 0
 UNK_ID = 1
 SOS_EOS_ID = 2
 
 
-def _transcripts(text_path: Path) -> list[str]:
-    lines = []
-    with open(text_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split(maxsplit=1)
-            if len(parts) < 2:
-                raise ValueError(f"{text_path}:{n}: expected 'utt-id transcript', got {line!r}")
-            lines.append(parts[1])
-    if not lines:
-        raise ValueError(f"{text_path}: no transcripts to train a tokenizer on")
-    return lines
+def read_transcripts(path: str | os.PathLike, *, utt_ids: bool = True) -> list[str]:
+    """The transcripts of a text file, words joined by single spaces: Kaldi ``text``
+    (``utt-id WORDS…``; the id is dropped) or, with ``utt_ids=False``, one sentence a line
+    (blank lines skipped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a Kaldi line without words (empty transcript or blank line), naming
+            ``file:line``.
+    """
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            words = line.split()
+            if utt_ids:
+                if len(words) < 2:
+                    raise ValueError(f"{path}:{no}: expected 'utt-id WORDS...', got "
+                                     f"{line.rstrip()!r}")
+                words = words[1:]
+            if words:
+                out.append(" ".join(words))
+    return out
 
 
 def train_tokenizer(text_path: str | os.PathLike, model_prefix: str | os.PathLike, *,
@@ -69,7 +81,9 @@ def train_tokenizer(text_path: str | os.PathLike, model_prefix: str | os.PathLik
         raise ValueError(f"model_type must be char, bpe or unigram, got {model_type!r}")
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    lines = _transcripts(Path(text_path))
+    lines = read_transcripts(text_path)
+    if not lines:
+        raise ValueError(f"{text_path}: no transcripts to train a tokenizer on")
     with tempfile.TemporaryDirectory(dir=prefix.parent) as tmp:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")

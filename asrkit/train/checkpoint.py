@@ -29,8 +29,10 @@ __all__ = [
     "SELECT",
     "average_checkpoints",
     "epoch_checkpoints",
+    "instantiate_model",
     "load_checkpoint",
     "load_model",
+    "pick_device",
     "rank_epochs",
     "read_metrics",
     "save_checkpoint",
@@ -199,6 +201,33 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
             for k, v in avg.items()}
 
 
+def pick_device(device: str | None = "auto") -> torch.device:
+    """``"auto"``/None → CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def instantiate_model(model_cfg, input_dim: int, vocab_size: int, *, from_checkpoint: bool,
+                      **kwargs) -> torch.nn.Module:
+    """Build a model from its Hydra config (``cfg.model``) with ``input_dim`` (F) and
+    ``vocab_size`` (V). With ``from_checkpoint`` (a checkpoint will supply every weight: a
+    resumed run, a decode) a ``pretrained`` initialisation path (``model=pretrained_encoder``)
+    is set to None, so the file is not read and need not exist any more.
+
+    Args:
+        model_cfg: the ``model`` node (``_target_`` and its arguments).
+        input_dim, vocab_size: F and V.
+        from_checkpoint: whether the weights will be loaded from a checkpoint.
+        **kwargs: more constructor arguments (e.g. ``cmvn_stats``).
+    """
+    from hydra.utils import instantiate
+
+    if from_checkpoint and "pretrained" in model_cfg:
+        kwargs["pretrained"] = None
+    return instantiate(model_cfg, input_dim=input_dim, vocab_size=vocab_size, **kwargs)
+
+
 def load_model(exp_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
                avg: int = 1, device: str | torch.device = "cpu", select: str = "last",
                metric: str = "dev_loss") -> tuple[torch.nn.Module, dict]:
@@ -224,7 +253,6 @@ def load_model(exp_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | No
         FileNotFoundError: no ``config.yaml`` or no checkpoint in ``exp_dir``.
         ValueError: bad ``avg``/``select``/``metric``, or no checkpoint has ``metric``.
     """
-    from hydra.utils import instantiate
 
     exp_dir = Path(exp_dir)
     cfg_path = exp_dir / "config.yaml"
@@ -233,11 +261,8 @@ def load_model(exp_dir: str | os.PathLike, *, checkpoint: str | os.PathLike | No
     cfg = OmegaConf.load(cfg_path)
     info = OmegaConf.to_container(cfg, resolve=True)
     dims = info["model_dims"]
-    # a model's "pretrained" argument only initialises training (model=pretrained_encoder);
-    # the checkpoint holds every weight, so the pretrained file is not read (it may be gone)
-    init_only = {"pretrained": None} if "pretrained" in cfg.model else {}
-    model = instantiate(cfg.model, input_dim=dims["input_dim"], vocab_size=dims["vocab_size"],
-                        **init_only)
+    model = instantiate_model(cfg.model, dims["input_dim"], dims["vocab_size"],
+                              from_checkpoint=True)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)["model"]
         used = [Path(checkpoint)]

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ from asrkit.models.hmm_gmm import (
 )
 from asrkit.models.hmm_gmm.lda_mllt import accumulate_lda_stats, estimate_lda, splice
 from asrkit.text.lexicon import Lang, find_oovs, read_lang
+from asrkit.train.checkpoint import pick_device
 
 __all__ = ["STAGE_TYPES", "align_data_dir", "feature_options", "load_features",
            "train_hmm_gmm"]
@@ -75,7 +76,8 @@ def feature_options(model_cfg: Mapping) -> dict:
             "norm_vars": bool(model_cfg.get("norm_vars", False)), "cmvn": "speaker"}
 
 
-def load_features(data_dir: str | os.PathLike, options: Mapping) -> dict[str, torch.Tensor]:
+def load_features(data_dir: str | os.PathLike, options: Mapping,
+                  utt_ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """GMM features of a feature data dir: ``{utt: (T, F * (delta_order + 1))}`` at 10 ms,
     or with ``options["splice"]`` the CMN'd cepstra spliced over ``+-splice`` frames and
     multiplied by ``options["transform"]`` (LDA+MLLT, ``(dim, F * (2 * splice + 1))``).
@@ -85,6 +87,7 @@ def load_features(data_dir: str | os.PathLike, options: Mapping) -> dict[str, to
             and ``spk2utt``; ``cmvn_spk.scp`` is used when present, else per-speaker stats are
             computed from the features.
         options: :func:`feature_options` (``model.meta["features"]``).
+        utt_ids: only these utterances (default: all of ``feats.scp``).
 
     Raises:
         FileNotFoundError: ``feats.scp`` or ``spk2utt`` is missing.
@@ -101,7 +104,8 @@ def load_features(data_dir: str | os.PathLike, options: Mapping) -> dict[str, to
                               norm_vars=bool(options.get("norm_vars", False)),
                               delta_order=0 if splice_ctx is not None
                               else int(options.get("delta_order", 2)),
-                              delta_window=int(options.get("delta_window", 2)))
+                              delta_window=int(options.get("delta_window", 2)),
+                              utt_ids=utt_ids)
     if splice_ctx is None:
         return feats
     transform = options.get("transform")
@@ -113,18 +117,12 @@ def load_features(data_dir: str | os.PathLike, options: Mapping) -> dict[str, to
     return out
 
 
-def _pick_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _stage_options(name: str, stage: Mapping, keys: tuple[str, ...]) -> dict:
     unknown = sorted(set(stage) - set(keys) - {"type"})
     if unknown:
         raise ValueError(f"model.stages.{name}: unknown options {unknown}; known: "
                          f"{sorted(keys)}")
-    return dict(stage)
+    return {k: v for k, v in stage.items() if k != "type"}
 
 
 def _write_history(path: Path, history) -> None:
@@ -175,7 +173,7 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("trainer") and cfg.trainer.get("num_threads"):
         torch.set_num_threads(int(cfg.trainer.num_threads))
-    device = _pick_device(mc.get("device"))
+    device = pick_device(mc.get("device"))
     lang = read_lang(cfg.data.lang)
     feat_opts = feature_options(mc)
     train_dir = Path(cfg.data.train)
@@ -193,23 +191,22 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
             logger.info("%s: complete (.done exists); loading it", sdir)
             prev = _load_stage(sdir)
             continue
-        if feats is None:
+        if feats is None and st["type"] != "lda_mllt":  # lda_mllt splices its own
             feats = load_features(train_dir, feat_opts)
         with stage_log(sdir / "train.log"):
             start = time.perf_counter()
             if st["type"] == "mono":
                 opts = _stage_options(name, st, _MONO_KEYS)
-                opts.pop("type")
+                stage_feats = feat_opts
                 res = train_mono(feats, text, lang, device=device, **opts)
             elif st["type"] == "tri":
                 opts = _stage_options(name, st, _TRI_KEYS)
-                opts.pop("type")
+                stage_feats = feat_opts
                 model0, alis0 = prev
                 res = train_tri(feats, text, lang, alis0, ali_model=model0, device=device,
                                 **opts)
             else:
                 opts = _stage_options(name, st, _TRI_KEYS + _LDA_KEYS)
-                opts.pop("type")
                 ctx, dim = int(opts.pop("splice", 3)), int(opts.pop("lda_dim", 40))
                 model0, alis0 = prev
                 raw = load_features(train_dir, {**feat_opts, "splice": ctx})
@@ -227,8 +224,7 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
                                "transform": total.tolist()}
             wall = time.perf_counter() - start
             model = res.model.to("cpu")
-            model.meta.update({"features": stage_feats if st["type"] == "lda_mllt"
-                               else feat_opts, "stage": name, "lang": str(cfg.data.lang),
+            model.meta.update({"features": stage_feats, "stage": name, "lang": str(cfg.data.lang),
                                "train_seconds": round(wall, 1), "device": str(device)})
             sdir.mkdir(parents=True, exist_ok=True)
             model.save(sdir / "final.mdl")
@@ -276,7 +272,7 @@ def align_data_dir(model_path: str | os.PathLike, lang_dir: str | os.PathLike,
         ValueError: features of another dimension than the model's.
     """
     out = Path(out_dir)
-    dev = _pick_device(device)
+    dev = pick_device(device)
     model = AcousticModel.load(model_path, dev)
     lang: Lang = read_lang(lang_dir)
     opts = model.meta.get("features") or feature_options({})

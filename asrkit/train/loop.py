@@ -75,6 +75,7 @@ from asrkit.text.tokenizer import Tokenizer
 from asrkit.train.checkpoint import (
     METRICS,
     epoch_checkpoints,
+    instantiate_model,
     load_checkpoint,
     rank_epochs,
     read_metrics,
@@ -340,16 +341,22 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
         with atomic_write(cfg_path) as f:
             f.write(cfg_text)
 
+    ckpt_dir = exp_dir / "checkpoints"
+    if main:  # a SIGKILL during a checkpoint write leaves atomic_write's temp file behind
+        for tmp in ckpt_dir.glob(".*.tmp"):
+            logger.info("removing %s, left by a killed run", tmp)
+            tmp.unlink()
+    resumed = broadcast_object((ckpt_dir / "last.pt").is_file() if main else None, info)
     cmvn = read_cmvn_stats(train_dir / "cmvn.ark")
-    model = instantiate(cfg.model, input_dim=dims["input_dim"], vocab_size=dims["vocab_size"],
-                        cmvn_stats=cmvn).to(device)
+    model = instantiate_model(cfg.model, dims["input_dim"], dims["vocab_size"],
+                              from_checkpoint=resumed, cmvn_stats=cmvn).to(device)
     # Hook: a model with param_groups() (model=pretrained_encoder) gets one optimiser group per
     # dict it returns, with lr = optimiser lr × the group's "lr_scale"; schedulers scale every
     # group's lr alike, so the ratio holds. Other models: one group, as before.
     groups = model.param_groups() if hasattr(model, "param_groups") else None
     optimizer = instantiate(cfg.optim.optimizer,
                             model.parameters() if groups is None else groups)
-    for group in optimizer.param_groups if groups is not None else ():
+    for group in optimizer.param_groups:
         group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
     scheduler = instantiate(cfg.optim.scheduler, optimizer) if cfg.optim.get("scheduler") \
         else None
@@ -360,13 +367,7 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     if info.rank > 0:  # same initial weights, but own SpecAugment/dropout draws per rank
         torch.manual_seed(cfg.seed + 7919 * info.rank)
 
-    ckpt_dir = exp_dir / "checkpoints"
-    if main:  # a SIGKILL during a checkpoint write leaves atomic_write's temp file behind
-        for tmp in ckpt_dir.glob(".*.tmp"):
-            logger.info("removing %s, left by a killed run", tmp)
-            tmp.unlink()
     epoch, consumed, step, elapsed = 1, 0, 0, 0.0
-    resumed = broadcast_object((ckpt_dir / "last.pt").is_file() if main else None, info)
     if resumed:  # every rank reads the file (exp_dir on a filesystem all nodes share)
         st = load_checkpoint(ckpt_dir / "last.pt", map_location="cpu")
         model.load_state_dict(st["model"])

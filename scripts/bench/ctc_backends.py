@@ -134,8 +134,8 @@ def from_experiment(args) -> tuple[Tokenizer, list[str], list[torch.Tensor], lis
     ids, posts = [], []
     for idx in frame_batches(ds.lengths, 60000, shuffle=False):
         batch = collate([ds[i] for i in idx])
-        enc, lens = model.encode(batch["feats"].to(dev), batch["feat_lens"].to(dev))
-        lp = model.ctc_log_probs_from_encoder(enc).float().cpu()
+        lp, lens = model.ctc_log_probs(batch["feats"].to(dev), batch["feat_lens"].to(dev))
+        lp = lp.cpu()
         for b, utt in enumerate(batch["ids"]):
             ids.append(utt)
             posts.append(lp[b, :int(lens[b])].clone())
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
             fl = {"beam": fl_beam, "beam_size_token": topk + 1, "lm_weight": args.lm_weight,
                   "word_bonus": args.word_bonus}
-            words = sorted(w for (w,), _, _ in lm.ngrams(1) if w not in (BOS, EOS, UNK))
+            words = sorted(lm.vocab - {BOS, EOS, UNK})
             runs += [("asrkit", True, fused),
                      ("flashlight", True, FlashlightCTCDecoder(pieces, lm=lm, **fl).decode)]
             lex = [("flashlight-lexicon-asrkitlm", "asrkit")]
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 lex.insert(0, ("flashlight-lexicon-kenlm", "kenlm"))
             for name, backend in lex:
                 dec = FlashlightCTCDecoder.from_tokenizer(
-                    tok, lexicon=words, lm=lm_path, lm_backend=backend, **fl)
+                    tok, lexicon=words, lm=lm_path if backend == "kenlm" else lm,
+                    lm_backend=backend, **fl)
                 runs.append((name, True, dec.decode))
 
         rows, base = [], {}

@@ -104,8 +104,7 @@ def main() -> None:
            "decode_wall_s_all": [round(w, 3) for w in walls],
            "features_wall_s": round(feat_wall, 3), "features_rtf": round(feat_wall / audio, 4),
            "acwt": args.acwt, "beam": args.beam, "max_active": args.max_active,
-           "wer_vs_concatenated_refs": round(100 * (wer.sub + wer.dele + wer.ins)
-                                             / max(wer.ref_units, 1), 2),
+           "wer_vs_concatenated_refs": round(wer.rate, 2),
            "ref_words": wer.ref_units, "hyp_words": hyp_words, "threads": 1,
            "cpu": platform.processor() or platform.machine(),
            "torch": torch.__version__}

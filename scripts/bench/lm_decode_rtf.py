@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from asrkit.data.datadir import write_kaldi_map
 from asrkit.decode.nbest import read_nbest
 from asrkit.decode.run import decode_data_dir
 from asrkit.fileio import atomic_write
@@ -92,9 +93,7 @@ def run_case(name: str, kwargs: dict, args, work: Path) -> dict:
         row["rescore_seconds"] = round(time.perf_counter() - start, 3)
         wall += row["rescore_seconds"]
         hyp = work / name / "text.rescored"
-        with atomic_write(hyp) as f:
-            for utt in sorted(best, key=lambda u: u.encode("utf-8")):
-                f.write(f"{utt} {best[utt]}".rstrip() + "\n")
+        write_kaldi_map(hyp, best)
         row["wer"] = _wer(args.text, hyp)
     row["rtf"] = round(wall / max(rep.audio_seconds, 1e-9), 5)
     return row

@@ -577,14 +577,15 @@ class _Search:
         tok, c = _expand(g.c_offsets, _take(st, fr))
         parent = _take(fr, tok)
         cost = _take(co, parent) + _take(g.c_weight, c)
-        ok = _where(cost <= float(co.min()) + self.beam)
+        co_best = float(co.min())
+        ok = _where(cost <= co_best + self.beam)
         if not ok.numel():
             return None
         parent, c, cost = _take(parent, ok), _take(c, ok), _take(cost, ok)
         dst = _take(g.c_dst, c)
         sel = self.best_per_dst(dst, cost)
         if self.lat is not None:
-            self.lat.closure(_take(st, parent), c, cost, float(co.min()), sel)
+            self.lat.closure(_take(st, parent), c, cost, co_best, sel)
         parent, c, cost, dst = _take(parent, sel), _take(c, sel), _take(cost, sel), _take(dst, sel)
         # Compare with the tokens already in the destination states.
         n0 = st.numel()

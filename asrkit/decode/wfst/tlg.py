@@ -55,7 +55,6 @@ disambiguation symbols) and ``graph.json`` (inputs, sizes, seconds, LM words lef
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -68,6 +67,7 @@ from pathlib import Path
 import pynini
 import torch
 
+from asrkit.data.download import file_checksum
 from asrkit.decode.wfst.decoder import DecodingGraph, decode_fst
 from asrkit.decode.wfst.fstio import read_fst, write_fst
 from asrkit.decode.wfst.graph import (
@@ -81,11 +81,13 @@ from asrkit.decode.wfst.graph import (
     table_compose,
 )
 from asrkit.fileio import atomic_write, stage_log
+from asrkit.lm.fusion import WORD_START
 from asrkit.lm.ngram import BOS, EOS, NgramLM, read_arpa
 from asrkit.text.lexicon import (
     Lexicon,
     add_disambig_symbols,
     read_symbol_table,
+    write_lexicon,
     write_symbol_table,
 )
 from asrkit.text.tokenizer import BLANK_ID, UNK_ID, Tokenizer
@@ -110,7 +112,6 @@ logger = logging.getLogger(__name__)
 TOPOLOGIES = ("standard", "compact")
 """Token FST topologies of :func:`make_ctc_token_fst`."""
 
-WORD_START = "\u2581"
 _EPS = 0
 _UNK_WORDS = frozenset({"<unk>", "<UNK>"})
 _DISAMBIG = re.compile(r"#\d+")
@@ -481,14 +482,6 @@ def make_tlg(tokenizer: Tokenizer | str | os.PathLike, lm: NgramLM | str | os.Pa
                         lm_words_left_out=left_out, sizes=sizes, seconds=seconds)
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_word_list(path: Path) -> list[str]:
     """First field of each non-empty line (a word list, or a ``words.txt``)."""
     out = []
@@ -535,10 +528,10 @@ def make_tlg_graph(tokenizer_model: str | os.PathLike, lm: str | os.PathLike,
     for p in (tokenizer_model, lm, *(() if words is None else (words,))):
         if not Path(p).is_file():
             raise FileNotFoundError(f"{p}: not found")
-    inputs = {"tokenizer": str(tokenizer_model), "tokenizer_sha256": _sha256(tokenizer_model),
-              "lm": str(lm), "lm_sha256": _sha256(lm),
+    inputs = {"tokenizer": str(tokenizer_model), "tokenizer_sha256": file_checksum(tokenizer_model),
+              "lm": str(lm), "lm_sha256": file_checksum(lm),
               "words": None if words is None else str(words),
-              "words_sha256": None if words is None else _sha256(words),
+              "words_sha256": None if words is None else file_checksum(words),
               "topology": topology, "num_spellings": num_spellings, "oov": oov}
     meta_path = out / "graph.json"
     if not force and meta_path.is_file() and all((out / f).is_file() for f in _GRAPH_FILES):
@@ -558,9 +551,7 @@ def make_tlg_graph(tokenizer_model: str | os.PathLike, lm: str | os.PathLike,
         write_fst(TLG, out / "TLG.fst")
         write_symbol_table(lex.words, out / "words.txt")
         write_symbol_table(lex.tokens, out / "tokens.txt")
-        with atomic_write(out / "lexicon.txt") as f:
-            for w, pron in lex.lexicon.entries():
-                f.write(f"{w} {' '.join(pron)}\n")
+        write_lexicon(lex.lexicon, out / "lexicon.txt", with_probs=False)
         meta = {"inputs": inputs, "kind": "ctc_tlg", "num_tokens": lex.num_tokens,
                 "topology": topology, "lm_order": info.lm_order,
                 "num_words": len(lex.lexicon), "num_spellings_total": lex.lexicon.num_prons,

@@ -301,11 +301,11 @@ def _viterbi_batch(model: AcousticModel, batch: Sequence[tuple[UttGraph, torch.T
     em = torch.empty(t_max, n, dtype=dt, device=dev)
     for b, (g, x) in enumerate(batch):
         o, k = b * nmax, g.num_nodes
-        used, inv = torch.unique(g.pdf, return_inverse=True)
-        ll = model.gmm.loglik(x.to(dev), used.to(dev)) * acoustic_scale  # (T_b, K_b)
+        # loglik scores each distinct pdf once and returns one column per node (T_b, k)
+        ll = model.gmm.loglik(x.to(dev), g.pdf.to(dev)) * acoustic_scale
         t_b = ll.shape[0]
-        em[:t_b, o:o + k] = ll[:, inv.to(dev)]
-        em[t_b:, o:o + k] = ll[t_b - 1, inv.to(dev)]
+        em[:t_b, o:o + k] = ll
+        em[t_b:, o:o + k] = ll[t_b - 1]
         em[:, o + k:o + nmax] = 0.0
         del ll
     edge = (glp + tlp[ptid]).to(dev, dt)
