@@ -71,6 +71,12 @@ def test_train_lm_learns_and_resumes(corpus, tmp_path, model):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert "resuming" in (exp / "train.log").read_text()
     assert rows[-1]["dev_ppl"] < 4.0  # counting is predictable
+    # killed after the last checkpoint, before .done: the rerun only finishes the stage
+    (exp / ".done").unlink()
+    (exp / "train_summary.json").unlink()
+    assert main([*_args(corpus, exp, model, "trainer.max_epochs=4", *SMALL[model])]) == 0
+    assert json.loads((exp / "train_summary.json").read_text())["epochs"] == 4
+    assert (exp / ".done").is_file()
 
 
 def test_sentence_logprob_and_causality():

@@ -133,6 +133,7 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
     logger.info("LM %s: %d parameters; %d train / %d dev sentences; device %s",
                 type(model).__name__, n_params, len(train_seqs), len(dev_seqs), dev)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, reduction="sum")
+    epoch = start_epoch - 1  # a run killed after its last checkpoint resumes with no epoch left
     for epoch in range(start_epoch, int(tr.max_epochs) + 1):
         t0 = time.perf_counter()
         model.train()
