@@ -103,3 +103,21 @@ def test_rescore_help_documents_the_formats(capsys):
         main(["rescore", "--help"])
     out = capsys.readouterr().out
     assert "<utt-id>-<rank> <score> <WORDS...>" in out and "OUT/text" in out and "hf:DIR" in out
+
+
+def test_nbest_oracle_picks_each_utterances_best_hypothesis(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from asrkit.decode.nbest import write_nbest
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "nbest_oracle.py"
+    spec = importlib.util.spec_from_file_location("nbest_oracle", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    refs = {"u1": "A B C D", "u2": "E F"}
+    nbest = {"u1": [("A X C D", -1.0), ("A B C D", -2.0)], "u2": [("E F", -0.5), ("E", -3.0)]}
+    assert mod.oracle(nbest, refs) == (pytest.approx(100 / 6), 0.0)
+    write_nbest(tmp_path / "nbest", nbest)
+    (tmp_path / "text").write_text("u1 A B C D\nu2 E F\n")
+    assert mod.main([str(tmp_path / "nbest"), str(tmp_path / "text")]) == 0
