@@ -4,7 +4,7 @@
 The search itself is Flashlight's C++ beam search decoder (Kahn et al., 2022, "Flashlight:
 Enabling innovation in tools for machine learning", ICML, arXiv:2201.12465), reached through
 torchaudio's :func:`torchaudio.models.decoder.ctc_decoder` (see torchaudio's "CTC Decoder"
-documentation). It needs the ``flashlight-text`` wheel (``pip install asrkit[flashlight]``); the
+documentation). It needs the ``flashlight-text`` wheel (``pip install -e '.[flashlight]'`` in the asrkit checkout); the
 PyPI wheel has KenLM compiled in, so an ARPA or KenLM binary file can be used as LM without the
 ``kenlm`` Python package.
 
@@ -79,7 +79,8 @@ __all__ = ["FlashlightCTCDecoder", "flashlight_available", "kenlm_available"]
 logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = ("the flashlight CTC decoder needs the flashlight-text package: "
-                 "pip install 'asrkit[flashlight]' (or pip install flashlight-text)")
+                 "pip install -e '.[flashlight]' in the asrkit checkout (or pip install "
+                 "flashlight-text)")
 
 LexiconLike = str | os.PathLike | Iterable[str] | Mapping[str, Sequence[str]]
 """A lexicon: a file (``WORD`` or ``WORD piece piece ...`` per line), an iterable of words
@@ -297,7 +298,7 @@ class FlashlightCTCDecoder:
         words: lexicon mode: the words Flashlight may emit (``unk_word`` last); else None.
 
     Raises:
-        ImportError: flashlight-text is not installed (names ``pip install asrkit[flashlight]``).
+        ImportError: flashlight-text is not installed (the message names the install command).
         FileNotFoundError: a missing lexicon or LM file.
         ValueError: empty or duplicated ``pieces``, ``blank`` out of range, a bad option value,
             a lexicon word spelled with a piece that is not a token (file and line named), a

@@ -54,7 +54,7 @@ class HFCausalLM:
             are often upper case, pretrained LMs are trained on natural text).
 
     Raises:
-        ImportError: ``transformers`` is not installed (``pip install asrkit[llm]``).
+        ImportError: ``transformers`` is not installed (``pip install -e '.[llm]'`` in the asrkit checkout).
         FileNotFoundError: ``path`` is not a directory.
         ValueError: bad ``case``.
     """
@@ -71,8 +71,8 @@ class HFCausalLM:
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("rescoring with hf: LMs needs transformers: pip install "
-                              "'asrkit[llm]'") from e
+            raise ImportError("rescoring with hf: LMs needs transformers: pip install -e "
+                              "'.[llm]' in the asrkit checkout") from e
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
