@@ -24,8 +24,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 install: $(VENV)/.installed
 
 demo: install
-	PATH="$(BIN):$$PATH" recipes/an4/run.sh --an4-dir "$(AN4_DIR)" \
-	  --conf recipes/an4/conf/train_quick.yaml
+	PATH="$(BIN):$$PATH" recipes/an4/demo.sh --an4-dir "$(AN4_DIR)" --work-dir "$(DEMO_DIR)"
 
 test: install
 	$(PY) scripts/check_install.py

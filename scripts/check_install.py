@@ -41,8 +41,8 @@ def _torch() -> None:
 
 def _torchaudio() -> None:
     import torch
-    import torchaudio.compliance.kaldi as kaldi
     import torchaudio.functional as F
+    from torchaudio.compliance import kaldi
 
     feats = kaldi.fbank(torch.randn(1, 16000), num_mel_bins=80)
     assert feats.shape == (98, 80), feats.shape

@@ -4,6 +4,7 @@
 Usage:
     python scripts/results_table.py EXP_DIR[:METHOD] ... [--set test] [--out FILE]
     python scripts/results_table.py EXP/STAGE:GRAPH ... [--set test] [--out FILE]   # HMM-GMM
+    python scripts/results_table.py --compare EXP/STAGE:GRAPH EXP[:METHOD] ...     # both kinds
 
 For each experiment directory (``exp/<tag>``) the row is read from files the stages wrote:
 ``config.yaml`` (model class), ``train_summary.json`` (parameters, epochs, training seconds),
@@ -16,6 +17,14 @@ instead of a method (``exp/gmm/tri1:graph_kn3``) and give a row from the stage's
 ``train_summary.json``, ``<graph>/graph.json`` (the LM), and
 ``decode_<set>_<graph>/{score.json,decode_summary.json}`` (WER, the dev-tuned acoustic scale,
 RTF); a table holds either kind of row, chosen by the first experiment.
+
+``--compare`` prints one table for both kinds side by side (``make demo`` ends with it):
+system, decoding, dev and test WER, test CER, training wall time and decoding RTF. For an
+HMM-GMM stage the training time is cumulative over the stages it was built from (mono → tri1
+→ …, in ``<exp>/config.yaml`` order), and dev WER is the one at the dev-tuned acoustic scale
+(``decode_dev_<graph>_acwt<A>``, with A read from ``decode_<set>_<graph>/acwt``). For a neural
+experiment METHOD is the decode directory's suffix (``decode_dev_<METHOD>``); a missing dev
+decode shows as "-".
 
 Raises:
     SystemExit: when a needed file is missing (its path is printed).
@@ -81,13 +90,70 @@ def gmm_row(spec: str, part: str) -> str:
             f"{threads}) |")
 
 
+def _optional_wer(path: Path) -> str:
+    if not path.is_file():
+        return "-"
+    return f"{json.loads(path.read_text(encoding='utf-8'))['wer']['rate']:.1f}"
+
+
+def compare_row(spec: str, part: str) -> str:
+    """One row of the ``--compare`` table for ``EXP[:METHOD]`` or ``EXP/STAGE:GRAPH``."""
+    exp, _, suffix = spec.partition(":")
+    path = Path(exp)
+    if (path / "final.mdl").is_file():  # an HMM-GMM stage
+        if not suffix:
+            sys.exit(f"results_table: {spec}: an HMM-GMM stage needs :GRAPH (e.g. :graph_kn3)")
+        summ = _load_json(path / "train_summary.json")
+        cfg_path = path.parent / "config.yaml"
+        order = list(yaml.safe_load(cfg_path.read_text(encoding="utf-8"))["model"]["stages"]) \
+            if cfg_path.is_file() else [path.name]
+        upto = order[:order.index(path.name) + 1] if path.name in order else [path.name]
+        seconds = sum(_load_json(path.parent / st / "train_summary.json")["train_seconds"]
+                      for st in upto)
+        ginfo = _load_json(path / suffix / "graph.json")
+        dec = path / f"decode_{part}_{suffix}"
+        acwt_file = dec / "acwt"
+        acwt = acwt_file.read_text().strip() if acwt_file.is_file() else ""
+        dev = _optional_wer(path / f"decode_dev_{suffix}_acwt{acwt}" / "score.json")
+        kind = {"mono": "monophone", "tri": "triphone", "lda_mllt": "LDA+MLLT triphone",
+                "sat": "SAT triphone"}.get(summ["type"], summ["type"])
+        system = (f"{path.parent.name}/{path.name}: HMM-GMM {kind} ({summ['num_pdfs']} pdfs, "
+                  f"{summ['num_gauss']} Gaussians)")
+        decoding = f"HCLG, {Path(ginfo['lm']).name} ({ginfo['lm_order']}-gram)"
+    else:
+        method = suffix or "ctc_greedy"
+        cfg_path = path / "config.yaml"
+        if not cfg_path.is_file():
+            sys.exit(f"results_table: missing {cfg_path}")
+        model = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))["model"]
+        summ = _load_json(path / "train_summary.json")
+        seconds = summ["train_seconds"]
+        dec = path / f"decode_{part}_{method}"
+        dev = _optional_wer(path / f"decode_dev_{method}" / "score.json")
+        system = (f"{path.name}: {model['_target_'].rsplit('.', 1)[-1]} "
+                  f"({summ['num_params'] / 1e6:.2f} M params, {summ['epochs']} epochs)")
+        decoding = method
+    score, ds = _load_json(dec / "score.json"), _load_json(dec / "decode_summary.json")
+    threads = f", {ds['threads']} thr" if ds.get("threads") else ""
+    return (f"| {system} | {decoding} | {dev} | {score['wer']['rate']:.1f} | "
+            f"{score['cer']['rate']:.1f} | {seconds / 60:.1f} min | {ds['rtf']:.4f} "
+            f"({ds['device']}{threads}) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("exps", nargs="+", metavar="EXP_DIR[:METHOD]")
     p.add_argument("--set", default="test", help="decoded data set name (default test)")
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--compare", action="store_true",
+                   help="one table for HMM-GMM stages and neural experiments together")
     args = p.parse_args(argv)
-    if (Path(args.exps[0].partition(":")[0]) / "final.mdl").is_file():
+    if args.compare:
+        lines = [(f"| system | decoding | dev WER % | {args.set} WER % | {args.set} CER % | "
+                  "training wall time | decoding RTF |"),
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [compare_row(spec, args.set) for spec in args.exps]
+    elif (Path(args.exps[0].partition(":")[0]) / "final.mdl").is_file():
         lines = [(f"| stage | model | pdfs / Gaussians | LM | HCLG states / arcs | acwt (dev) | "
                   f"{args.set} WER % | training wall time | decoding RTF |"),
                  "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]

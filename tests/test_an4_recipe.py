@@ -39,7 +39,7 @@ def run_recipe(work: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.an4
 @needs_an4
 def test_an4_recipe_end_to_end(tmp_path):
-    res = run_recipe(tmp_path)
+    res = run_recipe(tmp_path, "--ctc-lms", "kn3", "--lm-weights", "0.3 0.5")
     assert res.returncode == 0, res.stderr[-3000:]
     for part, n in (("train", None), ("dev", None), ("test", 130)):
         validate_data_dir(tmp_path / "data" / part, check_audio=False)
@@ -54,11 +54,20 @@ def test_an4_recipe_end_to_end(tmp_path):
     assert "|test_ctc_greedy|130|" in score
     assert "|test_ctc_greedy|130|" in res.stdout
     assert "test_ctc_greedy" in (exp / "RESULTS.md").read_text()
+    # --ctc-lms: TLG graph of the KN trigram, LM weight chosen on dev, test decoded once
+    assert (exp / "graph_tlg_kn3" / "TLG.fst").is_file()
+    tlg = exp / "decode_test_tlg_kn3"
+    assert len(read_kaldi_map(tlg / "text", allow_empty_value=True)) == 130
+    weight = (tlg / "lm-weight").read_text().strip()
+    assert weight in ("0.3", "0.5")
+    assert (tlg / "dev_best").read_text().strip() == f"decode_dev_tlg_kn3_lm-weight{weight}"
+    assert "tlg_kn3: dev WER" in res.stdout
 
     # rerunning skips every completed stage (no retraining, no re-decoding)
     mtimes = {p: p.stat().st_mtime for p in [exp / "checkpoints" / "last.pt",
-                                              exp / "decode_test_ctc_greedy" / "text"]}
-    res2 = run_recipe(tmp_path)
+                                              exp / "decode_test_ctc_greedy" / "text",
+                                              tlg / "text"]}
+    res2 = run_recipe(tmp_path, "--ctc-lms", "kn3", "--lm-weights", "0.3 0.5")
     assert res2.returncode == 0, res2.stderr[-3000:]
     assert all(p.stat().st_mtime == t for p, t in mtimes.items())
 
@@ -111,7 +120,7 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
             assert d.joinpath("ctm").stat().st_size > 0
     assert wers["tri1", "kn3"] < 20.0 and wers["tri2", "kn3"] < 20.0, wers
     assert wers["mono", "kn3"] < 25.0, wers
-    assert "== gmm/tri1 LM kn3" in res.stdout
+    assert "== exp/gmm/tri1 graph_kn3: dev WER" in res.stdout
 
     # A rerun trains and decodes nothing again.
     mdl = exp / "tri2" / "final.mdl"

@@ -74,3 +74,51 @@ def test_hmm_gmm_rows_come_from_stage_files(tmp_path, capsys):
                         "100 / 300 | 0.083 | 5.0 | 5.0 min | 0.0500 (cpu, 1 thr) |")
     with pytest.raises(SystemExit, match="needs :GRAPH"):
         mod.main([str(stage)])
+
+
+def test_compare_table_joins_hmm_gmm_and_neural_rows(tmp_path, capsys):
+    """``--compare``: one table; an HMM-GMM row sums the training time of the stages it was
+    built from (config order) and reads dev WER at the acoustic scale test was decoded with."""
+    mod = _load()
+    exp = tmp_path / "gmm"
+    stages = {"mono": ("mono", 60.0), "tri1": ("tri", 30.0), "tri2": ("lda_mllt", 90.0)}
+    for name, (kind, secs) in stages.items():
+        (exp / name).mkdir(parents=True)
+        (exp / name / "final.mdl").write_bytes(b"")
+        (exp / name / "train_summary.json").write_text(json.dumps(
+            {"type": kind, "num_pdfs": 140, "num_gauss": 1500, "train_seconds": secs}))
+    (exp / "config.yaml").write_text(json.dumps({"model": {"stages": {k: {} for k in stages}}}))
+    tri2 = exp / "tri2"
+    (tri2 / "graph_kn3").mkdir()
+    (tri2 / "graph_kn3" / "graph.json").write_text(json.dumps(
+        {"lm": "data/lm/kn3.arpa", "lm_order": 3, "sizes": {"HCLG": [10, 30]}}))
+    test, dev = tri2 / "decode_test_graph_kn3", tri2 / "decode_dev_graph_kn3_acwt0.067"
+    for d, wer in ((test, 7.1), (dev, 5.0), (tri2 / "decode_dev_graph_kn3_acwt0.1", 4.0)):
+        d.mkdir()
+        (d / "score.json").write_text(json.dumps({"wer": {"rate": wer}, "cer": {"rate": 3.5}}))
+    (test / "acwt").write_text("0.067\n")
+    (test / "decode_summary.json").write_text(json.dumps({"rtf": 0.1, "device": "cpu"}))
+    ctc = _exp(tmp_path, False)
+    assert mod.main(["--compare", f"{tri2}:graph_kn3", str(ctc)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| system | decoding | dev WER % | test WER %")
+    assert lines[2] == ("| gmm/tri2: HMM-GMM LDA+MLLT triphone (140 pdfs, 1500 Gaussians) | "
+                        "HCLG, kn3.arpa (3-gram) | 5.0 | 7.1 | 3.5 | 3.0 min | 0.1000 (cpu) |")
+    assert lines[3].startswith("| ctc: ConformerCTC (4.10 M params, 15 epochs) | ctc_greedy | - "
+                               "| 12.3 | 8.0 | 50.0 min |")
+
+
+def test_best_decode_picks_lowest_wer(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("best_decode", SCRIPT.parent / "best_decode.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    dirs = []
+    for name, wer in (("a", 5.0), ("b", 4.0), ("c", 4.0), ("unscored", None)):
+        d = tmp_path / name
+        d.mkdir()
+        if wer is not None:
+            (d / "score.json").write_text(json.dumps({"wer": {"rate": wer}}))
+        dirs.append(str(d))
+    assert mod.main(dirs) == 0
+    assert capsys.readouterr().out.split() == [dirs[1], "4.0"]  # ties: the first listed
+    assert mod.main([dirs[3]]) == 1

@@ -44,6 +44,11 @@ Usage: $0 [options] [-- KEY=VALUE ...]
                     "0.067 0.083 0.1 0.125", i.e. LM weights 15, 12, 10, 8)
   --gmm-lms "L ..." HMM-GMM: LMs to build graphs with: an4 (etc/an4.lm) and/or kn3 (3-gram
                     Kneser-Ney from data/train/text) (default "kn3 an4")
+  --gmm-decode "S ..." HMM-GMM: stages to build graphs for and decode (default: every trained
+                    stage, e.g. "mono tri1 tri2")
+  --ctc-lms "L ..." neural CTC models: also decode over a TLG graph of each LM (an4, kn3), the
+                    LM weight chosen on dev from --lm-weights (default: none, greedy only)
+  --lm-weights "W ..." LM weights tried on dev for --ctc-lms (default "0.2 0.3 0.5 0.8")
   -- KEY=VALUE ...  extra Hydra overrides for the train stage (e.g. trainer.max_epochs=5;
                     model=hmm_gmm runs the HMM-GMM path)
 USAGE
@@ -66,6 +71,9 @@ token_type=bpe
 speed_perturb=
 acwts="0.067 0.083 0.1 0.125"
 gmm_lms="kn3 an4"
+ctc_lms=
+gmm_decode=
+lm_weights="0.2 0.3 0.5 0.8"
 overrides=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -85,12 +93,16 @@ while [ $# -gt 0 ]; do
     --speed-perturb) speed_perturb=$2; shift 2 ;;
     --acwt) acwts=$2; shift 2 ;;
     --gmm-lms) gmm_lms=$2; shift 2 ;;
+    --ctc-lms) ctc_lms=$2; shift 2 ;;
+    --gmm-decode) gmm_decode=$2; shift 2 ;;
+    --lm-weights) lm_weights=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; overrides=("$@"); break ;;
     *) echo "$0: unknown option $1" >&2; usage >&2; exit 1 ;;
   esac
 done
 [ -n "$tag" ] || tag=$(basename "$conf" .yaml)
+[ -z "$an4_dir" ] || [ ! -d "$an4_dir" ] || an4_dir=$(cd "$an4_dir" && pwd)
 mkdir -p "$work_dir"
 cd "$work_dir"
 exp=exp/$tag
@@ -100,6 +112,59 @@ train_set=train
 
 log() { echo "$(date '+%H:%M:%S') [an4 stage $1] $2" >&2; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+# stale OUT DEP...: OUT is missing or older than one of the DEPs
+stale() { local out=$1 f; shift; [ -f "$out" ] || return 0
+  for f; do [ "$f" -nt "$out" ] && return 0; done; return 1; }
+
+# tune_then_test MODEL GRAPH_FILE FEATS OPT "VALUES" NAME MODEL_FILE [asrkit decode args...]
+# Decodes FEATS/dev once per value of OPT (--acwt or --lm-weight) into
+# MODEL/decode_dev_NAME_<opt><value>, scores each, decodes FEATS/test once at the dev-best value
+# into MODEL/decode_test_NAME (which records the value in a file named after OPT and the dev
+# dir chosen in dev_best), and prints its score (stage 5).
+tune_then_test() {
+  local mdir=$1 gfile=$2 feats=$3 opt=$4 values=$5 name=$6 dep=$7 key=${4#--} v dir
+  local dirs=() best best_wer
+  shift 7
+  for v in $values; do
+    dir=$mdir/decode_dev_${name}_$key$v
+    if run_stage 4 && stale "$dir/text" "$gfile" "$dep"; then
+      log 4 "decoding dev with $mdir, $name, $opt $v"
+      asrkit decode "$mdir" "$feats/dev" --graph "$(dirname "$gfile")" "$opt" "$v" --out "$dir" "$@"
+    fi
+    [ -f "$dir/text" ] || continue
+    if stale "$dir/score.json" "$dir/text"; then
+      asrkit score data/dev/text "$dir/text" --name "dev_$(basename "$mdir")_${name}_$key$v" >/dev/null
+    fi
+    dirs+=("$dir")
+  done
+  [ ${#dirs[@]} -gt 0 ] || return 0
+  read -r best best_wer < <(python3 "$recipe_dir/../../scripts/best_decode.py" "${dirs[@]}")
+  v=${best##*_"$key"}
+  dir=$mdir/decode_test_$name
+  if run_stage 4 && { stale "$dir/text" "$gfile" "$dep" || [ "$(cat "$dir/$key" 2>/dev/null)" != "$v" ]; }; then
+    log 4 "decoding test with $mdir, $name, $opt $v (dev WER $best_wer%)"
+    asrkit decode "$mdir" "$feats/test" --graph "$(dirname "$gfile")" "$opt" "$v" --out "$dir" "$@"
+    echo "$v" > "$dir/$key"
+    basename "$best" > "$dir/dev_best"
+  fi
+  if run_stage 5 && [ -f "$dir/text" ]; then
+    if stale "$dir/score.txt" "$dir/text"; then
+      asrkit score data/test/text "$dir/text" --name "test_$(basename "$mdir")_$name" > /dev/null
+    fi
+    echo "== $mdir $name: dev WER $best_wer% at $opt $v; test =="; sed -n 3,5p "$dir/score.txt"
+  fi
+}
+
+# make_lm NAME: data/lm/NAME.arpa (kn3: Kneser-Ney trigram of data/train/text; an4: etc/an4.lm)
+make_lm() {
+  mkdir -p data/lm
+  case $1 in
+    an4) [ -f data/lm/an4.arpa ] || cp "$an4_dir/etc/an4.lm" data/lm/an4.arpa ;;
+    kn3) [ -f data/lm/kn3.arpa ] || \
+           asrkit train-lm ngram data/train/text data/lm/kn3.arpa --order 3 --dev data/dev/text ;;
+    *) echo "$0: unknown LM '$1' (an4 or kn3)" >&2; exit 1 ;;
+  esac
+}
 
 gmm=false
 for o in ${overrides[@]+"${overrides[@]}"}; do [ "$o" != "model=hmm_gmm" ] || gmm=true; done
@@ -130,61 +195,24 @@ if $gmm; then
     log 2 "lang dir from etc/an4.dic; LMs"
     asrkit lang "$an4_dir/etc/an4.dic" data/lang --format cmu --phones "$an4_dir/etc/an4.phone" \
       --text data/train/text --text data/test/text
-    mkdir -p data/lm
-    cp "$an4_dir/etc/an4.lm" data/lm/an4.arpa
-    asrkit train-lm ngram data/train/text data/lm/kn3.arpa --order 3 --dev data/dev/text
+    for lm in $gmm_lms; do make_lm "$lm"; done
   fi
   if run_stage 3; then
     log 3 "training $exp (HMM-GMM) with $conf"
     asrkit train conf="$conf" exp_dir="$exp" data.train=dump/mfcc/train data.lang=data/lang \
       ${overrides[@]+"${overrides[@]}"}
   fi
-  stages=$(ls -d "$exp"/*/ 2>/dev/null | xargs -n1 basename | sort || true)
-  wer() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['wer']['rate'])" "$1"; }
+  stages=${gmm_decode:-$(ls -d "$exp"/*/ 2>/dev/null | xargs -n1 basename | sort || true)}
   for st in $stages; do
     [ -f "$exp/$st/.done" ] || continue
     for lm in $gmm_lms; do
       graph=$exp/$st/graph_$lm
-      if run_stage 4; then
-        if [ ! -f "$graph/HCLG.fst" ] || [ "$exp/$st/final.mdl" -nt "$graph/HCLG.fst" ]; then
-          log 4 "mkgraph $graph"
-          asrkit mkgraph data/lang data/lm/$lm.arpa "$exp/$st" "$graph"
-        fi
+      if run_stage 4 && stale "$graph/HCLG.fst" "$exp/$st/final.mdl"; then
+        log 4 "mkgraph $graph"
+        asrkit mkgraph data/lang data/lm/$lm.arpa "$exp/$st" "$graph"
       fi
-      if run_stage 4 || run_stage 5; then
-        best=; best_wer=
-        for a in $acwts; do
-          dir=$exp/$st/decode_dev_graph_${lm}_acwt$a
-          if run_stage 4 && { [ ! -f "$dir/text" ] || [ "$graph/HCLG.fst" -nt "$dir/text" ]; }; then
-            log 4 "decoding dev with $st, LM $lm, acwt $a"
-            asrkit decode "$exp/$st" dump/mfcc/dev --graph "$graph" --acwt "$a" --nj "$nj" \
-              --out "$dir"
-          fi
-          [ -f "$dir/text" ] || continue
-          if [ ! -f "$dir/score.json" ] || [ "$dir/text" -nt "$dir/score.json" ]; then
-            asrkit score data/dev/text "$dir/text" --name "dev_${st}_${lm}_acwt$a" > /dev/null
-          fi
-          w=$(wer "$dir/score.json")
-          if [ -z "$best" ] || python3 -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$w" "$best_wer"; then
-            best=$a; best_wer=$w
-          fi
-        done
-        [ -n "$best" ] || continue
-        dir=$exp/$st/decode_test_graph_${lm}
-        if run_stage 4 && { [ ! -f "$dir/text" ] || [ "$graph/HCLG.fst" -nt "$dir/text" ] \
-            || [ "$(cat "$dir/acwt" 2>/dev/null)" != "$best" ]; }; then
-          log 4 "decoding test with $st, LM $lm, acwt $best (dev WER $best_wer%)"
-          asrkit decode "$exp/$st" dump/mfcc/test --graph "$graph" --acwt "$best" --nj "$nj" \
-            --out "$dir"
-          echo "$best" > "$dir/acwt"
-        fi
-        if run_stage 5 && [ -f "$dir/text" ]; then
-          if [ ! -f "$dir/score.txt" ] || [ "$dir/text" -nt "$dir/score.txt" ]; then
-            asrkit score data/test/text "$dir/text" --name "test_${st}_${lm}" > /dev/null
-          fi
-          echo "== $tag/$st LM $lm: dev WER $best_wer% at acwt $best; test ==" ; sed -n 3,5p "$dir/score.txt"
-        fi
-      fi
+      tune_then_test "$exp/$st" "$graph/HCLG.fst" dump/mfcc --acwt "$acwts" "graph_$lm" \
+        "$exp/$st/final.mdl" --nj "$nj"
     done
   done
   exit 0
@@ -205,6 +233,7 @@ if run_stage 2; then
     log 2 "$token_type tokenizer ($vocab_size)"
     asrkit tokenizer data/train/text $token --model-type "$token_type" --vocab-size "$vocab_size"
   fi
+  for lm in $ctc_lms; do make_lm "$lm"; done
 fi
 
 if run_stage 3; then
@@ -234,3 +263,13 @@ if run_stage 5; then
     echo "== $tag: $part ==" ; cat "$dir/score.txt"
   done
 fi
+
+for lm in $ctc_lms; do
+  graph=$exp/graph_tlg_$lm
+  if run_stage 4 && stale "$graph/TLG.fst" data/lm/$lm.arpa "$token.model"; then
+    log 4 "mkgraph --ctc $graph"
+    asrkit mkgraph --ctc "$token.model" data/lm/$lm.arpa "$graph"
+  fi
+  tune_then_test "$exp" "$graph/TLG.fst" dump/fbank --lm-weight "$lm_weights" "tlg_$lm" \
+    "$exp/checkpoints/last.pt" --method wfst --avg "$avg"
+done
