@@ -11,9 +11,15 @@ import logging
 import sys
 from pathlib import Path
 
-logger = logging.getLogger("asrkit")
+from asrkit.config import (
+    CONF_DIR,
+    ConfigError,
+    check_missing_values,
+    compose_train_config,
+    config_error_message,
+)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+logger = logging.getLogger("asrkit")
 
 _EPILOG = """stages (Kaldi order):
   prep       corpus on disk -> Kaldi data dir (wav.scp text utt2spk spk2utt utt2dur)
@@ -26,6 +32,7 @@ _EPILOG = """stages (Kaldi order):
   align      HMM-GMM model + data dir -> forced alignments (frame labels, CTM)
   mkgraph    lang + ARPA LM + HMM-GMM model -> graph dir (HCLG.fst)
   decode     experiment + feature data dir -> hypotheses in Kaldi text format
+  transcribe experiment + your audio files (any length) -> text, word CTM/JSON
   rescore    n-best list + LM (pretrained Hugging Face causal LM or n-gram) -> new 1-best
   score      reference text + hypothesis text -> WER/CER tables (sclite style)
 
@@ -138,7 +145,13 @@ def _add_features(sub) -> None:
                    "command-line options below override it")
     p.add_argument("--num-mel-bins", type=int, help="mel bins (fbank default 80)")
     p.add_argument("--num-ceps", type=int, help="cepstra for MFCC (default 13)")
-    p.add_argument("--sample-rate", type=int, help="Hz; audio at other rates is resampled")
+    p.add_argument("--sample-rate", type=int,
+                   help="Hz the features are computed at (default: the --conf file's, else "
+                   "16000); audio at a higher rate is downsampled, audio at a lower rate is an "
+                   "error (set this to the audio's rate, e.g. 8000) unless --allow-upsample")
+    p.add_argument("--allow-upsample", action="store_true",
+                   help="upsample audio below --sample-rate instead of stopping (a warning; "
+                   "e.g. 8 kHz audio for a 16 kHz pretrained encoder)")
     p.add_argument("--nj", type=int, default=1, help="parallel jobs (processes)")
     p.add_argument("--speed-perturb", metavar="F1,F2,…",
                    help="speed perturbation (Ko et al., 2015), e.g. 0.9,1.0,1.1: each factor f "
@@ -187,9 +200,11 @@ def _run_features(args) -> int:
             _progress(total, f"features {args.data_dir.name}") as bar:
         rep = compute_features(args.data_dir, args.out, cfg, nj=args.nj,
                                allow_pipe=args.allow_pipe, progress=bar.update,
-                               speed_perturb=speed)
+                               speed_perturb=speed, allow_upsample=args.allow_upsample)
+    rates = ", ".join(f"{r} Hz: {n}" for r, n in sorted(rep.audio_sample_rates.items()))
     print(f"{rep.out_dir}: {rep.num_done} utterances, {rep.num_failed} failed "
-          f"(see bad_utts), dim {rep.feat_dim}, {rep.seconds_audio / 3600:.2f} h of audio")
+          f"(see bad_utts), dim {rep.feat_dim}, {rep.seconds_audio / 3600:.2f} h of audio"
+          f", features at {cfg.sample_rate} Hz" + (f" (audio {rates})" if rates else ""))
     return 0
 
 
@@ -304,7 +319,8 @@ def _add_train_lm(sub) -> None:
                    help="text to report perplexity on (same format as the training text)")
     n.add_argument("--tokenizer", type=Path,
                    help="a token-level n-gram: sentences are split into this sentencepiece "
-                   "model's pieces (the acoustic model's) before counting; asrkit decode --lm "
+                   "model's pieces (the acoustic model's; a .model file or an experiment dir) "
+                   "before counting; asrkit decode --lm "
                    "recognises such an ARPA by its '\u2581' pieces and fuses it per token")
     nn_ = ps.add_parser(
         "neural", help="LSTM or Transformer token LM (also: asrkit train-lm model=...)",
@@ -325,6 +341,7 @@ def _run_train_lm(args) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg))
             return 0
+        check_missing_values(cfg, "lm")
         from asrkit.lm.neural import train_lm
 
         print(f"trained: {train_lm(cfg)}")
@@ -340,8 +357,9 @@ def _run_train_lm(args) -> int:
         raise ValueError("--vocab and --tokenizer exclude each other (a token LM's vocabulary "
                          "is the tokenizer's)")
     from asrkit.text.tokenizer import Tokenizer, read_transcripts
+    from asrkit.train.expdir import resolve_tokenizer
 
-    tok = Tokenizer(args.tokenizer) if args.tokenizer else None
+    tok = Tokenizer(resolve_tokenizer(args.tokenizer)) if args.tokenizer else None
 
     def sentences(paths):
         for path in paths:
@@ -397,7 +415,8 @@ dir (asrkit lang), an ARPA LM and a model (final.mdl or its stage dir); writes O
 (OpenFst), OUT/words.txt and OUT/graph.json (sizes, times).
 
 CTC (--ctc): TLG = T o min(det(L o G)) (EESEN, Miao et al., 2015) from the acoustic model's
-sentencepiece model (TOKENIZER, e.g. data/token/bpe_150.model) and an ARPA LM: T is the CTC
+sentencepiece model (TOKENIZER, e.g. data/token/bpe_150.model, or the experiment dir whose
+copy to use, e.g. exp/quick) and an ARPA LM: T is the CTC
 token topology (blank and repeats), L spells every LM word with the tokenizer's pieces.
 Writes OUT/TLG.fst, words.txt, tokens.txt, lexicon.txt and graph.json; decode with
 asrkit decode EXP DATA --method wfst --graph OUT --lm-weight W.
@@ -420,8 +439,10 @@ def _run_mkgraph(args) -> int:
 
         if len(args.paths) != 3:
             raise ValueError("mkgraph --ctc takes TOKENIZER LM OUT")
+        from asrkit.train.expdir import resolve_tokenizer
+
         tokenizer, lm, out = args.paths
-        out = make_tlg_graph(tokenizer, lm, out, topology=args.topology)
+        out = make_tlg_graph(resolve_tokenizer(tokenizer), lm, out, topology=args.topology)
         print(f"{out / 'TLG.fst'}: written")
         return 0
     from asrkit.decode.gmm import make_graph
@@ -453,35 +474,6 @@ def _add_train(sub) -> None:
                    help="print the composed config and exit")
 
 
-def compose_train_config(overrides: list[str], conf_dir: Path = CONF_DIR):
-    """Compose the training config from ``conf/`` (+ an optional ``conf=FILE``) and overrides.
-
-    Args:
-        overrides: Hydra override strings; one may be ``conf=PATH`` naming a recipe YAML.
-        conf_dir: the package config dir (``conf/``; ``conf/lm`` for neural LMs).
-
-    Returns:
-        The composed ``DictConfig``.
-
-    Raises:
-        FileNotFoundError: when ``conf=PATH`` does not exist.
-    """
-    from hydra import compose, initialize_config_dir
-
-    conf = [o for o in overrides if o.startswith("conf=")]
-    rest = [o for o in overrides if not o.startswith("conf=")]
-    if conf:
-        path = Path(conf[-1].split("=", 1)[1]).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe config {path} not found")
-        config_dir, name = str(path.parent), path.stem
-        rest = [f"hydra.searchpath=[file://{conf_dir}]"] + rest
-    else:
-        config_dir, name = str(conf_dir), "config"
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        return compose(name, overrides=rest)
-
-
 def _run_train(args) -> int:
     from omegaconf import OmegaConf
 
@@ -489,7 +481,9 @@ def _run_train(args) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    if cfg.model.get("family") == "hmm_gmm":
+    gmm = cfg.model.get("family") == "hmm_gmm"
+    check_missing_values(cfg, "train", ignore=("data.tokenizer",) if gmm else ())
+    if gmm:
         from asrkit.train.gmm import train_hmm_gmm as train
     else:
         from asrkit.train.loop import train
@@ -562,7 +556,8 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    "--method wfst: the TLG graph dir")
     p.add_argument("--backend", choices=["asrkit", "flashlight"], default="asrkit",
                    help="ctc_prefix_beam implementation: asrkit's, or Flashlight's C++ search "
-                   "through torchaudio (pip install asrkit[flashlight]; default %(default)s)")
+                   "through torchaudio (the flashlight extra: pip install -e '.[flashlight]' in "
+                   "the asrkit checkout; default %(default)s)")
     p.add_argument("--lexicon", type=Path,
                    help="--backend flashlight: constrain output to these words (word list or "
                    "'WORD piece ...' lexicon); with --lm ARPA the LM runs in KenLM")
@@ -597,6 +592,14 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
     p.add_argument("--checkpoint", type=Path, help="decode this checkpoint file instead")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 …")
     p.add_argument("--max-frames", type=int, default=60000, help="padded frames per batch")
+    p.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="CTC methods: utterances longer than this are encoded in overlapping "
+                   "windows with centres this long and the search runs on the stitched "
+                   "posteriors (bounded memory for any length); attention methods refuse "
+                   "them; 0 encodes every utterance whole (default %(default)s)")
+    p.add_argument("--chunk-overlap", type=float, default=4.0,
+                   help="seconds of context on each side of a window's centre "
+                   "(default %(default)s)")
 
 
 def _float_arg(option: str, text: str) -> float:
@@ -647,6 +650,8 @@ def _run_decode(args) -> int:
                               extra_lms=[(Path(p), _float_arg("--extra-lm", w))
                                          for p, w in args.extra_lm],
                               backend=args.backend, lexicon=args.lexicon,
+                              chunk_seconds=args.chunk_seconds,
+                              chunk_overlap=args.chunk_overlap,
                               progress=bar.update, **wfst)
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
     if rep.nbest is not None:
@@ -669,7 +674,8 @@ output OUT/text    Kaldi text, utt-id WORDS... (the rescored 1-best)
 
 LMs (--lm):
   hf:DIR        a causal LM (GPT-2, Llama-family, ...) saved with save_pretrained in a local
-                directory; needs 'pip install asrkit[llm]'; never downloads
+                directory; needs the llm extra (pip install -e '.[llm]' in the
+                asrkit checkout); never downloads
   ngram:FILE    an ARPA n-gram
   asrkit:DIR    a neural LM trained with asrkit train-lm model=lstm_lm|transformer_lm""")
     p.add_argument("nbest", type=Path, help="n-best file (decode --nbest N output)")
@@ -735,6 +741,18 @@ def _run_score(args) -> int:
     return 0
 
 
+def _add_transcribe(sub) -> None:
+    from asrkit.cli_transcribe import add_transcribe_parser
+
+    add_transcribe_parser(sub)
+
+
+def _run_transcribe(args) -> int:
+    from asrkit.cli_transcribe import run_transcribe
+
+    return run_transcribe(args)
+
+
 _COMMANDS = {
     "prep": (_add_prep, _run_prep),
     "validate": (_add_validate, _run_validate),
@@ -746,6 +764,7 @@ _COMMANDS = {
     "align": (_add_align, _run_align),
     "mkgraph": (_add_mkgraph, _run_mkgraph),
     "decode": (_add_decode, _run_decode),
+    "transcribe": (_add_transcribe, _run_transcribe),
     "rescore": (_add_rescore, _run_rescore),
     "score": (_add_score, _run_score),
 }
@@ -766,16 +785,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _decode_options() -> dict[str, argparse.Action]:
+    """``--option`` → its argparse action, for the ``decode`` subcommand."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    _add_decode(sub)
+    return {opt: a for a in sub.choices["decode"]._actions for opt in a.option_strings
+            if opt.startswith("--")}
+
+
 def _decode_overrides(args: list[str]) -> list[str]:
     """``decode.KEY=VALUE`` (Hydra-style, as in ``asrkit decode decode.lm=lm.arpa``) →
-    ``--KEY VALUE`` with underscores as dashes; other arguments are left as they are."""
-    out = []
+    ``--KEY VALUE`` with underscores as dashes; other arguments are left as they are.
+
+    Raises:
+        ConfigError: an unknown ``KEY`` (with the closest option), or a ``VALUE`` that is
+            not of the option's type or among its choices; one line naming the key.
+    """
+    import difflib
+
+    out: list[str] = []
+    options: dict[str, argparse.Action] | None = None
     for a in args:
-        if a.startswith("decode.") and "=" in a:
-            key, value = a[len("decode."):].split("=", 1)
-            out += [f"--{key.replace('_', '-')}", value]
-        else:
+        if not (a.startswith("decode.") and "=" in a):
             out.append(a)
+            continue
+        key, value = a[len("decode."):].split("=", 1)
+        opt = f"--{key.replace('_', '-')}"
+        options = options if options is not None else _decode_options()
+        action = options.get(opt)
+        if action is None or opt == "--help":
+            names = [o[2:].replace("-", "_") for o in options if o != "--help"]
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean 'decode.{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown decode option 'decode.{key}' (in {a}){hint}; see "
+                              "asrkit decode --help")
+        if action.nargs == 0:  # a flag: decode.KEY=true adds it, false leaves it out
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"wrong type for decode option 'decode.{key}': got "
+                                  f"{value!r}, expected a boolean (true or false)")
+            out += [opt] if value.lower() == "true" else []
+            continue
+        if action.type in (int, float):
+            try:
+                action.type(value)
+            except ValueError:
+                kind = "an integer" if action.type is int else "a number"
+                raise ConfigError(f"wrong type for decode option 'decode.{key}': got "
+                                  f"{value!r}, expected {kind}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(f"bad value for decode option 'decode.{key}': got {value!r}, "
+                              f"expected one of {', '.join(map(str, action.choices))}")
+        out += [opt, value]
     return out
 
 
@@ -785,7 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 and argv[0] == "train-lm" and ("=" in argv[1] or argv[1] == "--print-config"):
         argv.insert(1, "neural")  # asrkit train-lm model=lstm_lm ... (Hydra overrides)
     if argv and argv[0] == "decode":
-        argv = [argv[0], *_decode_overrides(argv[1:])]
+        try:
+            argv = [argv[0], *_decode_overrides(argv[1:])]
+        except ConfigError as e:
+            print(f"asrkit decode: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -793,10 +857,12 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return _COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
-        if args.verbose:
+    except Exception as e:
+        config_msg = config_error_message(e, "lm" if args.command == "train-lm" else "train")
+        if args.verbose or (config_msg is None and not isinstance(
+                e, (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError))):
             raise
-        print(f"asrkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"asrkit {args.command}: error: {config_msg or e}", file=sys.stderr)
         return 2
 
 

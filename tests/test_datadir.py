@@ -335,3 +335,38 @@ def test_fix_data_dir_refuses_duplicates(data_good_dir):
     _write(data_good_dir / "text", "spk1-u1 A\nspk1-u1 B\n")
     with pytest.raises(DataDirError, match=r"text:2: duplicate key"):
         fix_data_dir(data_good_dir)
+
+
+# --- the fix command named by the messages ------------------------------------------------------
+
+@pytest.mark.parametrize("breakage,pattern", [
+    ("unsorted", r"text:2: not sorted.*\(fix with: asrkit prep kaldi {d} {d}_fixed\)"),
+    ("spk2utt", r"spk2utt:2: .*\(regenerate spk2utt with: asrkit prep kaldi {d} {d}_fixed\)"),
+    ("no_spk2utt", (r"spk2utt: required file missing \(regenerate it with: asrkit prep kaldi "
+                    r"{d} {d}_fixed\)")),
+    ("missing_text", (r"utterance 'spk2-u1' is missing from text .*\(fix with: asrkit prep "
+                      r"kaldi {d} {d}_fixed\)")),
+])
+def test_validation_names_the_asrkit_command_that_fixes_it(data_good_dir, capsys, breakage,
+                                                           pattern):
+    import re
+
+    from asrkit.cli import main
+
+    d = data_good_dir
+    if breakage == "unsorted":
+        _write(d / "text", "spk1-u2 YES\nspk1-u1 HELLO WORLD\nspk2-u1 NO\n")
+    elif breakage == "spk2utt":
+        _write(d / "spk2utt", "spk1 spk1-u1\nspk2 spk2-u1 spk1-u2\n")
+    elif breakage == "no_spk2utt":
+        (d / "spk2utt").unlink()
+    else:
+        _write(d / "text", "spk1-u1 HELLO WORLD\nspk1-u2 YES\n")
+    with pytest.raises(DataDirError) as e:
+        validate_data_dir(d)
+    assert re.search(pattern.format(d=re.escape(str(d))), str(e.value)), str(e.value)
+    assert main(["validate", str(d)]) == 2
+    assert "asrkit prep kaldi" in capsys.readouterr().err
+    # the command named does fix it
+    assert main(["prep", "kaldi", str(d), f"{d}_fixed"]) == 0
+    validate_data_dir(Path(f"{d}_fixed"))

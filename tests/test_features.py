@@ -64,7 +64,11 @@ def _make_data_dir(root: Path, *, corrupt: bool = False, empty: bool = False,
         sf.write(path, np.zeros(0, dtype=np.float32), 16000, subtype="PCM_16")
         wav_scp["spk1-empty"], text["spk1-empty"], utt2spk["spk1-empty"] = (
             str(path), "EMPTY", "spk1")
-    data = root / "data"
+    return _write_data_dir(root / "data", wav_scp, text, utt2spk)
+
+
+def _write_data_dir(data: Path, wav_scp: dict, text: dict, utt2spk: dict) -> Path:
+    """A Kaldi data dir at ``data`` from its maps (spk2utt derived); returns ``data``."""
     write_kaldi_map(data / "wav.scp", wav_scp)
     write_kaldi_map(data / "text", text)
     write_kaldi_map(data / "utt2spk", utt2spk)
@@ -140,8 +144,10 @@ def test_feature_config_validation():
 def test_compute_features_nj1_equals_nj2(tmp_path):
     data = _make_data_dir(tmp_path)
     counts: list[int] = []
-    r1 = compute_features(data, tmp_path / "f1", FeatureConfig(), nj=1, progress=counts.append)
-    r2 = compute_features(data, tmp_path / "f2", FeatureConfig(), nj=2)
+    # one 8 kHz file among 16 kHz ones: upsampled only when asked (test_sample_rate_* below)
+    r1 = compute_features(data, tmp_path / "f1", FeatureConfig(), nj=1, progress=counts.append,
+                          allow_upsample=True)
+    r2 = compute_features(data, tmp_path / "f2", FeatureConfig(), nj=2, allow_upsample=True)
     assert sum(counts) == 8
     assert isinstance(r1, FeatureReport)
     assert (r1.num_done, r1.num_failed, r1.feat_dim) == (8, 0, 80)
@@ -165,6 +171,7 @@ def test_compute_features_nj1_equals_nj2(tmp_path):
     validate_data_dir(out)  # a valid Kaldi data dir in its own right
     # the 8 kHz file was resampled: 0.75 s -> 1 + (12000 - 400) // 160 frames
     assert len(f2["spk1-r8k"]) == 1 + (12000 - 400) // 160
+    assert r1.audio_sample_rates == r2.audio_sample_rates == {8000: 1, 16000: 7}
     # features equal extract() on the same audio
     wav, sr = sf.read(tmp_path / "wav" / "spk0-u2.wav", dtype="float32")
     np.testing.assert_array_equal(
@@ -241,7 +248,7 @@ def test_rerun_skips_when_done(tmp_path, monkeypatch):
 
 
 def test_resume_recomputes_only_the_missing_job(tmp_path, caplog):
-    data = _make_data_dir(tmp_path)
+    data = _make_data_dir(tmp_path, eight_k=False)
     out = tmp_path / "out"
     compute_features(data, out, FeatureConfig(), nj=2)
     before = _load_feats(out)
@@ -258,7 +265,8 @@ def test_resume_recomputes_only_the_missing_job(tmp_path, caplog):
     assert "job 2/2 already complete" not in caplog.text
     assert ark1.stat().st_mtime_ns == m1
     assert ark2.stat().st_mtime_ns > m2 - 10**9
-    assert sum(counts) == 8 and report.num_done == 8
+    assert sum(counts) == 7 and report.num_done == 7
+    assert report.audio_sample_rates == {16000: 7}  # job 1's counts kept from the first run
     after = _load_feats(out)
     assert list(after) == list(before)
     for utt in before:
@@ -296,3 +304,106 @@ def test_failed_job_raises_and_keeps_the_others(tmp_path):
     (out / "data" / "feats.2.ark").rmdir()
     report = compute_features(data, out, FeatureConfig(), nj=2)
     assert (report.num_done, report.num_failed) == (7, 0)
+
+
+# ----------------------------------------------------------------------------- sample rates
+
+
+def _rate_dir(root: Path, write_audio, rates: list[int], *, seconds: float = 0.6,
+              pipe: bool = False) -> Path:
+    """A data dir of one tone per rate in ``rates`` (utterances spk-u0, spk-u1, ...)."""
+    wav_scp, text, utt2spk = {}, {}, {}
+    for i, sr in enumerate(rates):
+        utt = f"spk-u{i}"
+        path = write_audio(root / "wav" / f"{utt}_{sr}.wav", seconds=seconds, sr=sr)
+        wav_scp[utt] = f"cat {path} |" if pipe else str(path)
+        text[utt], utt2spk[utt] = "A B", "spk"
+    return _write_data_dir(root / "data", wav_scp, text, utt2spk)
+
+
+def test_sample_rate_8k_data_with_16k_config_stops_naming_the_option(tmp_path, capsys,
+                                                                      data_write_audio):
+    from asrkit.cli import main
+    from asrkit.features.compute import SampleRateError
+
+    data = _rate_dir(tmp_path, data_write_audio, [8000] * 3)
+    with pytest.raises(SampleRateError) as e:
+        compute_features(data, tmp_path / "out", FeatureConfig())
+    msg = str(e.value)
+    assert str(data) in msg and "3 of 3 audio files" in msg and "8000 Hz" in msg
+    assert "spk-u0_8000.wav" in msg and "16000 Hz" in msg
+    assert "--sample-rate 8000" in msg and "--allow-upsample" in msg
+    assert not (tmp_path / "out" / "data").exists()  # stopped before computing anything
+    assert main(["features", str(data), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--sample-rate 8000" in err and "spk-u0_8000.wav" in err
+    # mixed rates: the one 8 kHz file is named, with the count
+    mixed = _rate_dir(tmp_path / "mixed", data_write_audio, [16000, 8000, 16000])
+    with pytest.raises(SampleRateError, match=r"1 of 3 audio files .*spk-u1_8000\.wav is 8000"):
+        compute_features(mixed, tmp_path / "out_mixed", FeatureConfig())
+
+
+def test_sample_rate_8k_data_with_8k_option_gives_native_rate_features(tmp_path, capsys,
+                                                                        data_write_audio):
+    from asrkit.cli import main
+
+    data = _rate_dir(tmp_path, data_write_audio, [8000] * 3, seconds=0.6)
+    out = tmp_path / "fbank8k"
+    assert main(["features", str(data), str(out), "--sample-rate", "8000",
+                 "--num-mel-bins", "40"]) == 0
+    assert "features at 8000 Hz (audio 8000 Hz: 3)" in capsys.readouterr().out
+    feats = _load_feats(out)
+    n = round(0.6 * 8000)  # 25 ms = 200 samples, 10 ms = 80 samples at 8 kHz
+    assert {u: f.shape for u, f in feats.items()} == {
+        f"spk-u{i}": (1 + (n - 200) // 80, 40) for i in range(3)}
+    wav, sr = sf.read(tmp_path / "wav" / "spk-u1_8000.wav", dtype="float32")
+    cfg8 = FeatureConfig(sample_rate=8000, num_mel_bins=40)
+    np.testing.assert_array_equal(feats["spk-u1"], extract(torch.from_numpy(wav), sr,
+                                                           cfg8).numpy())
+    import json
+
+    info = json.loads((out / "sample_rates.json").read_text())
+    assert info == {"sample_rate": 8000, "audio_sample_rates": {"8000": 3},
+                    "upsampled_utterances": 0, "downsampled_utterances": 0}
+
+
+def test_sample_rate_44k_data_is_downsampled_and_logged(tmp_path, caplog, data_write_audio):
+    data = _rate_dir(tmp_path, data_write_audio, [44100, 44100], seconds=0.5)
+    with caplog.at_level(logging.INFO, logger="asrkit"):
+        rep = compute_features(data, tmp_path / "out", FeatureConfig())
+    assert "audio sample rates (file headers): 44100 Hz: 2 files" in caplog.text
+    assert "downsampling 2 audio files (44100 Hz: 2 files) to the feature config's 16000 Hz" \
+        in caplog.text
+    assert rep.audio_sample_rates == {44100: 2}
+    frames = {u: len(f) for u, f in _load_feats(tmp_path / "out").items()}
+    assert frames == {"spk-u0": 1 + (8000 - 400) // 160, "spk-u1": 1 + (8000 - 400) // 160}
+
+
+def test_sample_rate_allow_upsample_opt_in(tmp_path, caplog, capsys, data_write_audio):
+    from asrkit.cli import main
+
+    data = _rate_dir(tmp_path, data_write_audio, [8000, 8000], seconds=0.5)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="asrkit"):
+        assert main(["features", str(data), str(out), "--allow-upsample"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("upsampling 2 audio files (8000 Hz: 2 files) to 16000 Hz" in w for w in warnings)
+    frames = {u: len(f) for u, f in _load_feats(out).items()}
+    assert frames == {"spk-u0": 1 + (8000 - 400) // 160, "spk-u1": 1 + (8000 - 400) // 160}
+    import json
+
+    assert json.loads((out / "sample_rates.json").read_text())["upsampled_utterances"] == 2
+
+
+@pytest.mark.parametrize("nj", [1, 2])
+def test_sample_rate_of_pipes_is_checked_when_read(tmp_path, data_write_audio, nj):
+    from asrkit.features.compute import SampleRateError
+
+    data = _rate_dir(tmp_path, data_write_audio, [16000, 8000], pipe=True)
+    with pytest.raises(SampleRateError, match=r"'cat .*spk-u1_8000\.wav \|'.*8000 Hz.*"
+                                              r"--sample-rate 8000"):
+        compute_features(data, tmp_path / "out", FeatureConfig(), allow_pipe=True, nj=nj)
+    rep = compute_features(data, tmp_path / "out", FeatureConfig(), allow_pipe=True, nj=nj,
+                           allow_upsample=True)
+    assert rep.num_done == 2 and rep.audio_sample_rates == {8000: 1, 16000: 1}

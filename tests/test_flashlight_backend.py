@@ -228,5 +228,5 @@ def test_errors_are_clear(tok, tmp_path):
 
 def test_missing_flashlight_names_the_extra(monkeypatch):
     monkeypatch.setattr(fl_mod, "flashlight_available", lambda: False)
-    with pytest.raises(ImportError, match=r"asrkit\[flashlight\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[flashlight\]' in the asrkit"):
         FlashlightCTCDecoder(["<blank>", "a"])

@@ -119,6 +119,34 @@ def test_mkgraph_decode_score_recognise_held_out_utterances(system, capsys):
         assert [sc for _, sc in entries] == sorted((sc for _, sc in entries), reverse=True)
 
 
+def test_long_utterances_get_their_loglikes_in_blocks(system, tmp_path, monkeypatch):
+    from asrkit.decode import gmm
+
+    root, exp, test = system["root"], system["exp"], system["test"]
+    graph = exp / "tri1" / "graph"
+    if not (graph / "HCLG.fst").is_file():
+        assert main(["mkgraph", str(root / "lang"), str(root / "lm.arpa"), str(exp / "tri1"),
+                     str(graph)]) == 0
+    assert main(["decode", str(exp / "tri1"), str(test), "--out", str(tmp_path / "a")]) == 0
+    calls = []
+    loglik = gmm.AcousticModel.loglik
+
+    def spy(self, x):
+        calls.append(x.shape[0])
+        return loglik(self, x)
+
+    # every utterance (50-110 frames) counts as long: GMM scores 16 frames at a time
+    monkeypatch.setattr(gmm, "WHOLE_LOGLIK_FRAMES", 10)
+    monkeypatch.setattr(gmm, "LOGLIK_BLOCK_FRAMES", 16)
+    monkeypatch.setattr(gmm.AcousticModel, "loglik", spy)
+    assert main(["decode", str(exp / "tri1"), str(test), "--out", str(tmp_path / "b")]) == 0
+    assert calls and max(calls) <= 16
+    for name in ("text", "ctm"):
+        assert (tmp_path / "b" / name).read_text() == (tmp_path / "a" / name).read_text()
+    a, b = (json.loads((tmp_path / d / "decode_summary.json").read_text()) for d in "ab")
+    assert b["avg_am_cost_per_frame"] == pytest.approx(a["avg_am_cost_per_frame"], rel=1e-6)
+
+
 def test_align_held_out_data_dir_matches_true_word_boundaries(system):
     root, exp = system["root"], system["exp"]
     out = root / "ali_test"

@@ -188,7 +188,7 @@ def test_bad_pretrained_paths_and_keys_are_clear_errors(tmp_path, monkeypatch):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text('{"model_type": "wav2vec2"}')
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
-    with pytest.raises(ImportError, match=r"transformers.*pip install asrkit\[llm\]"):
+    with pytest.raises(ImportError, match=r"transformers.*pip install -e .\.\[llm\]. in the asrkit checkout"):
         tiny_model(pretrained=str(tmp_path / "hf"))
     monkeypatch.undo()
 

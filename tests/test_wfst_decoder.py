@@ -682,3 +682,54 @@ def test_decode_nbest_is_exact_on_hclg(hclg, graph, tm, seed):
     assert [c for _, c in r.nbest] == sorted(c for _, c in r.nbest)
     for w, c in r.nbest:
         assert c == pytest.approx(ref[tuple(w)], abs=1e-3)
+
+
+# --- long utterances: blocks of scores, partial traceback --------------------------------------
+
+def test_partial_traceback_bounds_the_held_backpointers(graph, tm, lang, monkeypatch):
+    from asrkit.decode.wfst import FrameScores
+    from asrkit.decode.wfst import decoder as dec
+
+    held: list[int] = []
+    gc = dec._Search.gc
+
+    def spy(self, idx):
+        out = gc(self, idx)
+        held.append(len(self.chunks))
+        return out
+
+    # 30 x "DOG A CAT": noisy log-likelihoods peaked at the sentence's pdfs
+    phones = _phones(lang, "SIL D_B AO_I G_E AH_S SIL K_B AE_I T_E")
+    pdfs = _alignment(tm, Mono(tm), phones, [2, 5, 1]) * 30
+    T = len(pdfs)
+    gen = torch.Generator().manual_seed(3)
+    ll = _peaked(pdfs, tm.num_pdfs, low=-8.0) + torch.randn(T, tm.num_pdfs, generator=gen)
+    plain = decode_fst(graph, ll, tm.tid2pdf, gc_threshold=10**9, gc_frames=10**9)
+    assert plain.words == _words(lang, "DOG A CAT " * 30)
+    monkeypatch.setattr(dec._Search, "gc", spy)
+    r = decode_fst(graph, ll, tm.tid2pdf, gc_frames=50)
+    # a chunk per frame is held only back to where the paths merged, not for all T frames
+    assert T > 2000 and len(held) >= T // 50 - 1
+    assert max(held) < 100
+    # the same path, costs and acoustic cost, bit for bit
+    assert r.words == plain.words and torch.equal(r.tids, plain.tids)
+    assert (r.cost, r.am_cost, r.lm_cost) == (plain.cost, plain.am_cost, plain.lm_cost)
+    # the acoustic cost is the frames' scores of the path, summed as before
+    assert r.am_cost == -float(ll.double()[torch.arange(T), tm.tid2pdf[r.tids]].sum())
+    # scores computed a block at a time: the same search
+    calls: list[tuple[int, int]] = []
+
+    def compute(t0: int, t1: int) -> torch.Tensor:
+        calls.append((t0, t1))
+        return ll[t0:t1]
+
+    lazy = decode_fst(graph, FrameScores(T, tm.num_pdfs, compute, block_frames=700),
+                      tm.tid2pdf, gc_frames=50)
+    assert calls == [(t, min(t + 700, T)) for t in range(0, T, 700)]
+    assert lazy.words == r.words and torch.equal(lazy.tids, r.tids)
+    assert (lazy.cost, lazy.am_cost) == (r.cost, r.am_cost)
+    with pytest.raises(ValueError, match=r"frames 0..699: expected shape \(700, "):
+        decode_fst(graph, FrameScores(T, tm.num_pdfs, lambda a, b: ll[a:b + 1], 700),
+                   tm.tid2pdf)
+    with pytest.raises(ValueError, match="gc_frames"):
+        decode_fst(graph, ll, tm.tid2pdf, gc_frames=0)

@@ -45,6 +45,7 @@ __all__ = [
     "AudioError",
     "audio_duration",
     "check_sample_rate",
+    "header_sample_rate",
     "is_pipe",
     "load_audio",
 ]
@@ -364,3 +365,30 @@ def check_sample_rate(spec: str, expected_sr: int, *, allow_pipe: bool = False) 
         raise AudioError(f"{spec!r}: sample rate is {sr} Hz, expected {expected_sr} Hz "
                          "(resample with load_audio(..., target_sr=...) or convert the corpus)")
     return sr
+
+
+def header_sample_rate(spec: str) -> int | None:
+    """The sample rate of a ``wav.scp`` entry if it can be known without decoding audio.
+
+    A file is asked for its header (``soundfile.info``; ``.raw`` files are
+    :data:`RAW_SAMPLE_RATE`); pipe commands and ``<file>.ark:<offset>`` archive entries are
+    not run or read (None: their rate is known only once the audio is read).
+
+    Args:
+        spec: the ``wav.scp`` value (see :func:`load_audio`).
+
+    Returns:
+        The rate in Hz, or None for pipes and archive entries.
+
+    Raises:
+        AudioError: a missing or unreadable file (the message names ``spec``).
+    """
+    s = spec.strip() if isinstance(spec, str) else spec
+    if not isinstance(s, str) or not s or is_pipe(s) or (_ARK_RE.match(s)
+                                                         and not Path(s).exists()):
+        return None
+    if _is_raw(s):
+        if not Path(s).is_file():
+            raise AudioError(f"{spec!r}: audio file not found")
+        return RAW_SAMPLE_RATE
+    return _file_info(spec, s)[0]

@@ -31,6 +31,7 @@ from asrkit.fileio import FileLineError, atomic_write
 __all__ = [
     "DataDir",
     "DataDirError",
+    "fix_command",
     "fix_data_dir",
     "read_kaldi_map",
     "spk2utt_from_utt2spk",
@@ -55,6 +56,15 @@ _EMPTY_VALUE = {
     "utt2dur": "no duration for utterance",
     "segments": "no '<recording-id> <start> <end>' for utterance",
 }
+
+
+def fix_command(path: str | os.PathLike) -> str:
+    """The command that repairs the data dir holding file ``path`` into a new dir:
+    ``asrkit prep kaldi DIR DIR_fixed``, which re-sorts in C order, drops utterances missing
+    from any file, regenerates ``spk2utt`` and validates
+    (:func:`asrkit.data.corpora.kaldi.import_kaldi_dir`)."""
+    d = Path(path).parent
+    return f"asrkit prep kaldi {d} {d}_fixed"
 
 
 class DataDirError(FileLineError):
@@ -145,11 +155,11 @@ def _check_sorted(path: str | os.PathLike, entries: list[tuple[int, str, str]]) 
         if prev is not None:
             if k == prev:
                 raise DataDirError(path, no, f"duplicate key {key!r}; expected unique keys "
-                                             "(fix with fix_data_dir after removing one)")
+                                             f"(remove one, then fix with: {fix_command(path)})")
             if k < prev:
                 raise DataDirError(path, no, f"not sorted: {key!r} comes after {prev_key!r}; "
                                              "expected C (byte) order as 'LC_ALL=C sort' "
-                                             "gives (fix with fix_data_dir)")
+                                             f"gives (fix with: {fix_command(path)})")
         prev, prev_key = k, key
 
 
@@ -497,12 +507,12 @@ def _require_same_keys(a_path: Path, a: list[tuple[int, str, str]],
     if hit is not None:
         raise DataDirError(a_path, hit[0], f"{what} {hit[1]!r} is missing from {b_path.name} "
                                            f"({b_path}); every {what} must be in both "
-                                           "(fix with fix_data_dir)")
+                                           f"(fix with: {fix_command(a_path)})")
     hit = _first_missing(b, a_keys)
     if hit is not None:
         raise DataDirError(b_path, hit[0], f"{what} {hit[1]!r} is missing from {a_path.name} "
                                            f"({a_path}); every {what} must be in both "
-                                           "(fix with fix_data_dir)")
+                                           f"(fix with: {fix_command(b_path)})")
 
 
 def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True,
@@ -542,7 +552,8 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True,
         raise DataDirError(path, None, "data directory not found")
     for name in (*REQUIRED_FILES, "spk2utt"):
         if not (path / name).is_file():
-            hint = " (regenerate it with fix_data_dir)" if name == "spk2utt" else ""
+            hint = f" (regenerate it with: {fix_command(path / name)})" \
+                if name == "spk2utt" else ""
             raise DataDirError(path / name, None, f"required file missing{hint}")
     files = {name: path / name for name in ("wav.scp", "text", "utt2spk", "spk2utt",
                                             "utt2dur", "segments")}
@@ -573,7 +584,8 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True,
         for no, rec, _ in entries["wav.scp"]:
             if rec not in used:
                 raise DataDirError(files["wav.scp"], no, f"recording {rec!r} is used by no "
-                                   f"segment in {files['segments']} (fix with fix_data_dir)")
+                                   f"segment in {files['segments']} (fix with: "
+                                   f"{fix_command(files['wav.scp'])})")
     else:
         _require_same_keys(files["utt2spk"], entries["utt2spk"], files["wav.scp"],
                            entries["wav.scp"], "utterance")
@@ -588,7 +600,7 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True,
     for no, spk, value in entries["spk2utt"]:
         if spk not in expected:
             raise DataDirError(files["spk2utt"], no, f"speaker {spk!r} is not in utt2spk "
-                               "(regenerate spk2utt with fix_data_dir)")
+                               f"(regenerate spk2utt with: {fix_command(files['spk2utt'])})")
         utts = value.split()
         for u in utts:
             if u in seen_utts:
@@ -599,13 +611,14 @@ def validate_data_dir(path: str | os.PathLike, *, check_audio: bool = True,
                 got = utt2spk.get(u)
                 why = "is not in utt2spk" if got is None else f"belongs to speaker {got!r}"
                 raise DataDirError(files["spk2utt"], no, f"utterance {u!r} listed under "
-                                   f"{spk!r} but {why} (regenerate spk2utt with fix_data_dir)")
+                                   f"{spk!r} but {why} (regenerate spk2utt with: "
+                                   f"{fix_command(files['spk2utt'])})")
     spk_in_file = {k for _, k, _ in entries["spk2utt"]}
     for no, utt, spk in entries["utt2spk"]:
         if spk not in spk_in_file or utt not in seen_utts:
             raise DataDirError(files["utt2spk"], no, f"utterance {utt!r} of speaker {spk!r} is "
                                f"missing from spk2utt ({files['spk2utt']}); regenerate it "
-                               "with fix_data_dir")
+                               f"with: {fix_command(files['spk2utt'])}")
 
     bad_prefix = [(u, s) for u, s in utt2spk.items() if not u.startswith(s)]
     if bad_prefix:

@@ -84,6 +84,31 @@ def _candidates(log_probs: torch.Tensor, blank: int, prune: float | None,
     return [[c for c, ok in zip(row, ok_row) if ok] for row, ok_row in zip(ids, kept)]
 
 
+#: Frames converted to float64 Python rows at a time by :func:`ctc_prefix_beam_search` (a
+#: whole 1-hour utterance at once would be ~90,000 × V Python floats, 2.9 GB at V = 1000).
+_ROW_BLOCK = 1000
+#: Every this many frames :func:`ctc_prefix_beam_search` moves the tokens all hypotheses share
+#: out of their prefixes, so a prefix costs O(tokens since the hypotheses diverged), not
+#: O(tokens of the utterance), to copy and hash.
+_COMMIT_FRAMES = 200
+#: In an utterance of more than ``_LONG_FRAMES`` frames (40 s at 40 ms), a prefix that differs
+#: from the best one in a token more than ``_MAX_DIVERGENCE`` tokens before the best one's end
+#: is dropped at those points (the partial-result finalisation of streaming decoders).
+_LONG_FRAMES = 1000
+_MAX_DIVERGENCE = 100
+
+
+def _frame_rows(log_probs: torch.Tensor, blank: int, prune: float | None,
+                token_topk: int | None):
+    """``(t, row of V floats, candidate token ids)`` per frame of a (T, V) matrix, converted
+    to float64 :data:`_ROW_BLOCK` frames at a time (the same values as all at once)."""
+    for t0 in range(0, log_probs.shape[0], _ROW_BLOCK):
+        blk = log_probs[t0:t0 + _ROW_BLOCK].to("cpu", torch.float64)
+        cands = _candidates(blk, blank, prune, token_topk)
+        for i, (row, c) in enumerate(zip(blk.tolist(), cands)):
+            yield t0 + i, row, c
+
+
 def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: int = BLANK_ID,
                            prune: float | None = None, token_topk: int | None = None,
                            scorer: PrefixScorer | None = None, lm_weight: float = 0.0,
@@ -113,6 +138,19 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
     :meth:`asrkit.lm.fusion.WordNgramScorer.final`) is added, weighted, to the final ranking
     only.
 
+    Long utterances: time and memory are linear in T. Frames are converted to float64 Python
+    rows :data:`_ROW_BLOCK` at a time, and every :data:`_COMMIT_FRAMES` frames the tokens that
+    every kept prefix starts with are committed: the prefixes (and the scorer's cache, through
+    its ``rebase(prefix)``, which makes ``prefix`` its new empty prefix) continue from there,
+    so extending and hashing a prefix costs O(tokens since the hypotheses diverged), not
+    O(tokens so far). Committing changes no score or ranking. The kept prefixes need not
+    share much, though (a variant of one early token can stay in the beam indefinitely), so
+    beyond :data:`_LONG_FRAMES` frames a prefix that disagrees with the best one more than
+    :data:`_MAX_DIVERGENCE` tokens back is dropped at those points; shorter utterances are
+    searched exactly as always. With a scorer that cannot rebase (no true ``can_rebase``
+    attribute, e.g. a Transformer LM, which rereads the whole prefix), or a ``final_scorer``
+    other than ``scorer.final``, prefixes stay whole and the cost grows with T × tokens.
+
     Args:
         log_probs: (T, V) log posteriors of one utterance (``log_softmax`` output, natural log);
             other scores work for ranking, but then the returned values are not probabilities.
@@ -139,7 +177,7 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
     """
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs must be (T, V), got shape {tuple(log_probs.shape)}")
-    num_frames, vocab = log_probs.shape
+    vocab = log_probs.shape[1]
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     if token_topk is not None and token_topk < 1:
@@ -147,9 +185,12 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
     if not 0 <= blank < vocab:
         raise ValueError(f"blank id {blank} out of range for vocabulary size {vocab}")
     use_lm = scorer is not None and lm_weight != 0.0
-    lp = log_probs.detach().to("cpu", torch.float64)
-    cands = _candidates(lp, blank, prune, token_topk)
-    rows = lp.tolist()
+    lp = log_probs.detach()
+    # prefixes are kept relative to ``committed``, the tokens every hypothesis shares
+    can_commit = not use_lm or (getattr(scorer, "can_rebase", False) and (
+        final_scorer is None or final_scorer == getattr(scorer, "final", None)))
+    committed: list[int] = []
+    long = log_probs.shape[0] > _LONG_FRAMES
 
     # prefix -> [log p_b, log p_nb]; lm_score: prefix -> accumulated scorer log-prob
     hyps: dict[tuple[int, ...], list[float]] = {(): [0.0, _NEG_INF]}
@@ -160,18 +201,17 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
         score = _logaddexp(pb, pnb)
         return score + lm_weight * lm_score[prefix] if use_lm else score
 
-    for t in range(num_frames):
-        y = rows[t]
+    for t, y, cands_t in _frame_rows(lp, blank, prune, token_topk):
         y_blank = y[blank]
         nxt: dict[tuple[int, ...], list[float]] = {}
         for prefix, (pb, pnb) in hyps.items():
             total = _logaddexp(pb, pnb)
             cell = nxt.setdefault(prefix, [_NEG_INF, _NEG_INF])
             cell[0] = _logaddexp(cell[0], total + y_blank)
-            last = prefix[-1] if prefix else None
+            last = prefix[-1] if prefix else (committed[-1] if committed else None)
             if last is not None:
                 cell[1] = _logaddexp(cell[1], pnb + y[last])
-            for c in cands[t]:
+            for c in cands_t:
                 new = prefix + (c,)
                 add = (pb if c == last else total) + y[c]
                 if add == _NEG_INF:  # e.g. "a"+"a" with no blank path yet: impossible
@@ -187,12 +227,35 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
         hyps = dict(kept)
         if use_lm:  # keep the LM cache bounded: only the surviving prefixes
             lm_score = {p: lm_score[p] for p in hyps}
+        if can_commit and (t + 1) % _COMMIT_FRAMES == 0:
+            if long:  # drop what disagrees with the best prefix far back: it stays short
+                best = next(iter(hyps))
+                hyps = {p: v for p, v in hyps.items()
+                        if len(best) - _common_length([best, p]) <= _MAX_DIVERGENCE}
+            n = _common_length(list(hyps))
+            if n:  # every hypothesis starts with these: move them out of the prefixes
+                common = next(iter(hyps))[:n]
+                committed.extend(common)
+                if use_lm:
+                    lm_score = {p[n:]: lm_score[p] for p in hyps}
+                    scorer.rebase(common)
+                hyps = {p[n:]: v for p, v in hyps.items()}
+
     def end(p: tuple[int, ...]) -> float:
         return lm_weight * float(final_scorer(p)) if use_lm and final_scorer else 0.0
 
-    final = sorted(((list(p), rank((p, s)) + end(p)) for p, s in hyps.items()),
+    final = sorted(((committed + list(p), rank((p, s)) + end(p)) for p, s in hyps.items()),
                    key=lambda h: (-h[1], h[0]))
     return final
+
+
+def _common_length(prefixes: list[tuple[int, ...]]) -> int:
+    """Length of the longest common start of ``prefixes``."""
+    first, n = prefixes[0], min(len(p) for p in prefixes)
+    for i in range(n):
+        if any(p[i] != first[i] for p in prefixes):
+            return i
+    return n
 
 
 def ctc_prefix_beam_search_batch(log_probs: torch.Tensor, lengths: torch.Tensor,

@@ -11,8 +11,9 @@ model give a graph dir:
 
 ``decode_gmm_data_dir`` is ``steps/decode.sh`` without lattice files: GMM log-likelihoods of
 each utterance's features (the options saved with the model: per-speaker CMN, deltas), a
-Viterbi beam search over ``HCLG`` (:func:`asrkit.decode.wfst.decode_fst`), and in the
-output dir:
+Viterbi beam search over ``HCLG`` (:func:`asrkit.decode.wfst.decode_fst`; memory bounded for
+utterances of any length: log-likelihoods in blocks beyond :data:`WHOLE_LOGLIK_FRAMES`, the
+best path traced back as the search goes), and in the output dir:
 
 * ``text``                Kaldi text, ``utt-id WORD1 WORD2 ...``
 * ``ctm``                 word CTM ``utt-id 1 start duration WORD`` in seconds (word
@@ -43,7 +44,14 @@ import torch
 from asrkit.data.datadir import read_kaldi_map, split_evenly, write_kaldi_map
 from asrkit.decode.nbest import write_or_clear_nbest
 from asrkit.decode.run import DecodeReport
-from asrkit.decode.wfst import DecodingError, DecodingGraph, arpa_to_fst, decode_fst, make_hclg
+from asrkit.decode.wfst import (
+    DecodingError,
+    DecodingGraph,
+    FrameScores,
+    arpa_to_fst,
+    decode_fst,
+    make_hclg,
+)
 from asrkit.decode.wfst.fstio import read_fst, write_fst
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.lm.ngram import read_arpa
@@ -56,6 +64,13 @@ __all__ = ["decode_gmm_data_dir", "is_gmm_exp", "make_graph", "model_file", "wor
 logger = logging.getLogger(__name__)
 
 _POS = re.compile(r"_([BEIS])$")
+
+#: Utterances up to this many frames (1 min at 10 ms) get their GMM log-likelihoods in one
+#: (T, S) tensor, as always; longer ones :data:`LOGLIK_BLOCK_FRAMES` at a time during the
+#: search (:class:`asrkit.decode.wfst.FrameScores`), so a 1-hour recording with 2,500 pdfs
+#: needs 10 MB of them at a time instead of 3.6 GB.
+WHOLE_LOGLIK_FRAMES = 6000
+LOGLIK_BLOCK_FRAMES = 1000
 
 
 def model_file(exp: str | os.PathLike) -> Path:
@@ -199,8 +214,12 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
         if x.shape[1] != am.feat_dim:
             raise ValueError(f"{data_dir}: features of {u} have dimension {x.shape[1]}, the "
                              f"model {am.feat_dim}; expected the training features")
+        xd = x.to(dev)
+        loglikes = am.loglik(xd) if xd.shape[0] <= WHOLE_LOGLIK_FRAMES else FrameScores(
+            xd.shape[0], am.num_pdfs, lambda t0, t1, xd=xd: am.loglik(xd[t0:t1]),
+            LOGLIK_BLOCK_FRAMES)
         try:
-            res = decode_fst(graph, am.loglik(x.to(dev)), tid2pdf, **opts)
+            res = decode_fst(graph, loglikes, tid2pdf, **opts)
         except DecodingError as e:
             out["failed"][u] = str(e)
             logger.warning("%s: not decoded: %s", u, e)

@@ -17,8 +17,15 @@ Every beam method can also write an n-best list (``nbest``, format in
 :mod:`asrkit.decode.nbest`) and take a language model by shallow fusion (``lm``: a word
 n-gram in ARPA format or an ``asrkit train-lm`` neural LM; :mod:`asrkit.lm.fusion`).
 ``ctc_prefix_beam`` also runs on Flashlight's C++ beam search (``backend="flashlight"``,
-:mod:`asrkit.decode.flashlight`, ``pip install asrkit[flashlight]``), lexicon-free or
+:mod:`asrkit.decode.flashlight`, ``pip install -e '.[flashlight]'``), lexicon-free or
 constrained to a ``lexicon``.
+
+Long utterances (over ``chunk_seconds``, 30 s): the CTC methods encode them in overlapping
+windows and search the stitched posteriors (:mod:`asrkit.decode.chunked`, NeMo's buffered CTC
+inference), so an utterance of any length decodes in memory bounded by the window; shorter
+ones take exactly the path they always took. The attention methods attend over the whole
+utterance and are refused for such utterances (:class:`LongUtteranceError`): segment the
+recording first (``asrkit transcribe``, or a ``segments`` file).
 """
 
 from __future__ import annotations
@@ -35,20 +42,27 @@ import torch
 
 from asrkit.data.datadir import read_kaldi_map, write_kaldi_map
 from asrkit.decode.attention import attention_beam_search, joint_ctc_attention_beam_search
+from asrkit.decode.chunked import chunked_ctc_log_probs
 from asrkit.decode.ctc import ctc_greedy, ctc_prefix_beam_search_batch
 from asrkit.decode.nbest import write_or_clear_nbest
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.text.tokenizer import Tokenizer
 from asrkit.train.checkpoint import load_model, pick_device
 from asrkit.train.data import FeatureDataset, collate, frame_batches
+from asrkit.train.expdir import load_exp_tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "decode_data_dir", "fusion_scorer",
-           "pick_device"]
+__all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "LongUtteranceError",
+           "decode_data_dir", "fusion_scorer", "pick_device"]
 
 METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst")
 ATTENTION_METHODS = ("attention_beam", "joint_ctc_attention")
+
+
+class LongUtteranceError(ValueError):
+    """An attention method was asked to decode an utterance longer than ``chunk_seconds``
+    (the message names it, its length, and what to do instead)."""
 
 
 @dataclass
@@ -120,6 +134,27 @@ def fusion_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *
     return WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
 
 
+def _encoded(model, ds: FeatureDataset, long_idx: list[int], max_frames: int,
+             dev: torch.device, chunk: int | None, context: int):
+    """``(utt ids, enc (B, T', D) or None, lens (B,), CTC log-posteriors (B, T', V))`` of the
+    whole data set: the utterances up to ``chunk`` frames in length-sorted batches of at most
+    ``max_frames`` padded frames, as always; then each longer one (``long_idx``) alone,
+    encoded in windows (:func:`asrkit.decode.chunked.chunked_ctc_log_probs`; no encoder
+    output, on the CPU)."""
+    skip = set(long_idx)
+    rest = [i for i in range(len(ds)) if i not in skip]
+    for idx in frame_batches([ds.lengths[i] for i in rest], max_frames, shuffle=False):
+        batch = collate([ds[rest[j]] for j in idx])
+        enc, lens = model.encode(batch["feats"].to(dev), batch["feat_lens"].to(dev))
+        yield batch["ids"], enc, lens, model.ctc_log_probs_from_encoder(enc)
+    for i in long_idx:
+        utt, feats, _ = ds[i]
+        log_probs = chunked_ctc_log_probs(model, feats, chunk_frames=chunk,
+                                          context_frames=context, max_frames=max_frames,
+                                          device=dev, utt=utt)
+        yield [utt], None, torch.tensor([log_probs.shape[0]]), log_probs[None]
+
+
 @torch.inference_mode()
 def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     out_dir: str | os.PathLike | None = None, *, method: str = "ctc_greedy",
@@ -133,7 +168,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     word_bonus: float = 0.0, graph: str | os.PathLike | None = None,
                     wfst_beam: float = 16.0, max_active: int = 7000,
                     blank_penalty: float = 0.0, lattice_beam: float = 8.0, backend: str = "asrkit",
-                    lexicon: str | os.PathLike | None = None, progress=None) -> DecodeReport:
+                    lexicon: str | os.PathLike | None = None,
+                    chunk_seconds: float | None = 30.0, chunk_overlap: float = 4.0,
+                    progress=None) -> DecodeReport:
     """Decode every utterance of a feature data dir and write ``out_dir/text`` (1-best).
 
     With a beam method and ``nbest > 1`` it also writes ``out_dir/nbest``
@@ -197,6 +234,13 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         lexicon: ``backend="flashlight"``: a word list or lexicon file (``WORD`` or ``WORD
             piece…`` per line) to constrain the output to; with an ``lm`` the LM is then
             KenLM's (C++). None: lexicon-free.
+        chunk_seconds: utterances longer than this are encoded in windows whose kept centres
+            are this long (:func:`asrkit.decode.chunked.chunked_ctc_log_probs`; 30 s = 3000
+            frames of 10 ms, or of the experiment's ``features.frame_shift``) and the CTC
+            search runs on the stitched posteriors; the attention methods refuse them. None
+            or <= 0: every utterance is encoded whole, as before.
+        chunk_overlap: seconds of context on each side of a window's kept centre (4 s);
+            discarded after encoding, except at the utterance's ends.
         progress: optional callable receiving the number of utterances just decoded.
 
     Returns:
@@ -207,7 +251,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             ``nbest > 1`` with ``ctc_greedy``, an attention method for a model without
             an attention decoder, ``lm`` with ``ctc_greedy``, an unknown ``backend`` or
             ``flashlight`` with another method or a neural LM, ``lexicon`` without it, ``wfst`` without ``graph`` or
-            with ``lm`` / ``word_bonus`` / ``lm_weight <= 0``.
+            with ``lm`` / ``word_bonus`` / ``lm_weight <= 0``, ``chunk_overlap < 0``.
+        LongUtteranceError: an utterance over ``chunk_seconds`` with an attention method,
+            or with a Transformer LM (whose cost grows with the hypothesis).
         FileNotFoundError: missing experiment files or ``feats.scp``.
     """
     if method not in METHODS:
@@ -239,6 +285,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         if not lm_weight > 0:
             raise ValueError(f"wfst: lm_weight must be > 0 (acoustic scale 1/lm_weight), got "
                              f"{lm_weight}")
+    if not chunk_overlap >= 0:
+        raise ValueError(f"chunk_overlap must be >= 0 seconds, got {chunk_overlap}")
     topk = beam if token_topk is None else token_topk
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / f"decode_{data_dir.name}_{method}"
@@ -246,11 +294,28 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     with stage_log(out_dir / "decode.log"):
         dev = pick_device(device)
         model, cfg = load_model(exp_dir, checkpoint=checkpoint, avg=avg, device=dev)
-        tok = Tokenizer(cfg["data"]["tokenizer"])
+        tok = load_exp_tokenizer(exp_dir, cfg)  # the experiment's copy (train.expdir)
         if method in ATTENTION_METHODS and not getattr(model, "has_decoder", False):
             raise ValueError(f"{method} needs a model with an attention decoder; {exp_dir} "
                              "is CTC-only (use ctc_greedy or ctc_prefix_beam)")
         ds = FeatureDataset(data_dir, None, max_frames=10**9)
+        shift = float((cfg.get("features") or {}).get("frame_shift", 10.0)) / 1000.0
+        chunk = round(chunk_seconds / shift) if chunk_seconds and chunk_seconds > 0 else None
+        context = round(chunk_overlap / shift)
+        long_idx = [i for i, n in enumerate(ds.lengths) if chunk is not None and n > chunk]
+        if long_idx and method in ATTENTION_METHODS:
+            i = max(long_idx, key=lambda j: ds.lengths[j])
+            raise LongUtteranceError(
+                f"{data_dir}: utterance {ds.ids[i]} is {ds.lengths[i] * shift:.1f} s long "
+                f"({ds.lengths[i]} frames; {len(long_idx)} utterance(s) over chunk_seconds="
+                f"{chunk_seconds:g}); {method} attends over the whole utterance and is not "
+                "decoded in chunks. Segment the recording first (asrkit transcribe, which "
+                "cuts it with a VAD, or a segments file in the data dir), or decode it with "
+                "a CTC method (ctc_greedy, ctc_prefix_beam, wfst), which encode long "
+                "utterances in overlapping windows")
+        if long_idx:
+            logger.info("%d utterance(s) over %g s: encoded in windows of %g s + 2 x %g s "
+                        "context", len(long_idx), chunk_seconds, chunk_seconds, chunk_overlap)
         if method == "wfst":
             from asrkit.decode.wfst import CtcDecodingGraph, decode_ctc_wfst_batch
 
@@ -292,18 +357,24 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                 fusion["final_scorer"] = scorer.final
             logger.info("shallow fusion: %s, weight %g, word bonus %g%s", lm, lm_weight,
                         word_bonus, "".join(f"; {p}, weight {w:g}" for p, w in extra_lms))
+        if long_idx and fusion and not getattr(fusion["scorer"], "can_rebase", False):
+            i = max(long_idx, key=lambda j: ds.lengths[j])
+            raise LongUtteranceError(
+                f"{data_dir}: utterance {ds.ids[i]} is {ds.lengths[i] * shift:.1f} s long "
+                f"(over chunk_seconds={chunk_seconds:g}), and the LM {lm} rereads every "
+                "hypothesis whole (a Transformer LM), which grows without bound on a long "
+                "utterance; use an n-gram or LSTM LM, or segment the recording first "
+                "(asrkit transcribe, or a segments file)")
         if method not in ("ctc_greedy", "wfst"):
             logger.info("%s: beam %d, n-best %d%s", method, beam, nbest,
                         f", CTC weight {ctc_weight}" if method == "joint_ctc_attention" else "")
         hyps: dict[str, str] = {}
         nbests: dict[str, list[tuple[str, float]]] = {}
         start = time.perf_counter()
-        for batch_idx in frame_batches(ds.lengths, max_frames, shuffle=False):
-            batch = collate([ds[i] for i in batch_idx])
-            enc, lens = model.encode(batch["feats"].to(dev), batch["feat_lens"].to(dev))
-            log_probs = model.ctc_log_probs_from_encoder(enc)
+        for utts, enc, lens, log_probs in _encoded(model, ds, long_idx, max_frames, dev,
+                                                   chunk, context):
             if method == "ctc_greedy":
-                for utt, ids in zip(batch["ids"], ctc_greedy(log_probs, lens)):
+                for utt, ids in zip(utts, ctc_greedy(log_probs, lens)):
                     hyps[utt] = tok.decode(ids)
             elif method == "wfst":
                 threads = torch.get_num_threads()
@@ -315,7 +386,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                         nbest=nbest, lattice_beam=lattice_beam)
                 finally:
                     torch.set_num_threads(threads)
-                for utt, r in zip(batch["ids"], results):
+                for utt, r in zip(utts, results):
                     hyps[utt] = " ".join(r.words)
                     if r.nbest is not None:
                         nbests[utt] = [(" ".join(w), score) for w, score in r.nbest]
@@ -335,12 +406,12 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                         maxlen_ratio=maxlen_ratio, length_penalty=length_penalty, **fusion)
                 if fusion:
                     fusion["scorer"].reset()
-                for utt, res in zip(batch["ids"], results):
+                for utt, res in zip(utts, results):
                     hyps[utt] = tok.decode(res[0][0])
                     if nbest > 1:
                         nbests[utt] = _distinct_texts(res, tok, nbest)
             if progress:
-                progress(len(batch_idx))
+                progress(len(utts))
         wall = time.perf_counter() - start
         write_kaldi_map(out_dir / "text", hyps)
         nbest_path = write_or_clear_nbest(out_dir / "nbest", nbests, nbest)
@@ -360,6 +431,9 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                    "word_bonus": word_bonus if lm else None,
                    "graph": str(graph) if method == "wfst" else None,
                    "backend": backend, "lexicon": str(lexicon) if lexicon else None,
+                   "chunk_seconds": chunk_seconds if chunk else None,
+                   "chunk_overlap": chunk_overlap if chunk else None,
+                   "num_chunked_utts": len(long_idx),
                    "audio_seconds": round(audio, 3), "wall_seconds": round(wall, 3),
                    "rtf": round(report.rtf, 6), "device": str(dev),
                    "threads": torch.get_num_threads() if dev.type == "cpu" else None}

@@ -29,8 +29,9 @@ data dir with features (ESPnet's ``dump/fbank/<set>``)::
       bad_utts             utt<TAB>reason for every skipped utterance (may be empty)
       wav.scp text utt2spk spk2utt utt2dur [segments]   filtered to the successful utts
       feature_config.yaml  the FeatureConfig used
+      sample_rates.json    the features' rate and the audio's rates read (utterance counts)
       data/feats.JOB.{ark,scp} and per-job bookkeeping (utt2num_frames.JOB, utt2dur.JOB,
-                           bad_utts.JOB, cmvn.JOB.ark)
+                           bad_utts.JOB, cmvn.JOB.ark, sample_rates.JOB)
       .done                written last
 
 Each job's ``feats.JOB.scp`` is written last, atomically, after its ark and bookkeeping, so a
@@ -56,6 +57,7 @@ reused unchanged for dev/test sets and decoding.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -66,7 +68,7 @@ import shlex
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,7 @@ from asrkit.data.audio import (
     RAW_EXTENSIONS,
     RAW_SAMPLE_RATE,
     AudioError,
+    header_sample_rate,
     is_pipe,
     load_audio,
 )
@@ -93,13 +96,15 @@ from asrkit.features.cmvn import (
 )
 from asrkit.fileio import atomic_write, is_done, mark_done
 
-__all__ = ["FEATURE_TYPES", "FeatureConfig", "FeatureError", "FeatureReport", "compute_features",
-           "extract", "perturb_speed", "speed_prefix"]
+__all__ = ["FEATURE_TYPES", "FeatureConfig", "FeatureError", "FeatureReport", "SampleRateError",
+           "compute_features", "extract", "perturb_speed", "speed_prefix"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "feature_config.yaml"
 _ARK_OFFSET = re.compile(r"^.+\.ark:\d+$")  # wav.scp "<file>.ark:<offset>" (asrkit.data.audio)
+RATES_NAME = "sample_rates.json"
+"""File in the output dir: the features' rate and the audio's rates found (utterance counts)."""
 SPEED_NAME = "speed_perturb"
 """File in the output dir listing the speed-perturbation factors (absent: none)."""
 JOB_DIR = "data"
@@ -119,6 +124,16 @@ class FeatureError(ValueError):
     """
 
 
+class SampleRateError(ValueError):
+    """Audio below the feature config's sample rate, which would have to be upsampled.
+
+    Raised by :func:`compute_features` without ``allow_upsample`` (before computing anything
+    when the file headers tell the rate; for pipes and archive entries when they are read).
+    The message names the data dir or ``wav.scp`` entry, the rates, an example and the
+    options to set. Not a per-utterance failure: it stops the stage.
+    """
+
+
 @dataclass
 class FeatureConfig:
     """Feature extraction options; defaults follow Kaldi except where noted.
@@ -132,7 +147,9 @@ class FeatureConfig:
         num_ceps: cepstra kept for MFCC (13, Kaldi default).
         mfcc_num_mel_bins: mel bins used inside MFCC (23, Kaldi's ``--num-mel-bins`` default
             for ``compute-mfcc-feats``); ``num_mel_bins`` applies to fbank only.
-        sample_rate: Hz the features are computed at; other audio is resampled.
+        sample_rate: Hz the features are computed at. :func:`compute_features` downsamples
+            audio at a higher rate and refuses audio at a lower one unless told to upsample
+            (``allow_upsample``); :func:`extract` resamples whatever it is given.
         frame_length: window length in ms (25).
         frame_shift: frame shift in ms (10); for ``raw`` it must be a whole number of samples.
         dither: dithering constant (0.0 here for reproducible features; Kaldi's default 1.0).
@@ -218,6 +235,9 @@ class FeatureReport:
         total_frames: sum of ``T`` over ``feats.scp``.
         seconds_audio: total duration in seconds of the successful utterances (``utt2dur``).
         out_dir: the output directory.
+        audio_sample_rates: ``{rate in Hz: utterances}`` of the audio as read (before any
+            resampling; speed-perturbed copies counted each), from ``sample_rates.json``;
+            empty for an output dir written before that file existed.
     """
 
     num_done: int
@@ -226,6 +246,7 @@ class FeatureReport:
     total_frames: int
     seconds_audio: float
     out_dir: Path
+    audio_sample_rates: dict[int, int] = field(default_factory=dict)
 
 
 def _kaldi_compute(samples: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
@@ -424,6 +445,7 @@ def _job_paths(data_out: Path, job: int) -> dict[str, Path]:
         "dur": data_out / f"utt2dur.{job}",
         "bad": data_out / f"bad_utts.{job}",
         "cmvn": data_out / f"cmvn.{job}.ark",
+        "rates": data_out / f"sample_rates.{job}",
     }
 
 
@@ -440,7 +462,7 @@ def _write_bad(path: Path, bad: dict[str, str]) -> None:
 def _job_complete(data_out: Path, job: int, utt_ids: list[str]) -> bool:
     """A job is complete when its scp exists and scp + bad_utts cover exactly its utterances."""
     p = _job_paths(data_out, job)
-    if not all(p[k].is_file() for k in ("ark", "scp", "frames", "dur", "bad")):
+    if not all(p[k].is_file() for k in ("ark", "scp", "frames", "dur", "bad", "rates")):
         return False
     try:
         done = read_kaldi_map(p["scp"]) if p["scp"].stat().st_size else {}
@@ -453,12 +475,15 @@ def _job_complete(data_out: Path, job: int, utt_ids: list[str]) -> bool:
 
 
 def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
-             allow_pipe: bool, emit: Callable[[str, object], None]) -> None:
-    """Compute one job's features into ``data_out/feats.JOB.{ark,scp}`` plus bookkeeping.
+             allow_pipe: bool, emit: Callable[[str, object], None],
+             allow_upsample: bool = False) -> None:
+    """Compute one job's features into ``data_out/feats.JOB.{ark,scp}`` plus bookkeeping
+    (``sample_rates.JOB``: ``rate count`` lines of the audio read).
 
     ``emit(kind, payload)`` reports ``("progress", n)``, ``("bad", (utt, reason))`` and
     ``("info", message)`` to the parent. Per-utterance failures (:class:`AudioError`,
-    :class:`FeatureError`) are recorded; anything else propagates.
+    :class:`FeatureError`) are recorded; anything else propagates, including
+    :class:`SampleRateError` for audio below ``cfg.sample_rate`` without ``allow_upsample``.
     """
     p = _job_paths(data_out, job)
     p["scp"].unlink(missing_ok=True)  # the scp marks completion; never trust an old one
@@ -466,6 +491,7 @@ def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
     durations: dict[str, float] = {}
     bad: dict[str, str] = {}
     resampled: Counter[int] = Counter()
+    rates: Counter[int] = Counter()
     stats: np.ndarray | None = None
 
     def features() -> Iterator[tuple[str, np.ndarray]]:
@@ -475,6 +501,10 @@ def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
                 if spec is None:
                     raise AudioError(f"no wav.scp entry for utterance {utt!r}")
                 wav, sr = load_audio(spec, allow_pipe=allow_pipe, start=start, end=end)
+                if sr < cfg.sample_rate and not allow_upsample:  # a pipe or archive entry
+                    raise SampleRateError(
+                        f"wav.scp entry {spec!r} (utterance {utt!r}) is {sr} Hz audio, below "
+                        f"the feature config's {cfg.sample_rate} Hz; {_RATE_REMEDY.format(sr=sr)}")
                 wav = perturb_speed(wav, sr, factor)
                 if sr != cfg.sample_rate:
                     resampled[sr] += 1
@@ -487,6 +517,7 @@ def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
                 continue
             num_frames[utt] = int(feats.shape[0])
             durations[utt] = wav.numel() / sr
+            rates[sr] += 1
             s = compute_cmvn_stats([feats])
             stats = s if stats is None else stats + s
             emit("progress", 1)
@@ -498,6 +529,7 @@ def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
     write_kaldi_map(p["dur"], {u: f"{d:.6f}" for u, d in durations.items()})
     if stats is not None:
         write_cmvn_stats(p["cmvn"], stats)
+    write_kaldi_map(p["rates"], {str(r): str(n) for r, n in sorted(rates.items())})
     for sr, n in sorted(resampled.items()):
         emit("info", f"job {job}: resampled {n} utterance(s) from {sr} Hz to "
                      f"{cfg.sample_rate} Hz")
@@ -505,7 +537,7 @@ def _run_job(job: int, utts: list[_Utt], data_out: Path, cfg: FeatureConfig,
 
 
 def _worker_main(job: int, utts: list[_Utt], data_out: str, cfg: FeatureConfig,
-                 allow_pipe: bool, q: mp.Queue) -> None:
+                 allow_pipe: bool, q: mp.Queue, allow_upsample: bool = False) -> None:
     """Worker-process entry point: one job on one thread, reporting through ``q``."""
     torch.set_num_threads(1)
 
@@ -513,7 +545,9 @@ def _worker_main(job: int, utts: list[_Utt], data_out: str, cfg: FeatureConfig,
         q.put((job, kind, payload))
 
     try:
-        _run_job(job, utts, Path(data_out), cfg, allow_pipe, emit)
+        _run_job(job, utts, Path(data_out), cfg, allow_pipe, emit, allow_upsample)
+    except SampleRateError as e:  # the user's to fix: passed on as is, no traceback
+        q.put((job, "rate_error", str(e)))
     except BaseException:  # noqa: BLE001 - any failure must reach the parent, not vanish
         q.put((job, "error", traceback.format_exc()))
     else:
@@ -534,15 +568,19 @@ def _make_handler(progress: Callable[[int], None] | None) -> Callable[[int, str,
 
 
 def _run_parallel(jobs: dict[int, list[_Utt]], data_out: Path, cfg: FeatureConfig,
-                  allow_pipe: bool, progress: Callable[[int], None] | None) -> None:
-    """Run ``jobs`` in one spawned process each; wait for all, then raise if any failed."""
+                  allow_pipe: bool, progress: Callable[[int], None] | None,
+                  allow_upsample: bool = False) -> None:
+    """Run ``jobs`` in one spawned process each; wait for all, then raise if any failed
+    (:class:`SampleRateError` as the workers raised it, anything else as RuntimeError)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     handle = _make_handler(progress)
     procs = {job: ctx.Process(target=_worker_main, name=f"asrkit-feats-{job}", daemon=True,
-                              args=(job, utts, str(data_out), cfg, allow_pipe, q))
+                              args=(job, utts, str(data_out), cfg, allow_pipe, q,
+                                    allow_upsample))
              for job, utts in jobs.items()}
     errors: dict[int, str] = {}
+    rate_errors: dict[int, str] = {}
     remaining = set(procs)
     try:
         for proc in procs.values():
@@ -562,6 +600,9 @@ def _run_parallel(jobs: dict[int, list[_Utt]], data_out: Path, cfg: FeatureConfi
             elif kind == "error":
                 errors[job] = str(payload)
                 remaining.discard(job)
+            elif kind == "rate_error":
+                rate_errors[job] = str(payload)
+                remaining.discard(job)
             else:
                 handle(job, kind, payload)
     finally:
@@ -570,6 +611,8 @@ def _run_parallel(jobs: dict[int, list[_Utt]], data_out: Path, cfg: FeatureConfi
                 proc.terminate()
             proc.join()
         q.close()
+    if rate_errors:
+        raise SampleRateError(rate_errors[min(rate_errors)])
     if errors:
         for job, msg in sorted(errors.items()):
             logger.error("feature job %d failed:\n%s", job, msg)
@@ -577,6 +620,77 @@ def _run_parallel(jobs: dict[int, list[_Utt]], data_out: Path, cfg: FeatureConfi
         raise RuntimeError(f"{len(errors)} of {len(jobs)} feature job(s) failed; first, job "
                            f"{first}: {errors[first].strip().splitlines()[-1]}. Rerun to resume "
                            "(completed jobs are kept).")
+
+
+# ----------------------------------------------------------------------------- rates
+
+_RATE_REMEDY = ("compute the features at the audio's rate with --sample-rate {sr} (sample_rate: "
+                "{sr} in the --conf YAML, FeatureConfig(sample_rate={sr})), or upsample on "
+                "purpose with --allow-upsample (allow_upsample=True)")
+
+
+def _fmt_rates(counts: Counter[int] | dict[int, int], unit: str) -> str:
+    return ", ".join(f"{r} Hz: {n} {unit}" for r, n in sorted(counts.items()))
+
+
+def _check_header_rates(data_dir: str | os.PathLike, specs: Sequence[str], target: int,
+                        allow_upsample: bool) -> None:
+    """Apply the sample-rate policy to the recordings whose header tells their rate.
+
+    Logs the rates found; downsampling (rates above ``target``) is logged; rates below are a
+    :class:`SampleRateError` unless ``allow_upsample`` (then a warning). Unreadable files are
+    left to the jobs (they become ``bad_utts``); pipes and archive entries are checked by the
+    jobs when read.
+    """
+    files: Counter[int] = Counter()
+    example: dict[int, str] = {}
+    unknown = 0
+    for spec in dict.fromkeys(specs):  # each recording once, in order
+        try:
+            sr = header_sample_rate(spec)
+        except AudioError:
+            continue
+        if sr is None:
+            unknown += 1
+            continue
+        files[sr] += 1
+        example.setdefault(sr, spec)
+    logger.info("%s: audio sample rates (file headers): %s%s", data_dir,
+                _fmt_rates(files, "files") or "none known",
+                f"; {unknown} pipe/archive entries are checked when read" if unknown else "")
+    low = {r: n for r, n in files.items() if r < target}
+    high = {r: n for r, n in files.items() if r > target}
+    if low:
+        n_low = sum(low.values())
+        if not allow_upsample:
+            sr = min(low)
+            raise SampleRateError(
+                f"{data_dir}: {n_low} of {sum(files.values())} audio files have a sample rate "
+                f"below the feature config's {target} Hz ({_fmt_rates(low, 'files')}; e.g. "
+                f"{example[sr]} is {sr} Hz); {_RATE_REMEDY.format(sr=sr)}")
+        logger.warning("%s: upsampling %d audio files (%s) to %d Hz as allowed "
+                       "(--allow-upsample); the features hold no more bandwidth than the "
+                       "audio", data_dir, n_low, _fmt_rates(low, "files"), target)
+    if high:
+        logger.info("%s: downsampling %d audio files (%s) to the feature config's %d Hz",
+                    data_dir, sum(high.values()), _fmt_rates(high, "files"), target)
+
+
+def _write_rates(path: Path, target: int, rates: Counter[int]) -> None:
+    info = {"sample_rate": target,
+            "audio_sample_rates": {str(r): n for r, n in sorted(rates.items())},
+            "upsampled_utterances": sum(n for r, n in rates.items() if r < target),
+            "downsampled_utterances": sum(n for r, n in rates.items() if r > target)}
+    with atomic_write(path) as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+
+
+def _read_rates(path: Path) -> dict[int, int]:
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {int(r): int(n) for r, n in json.load(f)["audio_sample_rates"].items()}
 
 
 # ----------------------------------------------------------------------------- stage
@@ -606,7 +720,8 @@ def _read_report(out_dir: Path) -> FeatureReport:
     feat_dim = int((out_dir / "feat_dim").read_text(encoding="utf-8").split()[0])
     return FeatureReport(num_done=len(feats), num_failed=len(bad), feat_dim=feat_dim,
                          total_frames=sum(int(v) for v in frames.values()),
-                         seconds_audio=sum(float(v) for v in durs.values()), out_dir=out_dir)
+                         seconds_audio=sum(float(v) for v in durs.values()), out_dir=out_dir,
+                         audio_sample_rates=_read_rates(out_dir / RATES_NAME))
 
 
 def _clean_stale_jobs(data_out: Path, nj: int) -> None:
@@ -626,7 +741,8 @@ def _clean_stale_jobs(data_out: Path, nj: int) -> None:
 def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      cfg: FeatureConfig, *, nj: int = 1, allow_pipe: bool = False,
                      progress: Callable[[int], None] | None = None,
-                     speed_perturb: Sequence[float] | None = None) -> FeatureReport:
+                     speed_perturb: Sequence[float] | None = None,
+                     allow_upsample: bool = False) -> FeatureReport:
     """Compute features for a Kaldi data dir into ark/scp, plus global CMVN stats.
 
     Like Kaldi's ``steps/make_fbank.sh`` / ``make_mfcc.sh`` then ``compute-cmvn-stats``: the
@@ -639,6 +755,16 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Utterances whose audio cannot be read, is empty or shorter than one window, or whose
     features are NaN/Inf are skipped, logged and listed with the reason in
     ``out_dir/bad_utts`` (``utt<TAB>reason``), never silently dropped.
+
+    Sample rates: the features are computed at ``cfg.sample_rate``. Before computing, the
+    rate of every recording is read from its header (``soundfile.info``) and logged. Audio
+    at a higher rate is downsampled (logged with the counts); audio at a lower rate stops the
+    stage with :class:`SampleRateError` (naming the data dir, the rates, an example file and
+    the options ``--sample-rate`` / ``--allow-upsample``), since upsampling adds no bandwidth
+    and gives features unlike those of native-rate audio, unless ``allow_upsample`` (then a
+    warning). Pipe and archive entries are checked the same way when they are read. The
+    rates read are written to ``out_dir/sample_rates.json`` (``sample_rate``: the features';
+    ``audio_sample_rates``: ``{Hz: utterances}``; up- and downsampled utterance counts).
 
     With ``speed_perturb``, every utterance is processed once per factor and the output
     holds ``sp{f}-``-prefixed copies (module docstring; Kaldi's
@@ -662,6 +788,8 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             included), live from the workers; also called once per job skipped on resume.
         speed_perturb: speed factors, e.g. ``[0.9, 1.0, 1.1]``; 1.0 keeps the original
             utterances, others add ``sp{f}-`` copies; None (or ``[1.0]``) perturbs nothing.
+        allow_upsample: compute features of audio below ``cfg.sample_rate`` by upsampling
+            it, instead of raising :class:`SampleRateError`.
 
     Returns:
         :class:`FeatureReport` of the output directory.
@@ -673,6 +801,7 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         RuntimeError: a job failed for a reason other than a bad utterance (I/O error,
             crashed worker); completed jobs are kept for the rerun.
         ValueError: ``nj < 1``, or a speed factor that is not a positive number.
+        SampleRateError: audio below ``cfg.sample_rate`` without ``allow_upsample``.
     """
     if nj < 1:
         raise ValueError(f"nj must be >= 1, got {nj}")
@@ -712,6 +841,8 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             utts.append((new_utt, data.wav_scp.get(utt), 0.0, None, factor))
     if not utts:
         raise FeatureError(f"{data_dir}: data dir has no utterances")
+    _check_header_rates(data_dir, [u[1] for u in utts if u[1] is not None], cfg.sample_rate,
+                        allow_upsample)
 
     job_cfg_path = data_out / CONFIG_NAME
     if _read_config(job_cfg_path) not in (None, want) and data_out.is_dir():
@@ -737,21 +868,24 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if nj == 1 and pending:
         handle = _make_handler(progress)
         _run_job(1, pending[1], data_out, cfg, allow_pipe,
-                 lambda kind, payload: handle(1, kind, payload))
+                 lambda kind, payload: handle(1, kind, payload), allow_upsample)
     elif pending:
-        _run_parallel(pending, data_out, cfg, allow_pipe, progress)
+        _run_parallel(pending, data_out, cfg, allow_pipe, progress, allow_upsample)
 
     # Merge the jobs.
     feats_scp: dict[str, str] = {}
     num_frames: dict[str, str] = {}
     durations: dict[str, float] = {}
     bad: dict[str, str] = {}
+    rates: Counter[int] = Counter()
     stats: np.ndarray | None = None
     for job in range(1, nj + 1):
         p = _job_paths(data_out, job)
         job_scp = read_kaldi_map(p["scp"]) if p["scp"].stat().st_size else {}
         feats_scp.update(job_scp)
         bad.update(_read_bad(p["bad"]))
+        if p["rates"].stat().st_size:
+            rates.update({int(r): int(n) for r, n in read_kaldi_map(p["rates"]).items()})
         if job_scp:
             num_frames.update(read_kaldi_map(p["frames"]))
             durations.update({u: float(d) for u, d in read_kaldi_map(p["dur"]).items()})
@@ -775,9 +909,11 @@ def compute_features(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     sub.write(out_dir)
     _write_config(out_dir / CONFIG_NAME, cfg)
     _write_speed(out_dir / SPEED_NAME, factors)
+    _write_rates(out_dir / RATES_NAME, cfg.sample_rate, rates)
     mark_done(out_dir)
     report = _read_report(out_dir)
     logger.info("features done: %d utterances (%d skipped), %d frames, %.1f s of audio, "
-                "dim %d -> %s", report.num_done, report.num_failed, report.total_frames,
-                report.seconds_audio, report.feat_dim, out_dir)
+                "dim %d, %d Hz (audio: %s) -> %s", report.num_done, report.num_failed,
+                report.total_frames, report.seconds_audio, report.feat_dim, cfg.sample_rate,
+                _fmt_rates(rates, "utterances"), out_dir)
     return report

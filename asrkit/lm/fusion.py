@@ -15,6 +15,12 @@ machine translation", arXiv:1503.03535; Hannun et al., 2014)::
 Scoring whole words after they end keeps the LM exact (no partial-word guesses) at the cost of
 one word of delay in pruning; with word-piece units where most words are one piece (AN4's
 BPE-150) the delay is one token.
+
+Every scorer caches its state per prefix. ``rebase(prefix)`` (where ``can_rebase`` is true)
+makes ``prefix`` the new empty prefix and forgets the rest of the cache: the CTC prefix beam
+search calls it, on a long utterance, with the tokens all its hypotheses share
+(:func:`asrkit.decode.ctc.ctc_prefix_beam_search`), so the cache and its keys stay small
+however long the utterance.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class WordNgramScorer:
     def _state(self, prefix: tuple[int, ...]) -> tuple[LMState, str]:
         st = self._states.get(prefix)
         if st is None:  # not built incrementally (e.g. a new search): build from the start
-            st = (self.lm.start_state(), "")
+            st = self._states[()]
             for i, tok in enumerate(prefix):
                 st = self._advance(st, tok)[1]
                 self._states[prefix[:i + 1]] = st
@@ -113,6 +119,12 @@ class WordNgramScorer:
     def reset(self) -> None:
         """Forget cached prefixes (call between utterances to bound memory)."""
         self._states = {(): (self.lm.start_state(), "")}
+
+    can_rebase = True
+
+    def rebase(self, prefix: Sequence[int]) -> None:
+        """Make ``prefix`` the empty prefix and forget every other (module docstring)."""
+        self._states = {(): self._state(tuple(prefix))}
 
 
 def is_token_lm(lm: NgramLM) -> bool:
@@ -169,6 +181,12 @@ class TokenNgramScorer:
         """``log P(</s> | prefix)``."""
         return self.lm.final_score(self._state(prefix))
 
+    can_rebase = True
+
+    def rebase(self, prefix: Sequence[int]) -> None:
+        """Make ``prefix`` the empty prefix and forget every other (module docstring)."""
+        self._states = {(): self._state(tuple(prefix))}
+
 
 class NeuralTokenScorer:
     """A neural token LM (``asrkit train-lm``, the acoustic model's tokenizer) as a prefix
@@ -221,6 +239,24 @@ class NeuralTokenScorer:
         """``log P(<eos> | <sos> prefix)``."""
         return self._dist(prefix)[SOS_EOS_ID]
 
+    @property
+    def can_rebase(self) -> bool:
+        """True for an LSTM LM (its state summarises the prefix); a Transformer LM rereads
+        the whole prefix, so it cannot continue from a shorter one."""
+        return self._lstm
+
+    def rebase(self, prefix: Sequence[int]) -> None:
+        """Make ``prefix`` the empty prefix and forget every other (module docstring).
+
+        Raises:
+            ValueError: a Transformer LM (:attr:`can_rebase` is false).
+        """
+        if not self._lstm:
+            raise ValueError("a Transformer LM rereads the whole prefix; it cannot rebase")
+        prefix = tuple(prefix)
+        self._dist(prefix)
+        self._cache = {(): self._cache[prefix]}
+
 
 class CombinedScorer:
     """Several LMs fused at once (e.g. a word n-gram and a neural token LM): the score of a
@@ -252,3 +288,13 @@ class CombinedScorer:
         """Reset every scorer's cache."""
         for sc, _ in self.parts:
             sc.reset()
+
+    @property
+    def can_rebase(self) -> bool:
+        """True when every scorer can rebase."""
+        return all(getattr(sc, "can_rebase", False) for sc, _ in self.parts)
+
+    def rebase(self, prefix: Sequence[int]) -> None:
+        """Rebase every scorer (module docstring)."""
+        for sc, _ in self.parts:
+            sc.rebase(prefix)

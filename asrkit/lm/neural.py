@@ -2,7 +2,9 @@
 
 Experiment layout (``exp_dir``), like the acoustic models':
 
-* ``config.yaml``        the resolved config plus ``vocab_size``
+* ``config.yaml``        the resolved config plus ``vocab_size`` and ``exp_files``
+* ``tokenizer/<name>.model`` a copy of ``data.tokenizer``, so the LM works after a move
+  (:mod:`asrkit.train.expdir`)
 * ``checkpoints/last.pt`` model, optimiser, epoch, metrics (resume point, every epoch)
 * ``checkpoints/best.pt`` the model weights with the best dev perplexity (or the last epoch's
   when there is no dev set)
@@ -32,6 +34,7 @@ from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.lm import TokenLM
 from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer, read_transcripts
 from asrkit.train.checkpoint import load_checkpoint, pick_device, save_checkpoint
+from asrkit.train.expdir import EXP_FILES_KEY, TOKENIZER_DIR, copy_into_exp, load_exp_tokenizer
 
 __all__ = ["NeuralSentenceLM", "load_lm", "train_lm"]
 
@@ -113,6 +116,8 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
     dev_seqs = [tok.encode(s) for s in read_transcripts(dc.dev, utt_ids=dc.utt_ids)] if dc.dev else []
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["vocab_size"] = tok.vocab_size
+    resolved[EXP_FILES_KEY] = {"tokenizer": copy_into_exp(
+        dc.tokenizer, exp, f"{TOKENIZER_DIR}/{Path(dc.tokenizer).name}")}
     with atomic_write(exp / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     model: TokenLM = instantiate(cfg.model, vocab_size=tok.vocab_size).to(dev)
@@ -183,10 +188,11 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
 
 def load_lm(exp_dir: str | os.PathLike, device: str | torch.device = "cpu"
             ) -> tuple[TokenLM, Tokenizer]:
-    """The best checkpoint of a trained LM experiment and its tokenizer.
+    """The best checkpoint of a trained LM experiment and its tokenizer (the experiment's
+    copy, :func:`asrkit.train.expdir.exp_tokenizer_path`).
 
     Raises:
-        FileNotFoundError: no ``config.yaml`` or ``checkpoints/best.pt``.
+        FileNotFoundError: no ``config.yaml``, ``checkpoints/best.pt`` or tokenizer.
     """
     exp = Path(exp_dir)
     for f in ("config.yaml", "checkpoints/best.pt"):
@@ -197,7 +203,7 @@ def load_lm(exp_dir: str | os.PathLike, device: str | torch.device = "cpu"
     model = instantiate(cfg.model, vocab_size=int(cfg.vocab_size))
     ck = load_checkpoint(exp / "checkpoints" / "best.pt")
     model.load_state_dict(ck["model"])
-    return model.to(device).eval(), Tokenizer(cfg.data.tokenizer)
+    return model.to(device).eval(), load_exp_tokenizer(exp, cfg)
 
 
 class NeuralSentenceLM:

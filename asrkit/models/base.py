@@ -12,6 +12,9 @@ code talk to every family through the same methods:
 - ``forward(feats, feat_lens, targets, target_lens) -> {"loss": scalar, ...}``
 - ``has_decoder`` and ``decoder.score(enc, enc_lens, prefixes)`` for attention search
   (:mod:`asrkit.decode.attention`).
+- ``encoder_frame_stride()`` and ``encoder_output_lengths(lengths)``: how input frames map to
+  encoder frames, for decoding a long utterance in overlapping windows
+  (:mod:`asrkit.decode.chunked`).
 
 Hybrid CTC/attention (Watanabe et al., 2017, "Hybrid CTC/attention architecture for end-to-end
 speech recognition"; ESPnet's ``ctc_weight``): with a ``decoder`` spec the model also owns an
@@ -36,6 +39,7 @@ from torch.nn import functional as F
 from asrkit.features.cmvn import GlobalCMVN
 from asrkit.models.modules.decoder import build_decoder
 from asrkit.models.modules.specaug import SpecAugment
+from asrkit.models.modules.subsampling import Conv2dSubsampling
 from asrkit.text.tokenizer import BLANK_ID, SOS_EOS_ID
 
 __all__ = ["CTCModel", "add_sos_eos", "identity_cmvn_stats"]
@@ -137,6 +141,43 @@ class CTCModel(nn.Module, abc.ABC):
     def encoder_forward(self, x: torch.Tensor, lengths: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Family-specific encoder: (B, T, F) normalised features → (B, T', D), lengths (B,)."""
+
+    def encoder_frame_stride(self) -> tuple[int, int]:
+        """``(n_in, n_out)``: every ``n_in`` input frames (10 ms) make ``n_out`` encoder frames,
+        and an input window that starts at input frame ``k · n_in`` yields, from its first
+        encoder frame on, the encoder frames of the whole utterance from ``k · n_out`` on (up
+        to the context the encoder sees), as unpadded strided convolutions do.
+
+        This default covers the shared front end in ``self.subsample``:
+        :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling` gives ``(4, 1)``, None
+        (no subsampling) ``(1, 1)``. A family with another front end overrides this and
+        :meth:`encoder_output_lengths`.
+
+        Raises:
+            NotImplementedError: the family has another front end and no override.
+        """
+        if not hasattr(self, "subsample"):
+            raise NotImplementedError(f"{type(self).__name__} does not say how its encoder "
+                                      "subsamples time (encoder_frame_stride)")
+        if self.subsample is None:
+            return 1, 1
+        if isinstance(self.subsample, Conv2dSubsampling):
+            return Conv2dSubsampling.stride, 1
+        raise NotImplementedError(f"{type(self).__name__}: unknown front end "
+                                  f"{type(self.subsample).__name__}")
+
+    def encoder_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames (B,) of utterances of ``lengths`` (B,) input frames, as
+        :meth:`encoder_forward` returns them (``((T - 1) // 2 - 1) // 2``, at least 1, for
+        :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling`; ``T`` without
+        subsampling).
+
+        Raises:
+            NotImplementedError: as :meth:`encoder_frame_stride`.
+        """
+        if self.encoder_frame_stride() == (1, 1):
+            return lengths.clone()
+        return Conv2dSubsampling.output_lengths(lengths).clamp(min=1)
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

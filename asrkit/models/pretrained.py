@@ -83,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -266,7 +267,7 @@ def _read_hf_dir(path: Path) -> PretrainedWeights:
         import transformers
     except ImportError:
         raise ImportError(f"loading the Hugging Face model {path} needs the transformers "
-                          "package: pip install asrkit[llm]") from None
+                          "package: pip install -e '.[llm]' in the asrkit checkout") from None
     from torchaudio.models.wav2vec2.utils import import_huggingface_model
 
     try:
@@ -447,6 +448,7 @@ class PretrainedEncoderCTC(CTCModel):
                          decoder=decoder, ctc_weight=ctc_weight, lsm_weight=lsm_weight)
         self.normalize = nn.Identity()  # no global CMVN on samples
         self.wav2vec2 = wav2vec2
+        self.frame_samples = frame
         num_layers = len(wav2vec2.encoder.transformer.layers)
         if freeze_layers > num_layers:
             raise ValueError(f"freeze_layers={freeze_layers} exceeds the {num_layers} layers "
@@ -554,6 +556,25 @@ class PretrainedEncoderCTC(CTCModel):
             m = span_mask(dims, x.size(2), self.mask_channel_prob, self.mask_channel_length)
             x = x.masked_fill(m.unsqueeze(1), 0.0)
         return x
+
+    def encoder_frame_stride(self) -> tuple[int, int]:
+        """``(n_in, n_out)`` of :meth:`asrkit.models.base.CTCModel.encoder_frame_stride` for
+        the convolutional feature encoder: its total stride ``S`` samples (320, 20 ms) against
+        frames of ``F`` samples (160): ``(lcm(S, F) / F, lcm(S, F) / S)``, ``(2, 1)`` for the
+        standard encoder."""
+        s = math.prod(int(layer.stride) for layer in self.wav2vec2.feature_extractor.conv_layers)
+        step = math.lcm(s, self.frame_samples)
+        return step // self.frame_samples, step // s
+
+    def encoder_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames (B,) of ``lengths`` (B,) raw frames: each convolution of the feature
+        encoder maps ``n`` samples to ``max(0, (n - kernel) // stride + 1)``, as torchaudio's
+        ``ConvLayerBlock`` counts them."""
+        n = lengths * self.frame_samples
+        for layer in self.wav2vec2.feature_extractor.conv_layers:
+            n = (torch.div(n - int(layer.kernel_size), int(layer.stride), rounding_mode="floor")
+                 + 1).clamp(min=0)
+        return n
 
     def encoder_forward(self, x: torch.Tensor, lengths: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:

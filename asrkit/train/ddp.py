@@ -174,6 +174,8 @@ def distributed(device: str | None = "auto", *, timeout_s: float = 3600.0
                 info.rank, info.world_size, info.local_rank, info.backend, dev)
     try:
         yield info, dev
+        if created:  # leave together: a rank tearing gloo down while another still talks to
+            dist.barrier()  # it can abort ("terminate called without an active exception")
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()

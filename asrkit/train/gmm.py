@@ -16,6 +16,10 @@ A stage whose ``.done`` exists is loaded instead of retrained, so a killed run r
 stage it was in. Features are the data dir's cepstra (``feats.scp``, e.g. 13 MFCCs) with
 per-speaker CMN (``spk2utt``; Kaldi ``apply-cmvn``) and deltas (``add-deltas``); the options
 are saved in the model's ``meta["features"]`` so decoding and alignment use the same ones.
+
+A stage dir needs nothing outside it to decode after a move (``final.mdl`` holds the model and
+its feature options; a graph dir holds ``HCLG.fst`` and ``words.txt``); the lang dir is an
+argument of ``asrkit mkgraph`` and ``asrkit align``, as in Kaldi (:mod:`asrkit.train.expdir`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from asrkit.models.hmm_gmm import (
 from asrkit.models.hmm_gmm.lda_mllt import accumulate_lda_stats, estimate_lda, splice
 from asrkit.text.lexicon import Lang, find_oovs, read_lang
 from asrkit.train.checkpoint import pick_device
+from asrkit.train.expdir import copy_into_exp
 
 __all__ = ["STAGE_TYPES", "align_data_dir", "feature_options", "load_features",
            "train_hmm_gmm"]
@@ -177,6 +182,8 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
     lang = read_lang(cfg.data.lang)
     feat_opts = feature_options(mc)
     train_dir = Path(cfg.data.train)
+    if (train_dir / "feature_config.yaml").is_file():  # asrkit transcribe computes the same
+        copy_into_exp(train_dir / "feature_config.yaml", exp_dir, "feature_config.yaml")
     feats: dict[str, torch.Tensor] | None = None
     text = read_kaldi_map(train_dir / "text")
     oovs = find_oovs(lang.words, text)

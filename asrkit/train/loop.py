@@ -2,7 +2,11 @@
 
 ``exp_dir`` holds:
 
-- ``config.yaml``: the resolved config plus the model's input and output sizes;
+- ``config.yaml``: the resolved config plus the model's input and output sizes and, under
+  ``exp_files``, the copies below (paths relative to ``exp_dir``);
+- ``tokenizer/<name>.model`` and ``cmvn.ark``: copies of ``data.tokenizer`` and of the
+  training features' CMVN stats, so the experiment decodes after a move
+  (:mod:`asrkit.train.expdir`; the model holds the CMVN stats as buffers too);
 - ``train.log``: parameter count, loss and learning rate every ``trainer.log_interval``
   batches, and per epoch train loss, dev loss and dev WER, frames/second and peak memory;
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``dev_loss``,
@@ -92,6 +96,7 @@ from asrkit.train.ddp import (
     distributed,
     wrap_model,
 )
+from asrkit.train.expdir import EXP_FILES_KEY, TOKENIZER_DIR, copy_into_exp
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +338,14 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     if main:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved["model_dims"] = dims
+        # the experiment carries its tokenizer and CMVN stats (asrkit.train.expdir)
+        resolved[EXP_FILES_KEY] = {
+            "tokenizer": copy_into_exp(dc.tokenizer, exp_dir,
+                                       f"{TOKENIZER_DIR}/{Path(dc.tokenizer).name}"),
+            "cmvn": copy_into_exp(train_dir / "cmvn.ark", exp_dir, "cmvn.ark")}
+        if (train_dir / "feature_config.yaml").is_file():  # what asrkit transcribe computes
+            resolved[EXP_FILES_KEY]["features"] = copy_into_exp(
+                train_dir / "feature_config.yaml", exp_dir, "feature_config.yaml")
         cfg_text = OmegaConf.to_yaml(OmegaConf.create(resolved))
         cfg_path = exp_dir / "config.yaml"
         if cfg_path.is_file() and cfg_path.read_text() != cfg_text:

@@ -126,10 +126,11 @@ def from_experiment(args) -> tuple[Tokenizer, list[str], list[torch.Tensor], lis
     from asrkit.decode.run import pick_device
     from asrkit.train.checkpoint import load_model
     from asrkit.train.data import FeatureDataset, collate, frame_batches
+    from asrkit.train.expdir import load_exp_tokenizer
 
     dev = pick_device(args.device)
     model, cfg = load_model(args.exp, device=dev)
-    tok = Tokenizer(cfg["data"]["tokenizer"])
+    tok = load_exp_tokenizer(args.exp, cfg)
     ds = FeatureDataset(args.data, None, max_frames=10**9)
     ids, posts = [], []
     for idx in frame_batches(ds.lengths, 60000, shuffle=False):

@@ -19,7 +19,13 @@ being the ids of the lang directory's ``phones.txt`` and ``words.txt``.
 * :mod:`~asrkit.decode.wfst.fstio`: atomic binary FST I/O and symbol tables.
 """
 
-from asrkit.decode.wfst.decoder import DecodeResult, DecodingError, DecodingGraph, decode_fst
+from asrkit.decode.wfst.decoder import (
+    DecodeResult,
+    DecodingError,
+    DecodingGraph,
+    FrameScores,
+    decode_fst,
+)
 from asrkit.decode.wfst.fstio import read_fst, read_symbols, symbol_table, write_fst
 from asrkit.decode.wfst.graph import (
     GraphError,
@@ -66,6 +72,7 @@ __all__ = [
     "DecodeResult",
     "DecodingError",
     "DecodingGraph",
+    "FrameScores",
     "GraphError",
     "HclgInfo",
     "MonophoneContext",

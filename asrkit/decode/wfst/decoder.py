@@ -26,8 +26,25 @@ graph state:
 3. **Pruning**: tokens above the best plus ``beam`` go, then all but the ``max_active``
    best (``topk``). The backpointers of the kept tokens (and of the tokens their epsilon
    paths start from) are stored, one small chunk per frame; when more than
-   ``gc_threshold`` are held, the chunks are compacted to those still reachable from the
-   active tokens, as Kaldi frees unreferenced tokens.
+   ``gc_threshold`` are held, or ``gc_frames`` frames after the last time, the chunks are
+   compacted to those still reachable from the active tokens, as Kaldi frees unreferenced
+   tokens. **Partial traceback**: where the compaction finds that every active token
+   descends from one token of an earlier frame (the paths have merged, as they do within a
+   second or so of speech), the path up to that token is the same for every final answer:
+   it is traced once, kept as two flat tensors (its arc ids and their acoustic scores), and
+   its chunks are freed (Kaldi's ``FasterDecoder`` keeps the same "immortal" prefix in its
+   token list; the online decoders' partial traceback outputs it). The memory of a search is
+   then bounded by ``gc_threshold`` and ``gc_frames`` plus 16 bytes a frame for that prefix,
+   so a one-hour utterance (360,000 frames of 10 ms) holds about 6 MB of path instead of a
+   chunk of small tensors per frame (Python and torch overhead of ~2.5 KB a frame: 0.9 GB
+   an hour, measured by ``scripts/bench/long_decode_memory.py`` against the search without
+   it).
+
+The scores can come as one ``(T, S)`` tensor or as :class:`FrameScores`, which computes them
+``block_frames`` frames at a time (e.g. GMM log-likelihoods of a long utterance, or CTC
+posteriors with priors and a blank penalty applied): only one block is converted to float64
+at a time, so the scores never exist for the whole utterance in float64 (for a 1-hour HMM-GMM
+utterance with 2,500 pdfs that copy alone would be 7.2 GB).
 
 At the end, final weights are added to tokens in final states and the cheapest is traced
 back; if no token is in a final state the cheapest token is used, with a warning (Kaldi's
@@ -63,22 +80,73 @@ import itertools
 import logging
 import math
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pynini
 import torch
 
-__all__ = ["DecodeResult", "DecodingError", "DecodingGraph", "decode_fst"]
+__all__ = ["DecodeResult", "DecodingError", "DecodingGraph", "FrameScores", "decode_fst"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_CLOSURE_PUSHES = 100_000  # per state: far beyond any HCLG; a guard against eps cycles
+_LONG_LATTICE_FRAMES = 30_000  # n-best lattices of longer utterances get a warning (5 min)
 
 
 class DecodingError(RuntimeError):
     """The search cannot go on, e.g. ``frame 17: no token survived (every arc from the 3
     active states costs inf or NaN: ...)``."""
+
+
+@dataclass(frozen=True, eq=False)
+class FrameScores:
+    """Per-frame scores of one utterance, computed on demand a block of frames at a time.
+
+    :func:`decode_fst` reads frames in order and asks for each block once, so only one block
+    of scores needs to exist at a time (plus whatever ``compute`` keeps).
+
+    Attributes:
+        num_frames: ``T``.
+        num_columns: ``S``, score columns (pdfs, CTC tokens).
+        compute: ``compute(t0, t1)`` → ``(t1 - t0, S)`` scores of frames ``t0 .. t1 - 1``
+            (natural-log likelihoods or posteriors; any float dtype and device).
+        block_frames: frames per ``compute`` call (1000: 10 s at 10 ms).
+    """
+
+    num_frames: int
+    num_columns: int
+    compute: Callable[[int, int], torch.Tensor]
+    block_frames: int = 1000
+
+    @classmethod
+    def from_tensor(cls, scores: torch.Tensor, block_frames: int = 1000) -> FrameScores:
+        """Blocks of the rows of a ``(T, S)`` tensor.
+
+        Raises:
+            ValueError: ``scores`` is not 2-D.
+        """
+        if scores.dim() != 2:
+            raise ValueError(f"loglikes must be (T, S), got shape {tuple(scores.shape)}")
+        return cls(scores.shape[0], scores.shape[1], lambda t0, t1: scores[t0:t1],
+                   block_frames)
+
+    def blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(t0, (n, S) scores of frames t0 .. t0 + n - 1)`` for consecutive blocks.
+
+        Raises:
+            ValueError: ``block_frames < 1``, or ``compute`` returns another shape.
+        """
+        if self.block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, got {self.block_frames}")
+        for t0 in range(0, self.num_frames, self.block_frames):
+            t1 = min(self.num_frames, t0 + self.block_frames)
+            blk = self.compute(t0, t1)
+            if tuple(blk.shape) != (t1 - t0, self.num_columns):
+                raise ValueError(f"scores of frames {t0}..{t1 - 1}: expected shape "
+                                 f"({t1 - t0}, {self.num_columns}), got {tuple(blk.shape)}")
+            yield t0, blk
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,13 +419,15 @@ class _Chunk:
     """Backpointers of one frame's stored tokens: ``prev`` (index into the previous chunk,
     or -1), ``same`` (index into this chunk of the token an epsilon path starts from, or -1;
     None when all are -1), ``arc`` (an emitting arc id, ``-2 - c`` for closure entry ``c``,
-    -1 none)."""
+    -1 none), ``ll`` (float64 unscaled score of the emitting arc's column at this frame; NaN
+    for the other entries). ``compacted``: :meth:`_Search.gc` compacted it, so the chunks
+    before it hold only what it needs (a compaction in ``frame`` does not say that)."""
 
-    __slots__ = ("arc", "compacted", "prev", "same")
+    __slots__ = ("arc", "compacted", "ll", "prev", "same")
 
-    def __init__(self, prev: torch.Tensor, same: torch.Tensor | None, arc: torch.Tensor
-                 ) -> None:
-        self.prev, self.same, self.arc = prev, same, arc
+    def __init__(self, prev: torch.Tensor, same: torch.Tensor | None, arc: torch.Tensor,
+                 ll: torch.Tensor) -> None:
+        self.prev, self.same, self.arc, self.ll = prev, same, arc, ll
         self.compacted = False
 
     def compact(self, mask: torch.Tensor) -> torch.Tensor:
@@ -367,10 +437,10 @@ class _Chunk:
         remap = torch.full((mask.numel(),), -1, dtype=torch.int64, device=mask.device)
         remap.index_copy_(0, keep, torch.arange(keep.numel(), device=mask.device))
         self.prev, self.arc = _take(self.prev, keep), _take(self.arc, keep)
+        self.ll = _take(self.ll, keep)
         if self.same is not None:
             s = _take(self.same, keep)
             self.same = torch.where(s >= 0, _take(remap, s.clamp_min(0)), s)
-        self.compacted = True
         return remap
 
 
@@ -552,6 +622,9 @@ class _Search:
         self.buf_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
         self.map_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)  # kept all -1
         self.chunks: list[_Chunk] = []
+        # the traced start of the best path shared by every active token (partial traceback)
+        self.prefix_arcs: list[torch.Tensor] = []
+        self.prefix_ll: list[torch.Tensor] = []
         self.dev = dev
 
     def best_per_dst(self, dst: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
@@ -565,9 +638,9 @@ class _Search:
         best.index_fill_(0, dw, math.inf)
         return sel
 
-    def _epsilon(self, st, co, prev, arc):
+    def _epsilon(self, st, co, prev, arc, ll):
         """Add the closure of the tokens ``st`` (one per state); returns the grown
-        ``(st, co, prev, arc, same, active)`` (``active``: indices of the tokens not
+        ``(st, co, prev, arc, ll, same, active)`` (``active``: indices of the tokens not
         replaced by a cheaper closure entry), or None when nothing changes."""
         g = self.g
         dev = self.dev
@@ -605,23 +678,24 @@ class _Search:
         minus = torch.full((n0 + m,), -1, dtype=torch.int64, device=dev)
         same = torch.cat([minus[:n0], parent])
         active = torch.cat([_where(alive), torch.arange(n0, n0 + m, device=dev)])
+        nan = torch.full((m,), math.nan, dtype=torch.float64, device=dev)
         return (torch.cat([st, dst]), torch.cat([co, cost]), torch.cat([prev, minus[n0:]]),
-                torch.cat([arc, -2 - c]), same, active)
+                torch.cat([arc, -2 - c]), torch.cat([ll, nan]), same, active)
 
-    def frame(self, st, co, prev, arc):
-        """Epsilon step, pruning and storage of one frame's tokens ``(st, co, prev, arc)``
-        (one per state); returns the active ``(states, costs, chunk indices)``."""
+    def frame(self, st, co, prev, arc, ll):
+        """Epsilon step, pruning and storage of one frame's tokens ``(st, co, prev, arc,
+        ll)`` (one per state); returns the active ``(states, costs, chunk indices)``."""
         same = active = None
         if self.lat is not None:
             self.lat.identity(st)
         if self.any_closure:
-            grown = self._epsilon(st, co, prev, arc)
+            grown = self._epsilon(st, co, prev, arc, ll)
             if grown is not None:
-                st, co, prev, arc, same, active = grown
+                st, co, prev, arc, ll, same, active = grown
         n = st.numel()
         if active is None:
             if n <= self.max_active:  # the emitting step kept only tokens within the beam
-                self.chunks.append(_Chunk(prev, None, arc))
+                self.chunks.append(_Chunk(prev, None, arc, ll))
                 return st, co, torch.arange(n, device=self.dev)
             active = torch.arange(n, device=self.dev)
         a_co = _take(co, active)
@@ -632,15 +706,17 @@ class _Search:
         if active.numel() > self.max_active:
             active = _take(active, torch.topk(a_co, self.max_active, largest=False,
                                               sorted=False).indices)
-        chunk = _Chunk(prev, same, arc)
+        chunk = _Chunk(prev, same, arc, ll)
         remap = chunk.compact(_mark(n, active, same))
         self.chunks.append(chunk)
         return _take(st, active), _take(co, active), _take(remap, active)
 
     def gc(self, active_idx: torch.Tensor) -> torch.Tensor:
         """Compact the chunks, newest first, to the entries reachable from the active tokens,
-        back to the first already compacted chunk that loses nothing; returns the active
-        tokens' new indices."""
+        back to the first already compacted chunk that loses nothing, or to the newest chunk
+        whose kept entries all descend from one entry of the chunk before it: the path up to
+        that entry is then moved to the traced prefix and its chunks are freed (partial
+        traceback, module docstring). Returns the active tokens' new indices."""
         needed = active_idx
         last = len(self.chunks) - 1
         for c in range(last, -1, -1):
@@ -649,24 +725,41 @@ class _Search:
             if ch.compacted and bool(mask.all()):
                 break
             remap = ch.compact(mask)
+            ch.compacted = True  # the chunks before it will hold only what it needs
             if c == last:
                 active_idx = _take(remap, active_idx)
             else:
                 p = self.chunks[c + 1].prev
                 self.chunks[c + 1].prev = torch.where(p >= 0, _take(remap, p.clamp_min(0)), p)
             needed = torch.unique(_take(ch.prev, _where(ch.prev >= 0)))
+            if c > 0 and needed.numel() == 1:  # every kept path goes through one entry
+                self._flush(c, int(needed[0]))
+                break
         return active_idx
 
-    def trace(self, idx: int) -> list[int]:
-        """Arc ids on the path ending at entry ``idx`` of the last chunk, in order."""
+    def _flush(self, c: int, idx: int) -> None:
+        """Move the path ending at entry ``idx`` of chunk ``c - 1`` to the traced prefix and
+        drop chunks ``0 .. c - 1``; chunk ``c``'s entries then start the held paths."""
+        arcs, lls = self.trace(idx, c - 1)
+        self.prefix_arcs.append(torch.tensor(arcs, dtype=torch.int64, device=self.dev))
+        self.prefix_ll.append(torch.tensor(lls, dtype=torch.float64, device=self.dev))
+        del self.chunks[:c]
+        first = self.chunks[0]
+        first.prev = torch.full_like(first.prev, -1)
+
+    def trace(self, idx: int, c: int | None = None) -> tuple[list[int], list[float]]:
+        """Arc ids on the held path ending at entry ``idx`` of chunk ``c`` (default: the
+        last), in order, and the unscaled scores of its emitting arcs (one per frame)."""
         g = self.g
         path: list[int] = []
-        c = len(self.chunks) - 1
+        lls: list[float] = []
+        c = len(self.chunks) - 1 if c is None else c
         while True:
             ch = self.chunks[c]
             a = int(ch.arc[idx])
             if a >= 0:
                 path.append(a)
+                lls.append(float(ch.ll[idx]))
             elif a <= -2:
                 k = -2 - a
                 lo, hi = int(g.c_arc_offsets[k]), int(g.c_arc_offsets[k + 1])
@@ -681,13 +774,14 @@ class _Search:
             c -= 1
             idx = p
         path.reverse()
-        return path
+        lls.reverse()
+        return path, lls
 
 
-def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
+def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | FrameScores,
                tid2pdf: torch.Tensor, *, acoustic_scale: float = 0.1, beam: float = 13.0,
-               max_active: int = 7000, gc_threshold: int = 1_000_000, nbest: int = 1,
-               lattice_beam: float = 8.0) -> DecodeResult:
+               max_active: int = 7000, gc_threshold: int = 1_000_000, gc_frames: int = 1000,
+               nbest: int = 1, lattice_beam: float = 8.0) -> DecodeResult:
     """Viterbi beam search for the cheapest path of ``graph`` given per-frame scores (Kaldi's
     ``decode-faster`` / ``gmm-decode-faster``); the algorithm is in the module docstring.
 
@@ -700,7 +794,9 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
             with :meth:`DecodingGraph.from_fst` (do that when decoding many utterances).
         loglikes: ``(T, S)`` acoustic log-likelihoods of ``T`` frames (10 ms) under each of
             ``S`` pdfs (:meth:`asrkit.models.hmm_gmm.AcousticModel.loglik`), or CTC
-            log-posteriors for a ``TLG`` graph. The search runs on its device.
+            log-posteriors for a ``TLG`` graph. The search runs on its device. Or the same as
+            :class:`FrameScores`, computed block by block (long utterances); the search then
+            runs on the graph's device.
         tid2pdf: ``(L,)`` int64 score column of each input label (entry 0 unused):
             ``TransitionModel.tid2pdf`` for ``HCLG``; must cover every input label of the
             graph.
@@ -709,7 +805,10 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
         beam: tokens more than ``beam`` above the best of their frame are dropped (13).
         max_active: at most this many tokens are kept per frame (7000).
         gc_threshold: compact the backpointers when more than this many are held (and
-            twice as many as after the previous compaction); each takes 16 to 24 bytes.
+            twice as many as after the previous compaction); each takes 24 to 32 bytes.
+        gc_frames: also compact them (with the partial traceback of the module docstring)
+            when this many frames were stored since the last compaction (1000), which bounds
+            the per-frame overhead of a long utterance.
         nbest: with ``nbest > 1`` a lattice is recorded and the ``nbest`` best distinct word
             sequences are returned in :attr:`DecodeResult.nbest` (module docstring); 1 (the
             default) records nothing and returns the same 1-best as before.
@@ -718,34 +817,40 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
             the best path are not returned (8.0, cost units like ``beam``; ``inf`` keeps
             all).
             Memory grows with it: the recorded transitions of all frames are held until the
-            end of the utterance.
+            end of the utterance (so, unlike the 1-best search, it grows with ``T``).
 
     Returns:
         The best path (:class:`DecodeResult`), with the n-best list when asked for.
 
     Raises:
-        ValueError: bad shapes, options (``nbest < 1``, ``lattice_beam <= 0``), or an input
-            label ``tid2pdf`` does not map to a column of ``loglikes``.
+        ValueError: bad shapes, options (``nbest < 1``, ``lattice_beam <= 0``,
+            ``gc_frames < 1``), or an input label ``tid2pdf`` does not map to a column of
+            ``loglikes``.
         DecodingError: no token survives a frame (every path is impossible: ``-inf`` or NaN
             scores, or a graph with dead ends).
     """
-    if loglikes.dim() != 2:
-        raise ValueError(f"loglikes must be (T, S), got shape {tuple(loglikes.shape)}")
+    if isinstance(loglikes, torch.Tensor):
+        dev = loglikes.device
+        loglikes = FrameScores.from_tensor(loglikes)
+    else:
+        dev = None  # the graph's
     if not (beam > 0):
         raise ValueError(f"beam must be > 0, got {beam}")
     if not (isinstance(max_active, int) and max_active >= 1):
         raise ValueError(f"max_active must be an integer >= 1, got {max_active!r}")
     if not (isinstance(gc_threshold, int) and gc_threshold >= 1):
         raise ValueError(f"gc_threshold must be an integer >= 1, got {gc_threshold!r}")
+    if not (isinstance(gc_frames, int) and gc_frames >= 1):
+        raise ValueError(f"gc_frames must be an integer >= 1, got {gc_frames!r}")
     if not (isinstance(nbest, int) and nbest >= 1):
         raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
     if not (lattice_beam > 0):
         raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
     if isinstance(graph, pynini.Fst):
         graph = DecodingGraph.from_fst(graph)
-    dev = loglikes.device
+    dev = graph.device if dev is None else dev
     g = graph.to(dev)
-    T, S = loglikes.shape
+    T, S = loglikes.num_frames, loglikes.num_columns
     tid2pdf = torch.as_tensor(tid2pdf, dtype=torch.int64).to(dev)
     e_ilabel = g.ilabel[:g.num_emitting]
     if e_ilabel.numel():
@@ -758,21 +863,24 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
     if col.numel() and (int(col.min()) < 0 or int(col.max()) >= S):
         raise ValueError(f"tid2pdf maps graph input labels to columns "
                          f"{int(col.min())}..{int(col.max())}, but loglikes has {S} columns")
-    scores = loglikes.detach().to(torch.float64) * -acoustic_scale  # (T, S) costs
 
+    if nbest > 1 and T > _LONG_LATTICE_FRAMES:
+        logger.warning("n-best from a lattice of %d frames: the lattice grows with the "
+                       "utterance (only the 1-best search is bounded); segment long "
+                       "recordings for n-best lists", T)
     lattice = _Lattice(g, float(lattice_beam), col) if nbest > 1 else None
     search = _Search(g, float(beam), max_active, lattice)
     e_weight = g.weight[:g.num_emitting]
     z = torch.zeros(1, dtype=torch.int64, device=dev)
     states, costs, idx = search.frame(
         torch.tensor([g.start], device=dev), torch.zeros(1, dtype=torch.float64, device=dev),
-        z - 1, z - 1)
+        z - 1, z - 1, torch.full((1,), math.nan, dtype=torch.float64, device=dev))
     num_active = torch.zeros(T, dtype=torch.int64)
-    held, next_gc = 0, gc_threshold
-    for t in range(T):
+    held, next_gc, next_gc_chunks = 0, gc_threshold, gc_frames
+    for t, lls_t, scores_t in _frames(loglikes, dev, acoustic_scale):
         tok, arc = _expand(g.e_offsets, states)
         cost = (_take(costs, tok) + _take(e_weight, arc)
-                + _take(scores[t], _take(col, arc)))
+                + _take(scores_t, _take(col, arc)))
         best = float(cost.min()) if cost.numel() else math.inf
         if not math.isfinite(best):
             raise DecodingError(f"frame {t}: no token survived (every arc from the "
@@ -785,15 +893,17 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
         dst = _take(g.e_dst, arc)
         sel = search.best_per_dst(dst, cost)
         if lattice is not None:
-            lattice.emitting(_take(states, tok), arc, cost, best, sel, scores[t])
+            lattice.emitting(_take(states, tok), arc, cost, best, sel, scores_t)
         tok, arc, cost, dst = _take(tok, sel), _take(arc, sel), _take(cost, sel), _take(dst, sel)
-        states, costs, idx = search.frame(dst, cost, _take(idx, tok), arc)
+        states, costs, idx = search.frame(dst, cost, _take(idx, tok), arc,
+                                          _take(lls_t, _take(col, arc)))
         num_active[t] = states.numel()
         held += search.chunks[-1].arc.numel()
-        if held > next_gc:
+        if held > next_gc or len(search.chunks) > next_gc_chunks:
             idx = search.gc(idx)
             held = sum(ch.arc.numel() for ch in search.chunks)
             next_gc = max(gc_threshold, 2 * held)
+            next_gc_chunks = len(search.chunks) + gc_frames
 
     total = costs + g.final[states]
     reached_final = bool(torch.isfinite(total).any())
@@ -805,16 +915,20 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
                        "non-final token (the output may be a partial sentence)", T)
         best_i = int(torch.argmin(costs))
         final_cost = 0.0
-    path = torch.tensor(search.trace(int(idx[best_i])), dtype=torch.int64, device=dev)
+    tail, tail_ll = search.trace(int(idx[best_i]))
+    path = torch.cat([*search.prefix_arcs, torch.tensor(tail, dtype=torch.int64, device=dev)])
+    path_ll = torch.cat([*search.prefix_ll,
+                         torch.tensor(tail_ll, dtype=torch.float64, device=dev)])
     olabels = g.olabel[path]
     words = [int(w) for w in olabels[olabels != 0].tolist()]
     tids = g.ilabel[path]
     tids = tids[tids != 0]
-    if tids.numel() != T:  # an invariant of the search
+    if tids.numel() != T or path_ll.numel() != T:  # an invariant of the search
         raise DecodingError(f"the traced path reads {tids.numel()} labels for {T} frames")
     lm_cost = float(g.weight[path].sum()) + final_cost
-    am_cost = -float(loglikes.detach().to(torch.float64)[
-        torch.arange(T, device=dev), tid2pdf[tids]].sum()) if T else 0.0
+    # the frames' scores of the path, as stored during the search (the scores themselves
+    # are gone): the same float64 vector, summed the same way, as indexing them afterwards
+    am_cost = -float(path_ll.sum()) if T else 0.0
     cost = lm_cost + acoustic_scale * am_cost
     nbest_list = None
     if lattice is not None:
@@ -823,6 +937,17 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor,
     return DecodeResult(words=words, tids=tids.cpu(), cost=cost, am_cost=am_cost,
                         lm_cost=lm_cost, reached_final=reached_final, num_active=num_active,
                         nbest=nbest_list)
+
+
+def _frames(scores: FrameScores, dev: torch.device, acoustic_scale: float
+            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(t, (S,) float64 scores, (S,) float64 costs -acoustic_scale * scores)`` of each
+    frame, converted one block at a time."""
+    for t0, blk in scores.blocks():
+        blk = blk.detach().to(dev, torch.float64)
+        costs = blk * -acoustic_scale
+        for i in range(blk.shape[0]):
+            yield t0 + i, blk[i], costs[i]
 
 
 def _rank_first(hyps: list[tuple[list[int], float]], words: list[int], cost: float, n: int

@@ -68,7 +68,7 @@ import pynini
 import torch
 
 from asrkit.data.download import file_checksum
-from asrkit.decode.wfst.decoder import DecodingGraph, decode_fst
+from asrkit.decode.wfst.decoder import DecodingGraph, FrameScores, decode_fst
 from asrkit.decode.wfst.fstio import read_fst, write_fst
 from asrkit.decode.wfst.graph import (
     GraphError,
@@ -776,17 +776,25 @@ def decode_ctc_wfst(log_probs: torch.Tensor,
     if not 0 <= blank < V:
         raise ValueError(f"blank {blank} outside 0..{V - 1}")
     dev = dg.device
-    scores = log_probs.detach().to(dev, torch.float64)
     if log_priors is not None:
         log_priors = torch.as_tensor(log_priors, dtype=torch.float64, device=dev)
         if log_priors.shape != (V,):
             raise ValueError(f"log_priors must be ({V},), got {tuple(log_priors.shape)}")
-        scores = scores - prior_scale * log_priors
-    if blank_penalty:
-        scores = scores.clone()
-        scores[:, blank] -= blank_penalty
+    lp = log_probs.detach()
+
+    def frame_scores(t0: int, t1: int) -> torch.Tensor:
+        # s[t, k] a block of frames at a time: no (T, V) float64 copy of a long utterance
+        scores = lp[t0:t1].to(dev, torch.float64)
+        if log_priors is not None:
+            scores = scores - prior_scale * log_priors
+        if blank_penalty:
+            scores = scores.clone()
+            scores[:, blank] -= blank_penalty
+        return scores
+
     tid2pdf = torch.arange(V + 1, device=dev) - 1
-    r = decode_fst(dg, scores, tid2pdf, acoustic_scale=acoustic_scale, beam=beam,
+    r = decode_fst(dg, FrameScores(log_probs.shape[0], V, frame_scores), tid2pdf,
+                   acoustic_scale=acoustic_scale, beam=beam,
                    max_active=max_active, nbest=nbest, lattice_beam=lattice_beam)
     frames = (r.tids - 1).tolist()
     runs = _token_runs(frames, blank)
@@ -820,6 +828,6 @@ def decode_ctc_wfst_batch(log_probs: torch.Tensor, lengths: torch.Tensor,
     """
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be (B, T', V), got shape {tuple(log_probs.shape)}")
-    x = log_probs.detach().to(graph.graph.device, torch.float64)
+    x = log_probs.detach().to(graph.graph.device)  # float64 a block at a time, in the search
     return [decode_ctc_wfst(x[b, :int(n)], graph, **kwargs)
             for b, n in enumerate(lengths.tolist())]

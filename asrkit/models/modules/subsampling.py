@@ -20,6 +20,9 @@ class Conv2dSubsampling(nn.Module):
         channels: convolution channels (defaults to ``d_model``).
     """
 
+    #: input frames per output frame (two stride-2 convolutions without padding)
+    stride = 4
+
     def __init__(self, input_dim: int, d_model: int, channels: int | None = None):
         super().__init__()
         channels = channels or d_model
