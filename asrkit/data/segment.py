@@ -26,6 +26,7 @@ grows with the recording's length.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import os
@@ -68,7 +69,7 @@ class AudioSegment:
         return self.end - self.start
 
 
-class _Audio:
+class _Audio(abc.ABC):
     """Mono float32 samples of a recording, read by range (the interface of
     :class:`AudioFile` and :class:`AudioArray`)."""
 
@@ -82,8 +83,9 @@ class _Audio:
         """Length in seconds."""
         return self.num_samples / self.sample_rate
 
+    @abc.abstractmethod
     def _read(self, start: int, n: int) -> np.ndarray:
-        raise NotImplementedError
+        """``(n, channels)`` float32 samples from sample ``start`` (each source reads its own)."""
 
     def _mix(self, data: np.ndarray, channel: int | None) -> np.ndarray:
         if data.shape[1] == 1:
