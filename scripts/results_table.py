@@ -23,8 +23,9 @@ system, decoding, dev and test WER, test CER, training wall time and decoding RT
 HMM-GMM stage the training time is cumulative over the stages it was built from (mono → tri1
 → …, in ``<exp>/config.yaml`` order), and dev WER is the one at the dev-tuned acoustic scale
 (``decode_dev_<graph>_acwt<A>``, with A read from ``decode_<set>_<graph>/acwt``). For a neural
-experiment METHOD is the decode directory's suffix (``decode_dev_<METHOD>``); a missing dev
-decode shows as "-".
+experiment METHOD is the decode directory's suffix (``decode_dev_<METHOD>``, or the dev
+directory named in ``decode_<set>_<METHOD>/dev_best`` when a setting such as the LM weight of
+``tlg_<lm>`` was tuned on dev); a missing dev decode shows as "-".
 
 Raises:
     SystemExit: when a needed file is missing (its path is printed).
@@ -96,8 +97,10 @@ def _optional_wer(path: Path) -> str:
     return f"{json.loads(path.read_text(encoding='utf-8'))['wer']['rate']:.1f}"
 
 
-def compare_row(spec: str, part: str) -> str:
-    """One row of the ``--compare`` table for ``EXP[:METHOD]`` or ``EXP/STAGE:GRAPH``."""
+def compare_row(spec: str, parts: list[str], dev_set: str = "dev") -> str:
+    """One row of the ``--compare`` table for ``EXP[:METHOD]`` or ``EXP/STAGE:GRAPH``: dev WER,
+    the WER on each of ``parts``, the first part's CER and RTF."""
+    part = parts[0]
     exp, _, suffix = spec.partition(":")
     path = Path(exp)
     if (path / "final.mdl").is_file():  # an HMM-GMM stage
@@ -114,7 +117,9 @@ def compare_row(spec: str, part: str) -> str:
         dec = path / f"decode_{part}_{suffix}"
         acwt_file = dec / "acwt"
         acwt = acwt_file.read_text().strip() if acwt_file.is_file() else ""
-        dev = _optional_wer(path / f"decode_dev_{suffix}_acwt{acwt}" / "score.json")
+        best = dec / "dev_best"
+        dev = _optional_wer(path / (best.read_text().strip() if best.is_file() else
+                                    f"decode_{dev_set}_{suffix}_acwt{acwt}") / "score.json")
         kind = {"mono": "monophone", "tri": "triphone", "lda_mllt": "LDA+MLLT triphone",
                 "sat": "SAT triphone"}.get(summ["type"], summ["type"])
         system = (f"{path.parent.name}/{path.name}: HMM-GMM {kind} ({summ['num_pdfs']} pdfs, "
@@ -129,13 +134,20 @@ def compare_row(spec: str, part: str) -> str:
         summ = _load_json(path / "train_summary.json")
         seconds = summ["train_seconds"]
         dec = path / f"decode_{part}_{method}"
-        dev = _optional_wer(path / f"decode_dev_{method}" / "score.json")
+        dev = _optional_wer(path / f"decode_{dev_set}_{method}" / "score.json")
+        decoding = method
+        if (dec / "dev_best").is_file():  # a setting tuned on dev (recipes' tune_then_test)
+            best = (dec / "dev_best").read_text().strip()
+            dev = _optional_wer(path / best / "score.json")
+            decoding = f"{method} ({best.rpartition(method + '_')[2]})"
         system = (f"{path.name}: {model['_target_'].rsplit('.', 1)[-1]} "
                   f"({summ['num_params'] / 1e6:.2f} M params, {summ['epochs']} epochs)")
-        decoding = method
     score, ds = _load_json(dec / "score.json"), _load_json(dec / "decode_summary.json")
     threads = f", {ds['threads']} thr" if ds.get("threads") else ""
-    return (f"| {system} | {decoding} | {dev} | {score['wer']['rate']:.1f} | "
+    wers = " | ".join(f"{score['wer']['rate']:.1f}" if p == part else
+                      _optional_wer(Path(str(dec).replace(f"decode_{part}_", f"decode_{p}_", 1))
+                                    / "score.json") for p in parts)
+    return (f"| {system} | {decoding} | {dev} | {wers} | "
             f"{score['cer']['rate']:.1f} | {seconds / 60:.1f} min | {ds['rtf']:.4f} "
             f"({ds['device']}{threads}) |")
 
@@ -143,16 +155,23 @@ def compare_row(spec: str, part: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("exps", nargs="+", metavar="EXP_DIR[:METHOD]")
-    p.add_argument("--set", default="test", help="decoded data set name (default test)")
+    p.add_argument("--set", action="append", dest="sets",
+                   help="decoded data set name (default test); --compare: repeat it for one "
+                   "WER column per set")
+    p.add_argument("--dev-set", default="dev",
+                   help="--compare: the set settings were tuned on (default dev)")
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--compare", action="store_true",
                    help="one table for HMM-GMM stages and neural experiments together")
     args = p.parse_args(argv)
+    sets = args.sets or ["test"]
+    args.set = sets[0]
     if args.compare:
-        lines = [(f"| system | decoding | dev WER % | {args.set} WER % | {args.set} CER % | "
+        cols = " | ".join(f"{s} WER %" for s in sets)
+        lines = [(f"| system | decoding | {args.dev_set} WER % | {cols} | {args.set} CER % | "
                   "training wall time | decoding RTF |"),
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-        lines += [compare_row(spec, args.set) for spec in args.exps]
+                 "| --- | --- | ---: | " + "---: | " * len(sets) + "---: | ---: | ---: |"]
+        lines += [compare_row(spec, sets, args.dev_set) for spec in args.exps]
     elif (Path(args.exps[0].partition(":")[0]) / "final.mdl").is_file():
         lines = [(f"| stage | model | pdfs / Gaussians | LM | HCLG states / arcs | acwt (dev) | "
                   f"{args.set} WER % | training wall time | decoding RTF |"),

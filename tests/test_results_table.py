@@ -122,3 +122,25 @@ def test_best_decode_picks_lowest_wer(tmp_path, capsys):
     assert mod.main(dirs) == 0
     assert capsys.readouterr().out.split() == [dirs[1], "4.0"]  # ties: the first listed
     assert mod.main([dirs[3]]) == 1
+
+
+def test_compare_several_sets_and_dev_tuned_neural_decoding(tmp_path, capsys):
+    """One WER column per ``--set``; a neural ``tlg_<lm>`` decoding tuned on ``--dev-set``
+    reads its dev WER from the directory named in ``dev_best``."""
+    mod = _load()
+    exp = _exp(tmp_path, False)
+    for part, wer in (("test_clean", 9.0), ("test_other", 21.0)):
+        d = exp / f"decode_{part}_tlg_tg"
+        d.mkdir()
+        (d / "score.json").write_text(json.dumps({"wer": {"rate": wer}, "cer": {"rate": 4.0}}))
+        (d / "decode_summary.json").write_text(json.dumps({"rtf": 0.02, "device": "cpu"}))
+        (d / "dev_best").write_text("decode_dev_clean_tlg_tg_lm-weight0.5\n")
+    dev = exp / "decode_dev_clean_tlg_tg_lm-weight0.5"
+    dev.mkdir()
+    (dev / "score.json").write_text(json.dumps({"wer": {"rate": 8.25}, "cer": {"rate": 3.0}}))
+    assert mod.main(["--compare", "--dev-set", "dev_clean", "--set", "test_clean", "--set",
+                     "test_other", f"{exp}:tlg_tg"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| system | decoding | dev_clean WER % | test_clean WER % | "
+                               "test_other WER % | test_clean CER %")
+    assert "| tlg_tg (lm-weight0.5) | 8.2 | 9.0 | 21.0 | 4.0 |" in lines[2]

@@ -144,3 +144,55 @@ def test_killed_mid_epoch_resumes_to_the_same_model(synth, tmp_path):
     got = load_checkpoint(exp / "checkpoints" / "epoch15.pt")["model"]
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_max_steps_stops_mid_epoch_resumably(synth, tmp_path):
+    """trainer.max_steps ends training after that many updates, mid-epoch included; the
+    saved position resumes to the same model as a run without the cap."""
+    from asrkit.text.tokenizer import Tokenizer
+    from asrkit.train.data import FeatureDataset, frame_batches
+
+    quiet = ["data.max_frames=400", "trainer.save_every_batches=0", "trainer.plot=false",
+             "trainer.tensorboard=false", "trainer.max_epochs=2"]
+    ds = FeatureDataset(synth["train"], Tokenizer(synth["tok"]), max_frames=3000)
+    per_epoch = len(frame_batches(ds.lengths, 400))
+    cap = per_epoch + per_epoch // 2  # in the middle of epoch 2
+    assert per_epoch >= 4
+    exp = tmp_path / "capped"
+    train(compose_train_config(overrides(synth, exp, *quiet, f"trainer.max_steps={cap}")))
+    summary = json.loads((exp / "train_summary.json").read_text())
+    assert summary["updates"] == cap and summary["max_steps_reached"] is True
+    assert summary["epochs"] == 1 and (exp / ".done").is_file()
+    metrics = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1]  # no record of the unfinished epoch 2
+    st = load_checkpoint(exp / "checkpoints" / "last.pt")
+    assert (st["epoch"], st["batch_in_epoch"], st["step"]) == (2, cap - per_epoch, cap)
+    assert "max_steps=" in (exp / "train.log").read_text()
+
+    # lift the cap: it continues from the saved batch to the uncapped run's model
+    (exp / ".done").unlink()
+    train(compose_train_config(overrides(synth, exp, *quiet)))
+    ref = tmp_path / "ref"
+    train(compose_train_config(overrides(synth, ref, *quiet)))
+    a = load_checkpoint(exp / "checkpoints" / "last.pt")
+    b = load_checkpoint(ref / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 2 * per_epoch
+    for k, v in b["model"].items():
+        assert torch.allclose(a["model"][k], v, atol=1e-6), k
+    assert json.loads((exp / "train_summary.json").read_text())["max_steps_reached"] is False
+
+
+def test_dev_subset_keeps_evenly_spaced_utterances(tmp_path):
+    """``data.dev_max_utts``: the per-epoch dev pass on n utterances spread over the set."""
+    from asrkit.train.data import FeatureDataset
+    from asrkit.train.loop import _thin_dataset
+    from tests.synth import make_feature_dir
+
+    d = make_feature_dir(tmp_path / "dev", n_utts=10)
+    ds = FeatureDataset(d)
+    ids = list(ds.ids)
+    _thin_dataset(ds, 4)
+    assert ds.ids == [ids[0], ids[2], ids[5], ids[7]]
+    assert len(ds.lengths) == len(ds.tokens) == 4
+    _thin_dataset(ds, 0)
+    assert len(ds.ids) == 4

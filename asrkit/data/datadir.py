@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -433,6 +433,71 @@ class DataDir:
         return DataDir(wav_scp=wav_scp, text=pick(self.text), utt2spk=pick(self.utt2spk),
                        utt2dur=pick(self.utt2dur) if self.utt2dur is not None else None,
                        segments=segments)
+
+    @classmethod
+    def combine(cls, dirs: Sequence[tuple[str, DataDir]]) -> DataDir:
+        """Concatenate data dirs, Kaldi's ``utils/combine_data.sh`` (e.g. the three LibriSpeech
+        training parts into ``train_960``).
+
+        Args:
+            dirs: ``(name, DataDir)`` pairs; the names only appear in error messages.
+
+        Returns:
+            One :class:`DataDir` with every utterance; ``utt2dur`` and ``segments`` are kept
+            only when every input has them.
+
+        Raises:
+            ValueError: no input; an utterance or recording id in two inputs (both named);
+                some inputs with ``segments`` and some without.
+        """
+        if not dirs:
+            raise ValueError("combine: no data dirs given")
+        seg = [d.segments is not None for _, d in dirs]
+        if any(seg) and not all(seg):
+            raise ValueError("combine: some data dirs have segments and some do not: "
+                             + ", ".join(n for (n, _), s in zip(dirs, seg) if not s))
+        out = cls(wav_scp={}, text={}, utt2spk={},
+                  utt2dur={} if all(d.utt2dur is not None for _, d in dirs) else None,
+                  segments={} if all(seg) else None)
+        owner: dict[str, str] = {}
+        for name, d in dirs:
+            for u in d.utt2spk:
+                if u in owner:
+                    raise ValueError(f"combine: utterance {u!r} is in both {owner[u]} and "
+                                     f"{name}")
+                owner[u] = name
+            clash = set(d.wav_scp).intersection(out.wav_scp)
+            if clash:
+                raise ValueError(f"combine: recording {min(clash)!r} of {name} is also "
+                                 "in an earlier data dir")
+            out.wav_scp.update(d.wav_scp)
+            out.text.update(d.text)
+            out.utt2spk.update(d.utt2spk)
+            if out.utt2dur is not None:
+                out.utt2dur.update(d.utt2dur or {})
+            if out.segments is not None:
+                out.segments.update(d.segments or {})
+        return out
+
+    def subset_speakers(self, speakers: Iterable[str], *, exclude: bool = False) -> DataDir:
+        """Return a new :class:`DataDir` with the utterances of ``speakers`` (or, with
+        ``exclude``, of every other speaker), Kaldi's ``utils/subset_data_dir.sh --spk-list``.
+
+        Args:
+            speakers: speaker ids (values of ``utt2spk``).
+            exclude: keep the speakers *not* listed.
+
+        Raises:
+            KeyError: a listed speaker has no utterance here (a typo would otherwise give an
+                empty or wrong split silently).
+        """
+        wanted = set(speakers)
+        known = set(self.utt2spk.values())
+        missing = sorted(wanted - known, key=_c_key)
+        if missing:
+            raise KeyError(f"subset: speaker(s) {', '.join(missing)} not in the data dir "
+                           f"({len(known)} speakers, e.g. {sorted(known, key=_c_key)[:3]})")
+        return self.subset(u for u, s in self.utt2spk.items() if (s in wanted) != exclude)
 
     def fixed(self, *, source: str = "data dir") -> tuple[DataDir, list[str]]:
         """Keep only utterances consistent across all fields (Kaldi ``utils/fix_data_dir.sh``).

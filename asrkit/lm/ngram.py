@@ -58,6 +58,11 @@ interpolation weight of a context becomes its ARPA backoff), so that for every c
 probabilities over the vocabulary and ``</s>`` sum to one. Interpolated Witten-Bell (SRILM's
 ``ngram-count -wbdiscount -interpolate``) is the simple alternative.
 
+**Pruning** (:func:`prune_ngram`): Stolcke's (1998) relative-entropy pruning as SRILM's
+``ngram -prune THRESHOLD`` does it, with SRILM's threshold convention (the relative increase
+of the model's own perplexity), so ``3e-7``/``1e-7`` give Kaldi's LibriSpeech
+``tgsmall``/``tgmed`` pruning.
+
 Why our own estimator: of the packages on PyPI, ``kenlm`` builds only the query module (its
 estimator ``lmplz`` is a C++ program that needs Boost and is not part of the Python package),
 ``nltk.lm`` has ``KneserNeyInterpolated`` with a single discount, no ARPA export and a
@@ -75,6 +80,7 @@ import logging
 import math
 import os
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,6 +101,7 @@ __all__ = [
     "PerplexityResult",
     "Sentence",
     "estimate_ngram",
+    "prune_ngram",
     "read_arpa",
     "write_arpa",
 ]
@@ -223,6 +230,18 @@ class NgramLM:
         self.unk: str | None = unk
         """The unknown-word token, or None for a closed vocabulary."""
         self._fill_missing_prefixes()
+
+    @classmethod
+    def _trusted(cls, tables: list[dict[tuple[str, ...], tuple[float, float]]],
+                 unk: str | None) -> NgramLM:
+        """A model that takes ownership of ``tables`` without copying or checking them
+        (they must be valid, every prefix listed, ``unk`` a 1-gram or None)."""
+        self = cls.__new__(cls)
+        self._tables = tables
+        self._order = len(tables)
+        self._vocab = frozenset(word for (word,) in tables[0])
+        self.unk = unk
+        return self
 
     # ----------------------------------------------------------------- structure
     @property
@@ -848,3 +867,257 @@ def estimate_ngram(sentences: Iterable[Sentence], order: int = 3, method: str = 
     logger.info("estimated %d-gram %s model: %s n-grams, %d words, %d sentences", order,
                 method, "/".join(str(len(t)) for t in tables), len(vocab), n_sent)
     return NgramLM(tables, unk=unk)
+
+
+# ------------------------------------------------------------------------- pruning
+_PROB_EPSILON = 3e-6
+"""SRILM's ``Prob_Epsilon``: rounding tolerance on the backoff-weight numerator and
+denominator (``Ngram::computeBOW``)."""
+
+
+def _bow_terms(sum_prob: float, sum_backoff: float) -> tuple[float, float] | None:
+    """Numerator and denominator of a context's backoff weight, checked as SRILM does.
+
+    ``sum_prob`` is ``sum p(w | h)`` over the words listed after ``h``, ``sum_backoff`` the sum
+    of their backed-off estimates ``p(w | h')``. Returns ``(1 - sum_prob, 1 - sum_backoff)``
+    with rounding noise below :data:`_PROB_EPSILON` clamped to zero, ``(0, 0)`` when neither
+    has mass left (backoff weight one), or None when the context is improper: the listed
+    probabilities sum past one, or the backoff distribution has no mass left for the
+    unlisted words while the context has (SRILM then rescales the listed probabilities).
+    """
+    num = 1.0 - sum_prob
+    den = 1.0 - sum_backoff
+    if -_PROB_EPSILON < num < 0.0:
+        num = 0.0
+    if -_PROB_EPSILON < den < 0.0:
+        den = 0.0
+    if num < 0.0 or (den <= 0.0 and num > _PROB_EPSILON):
+        return None
+    if den <= 0.0:
+        return 0.0, 0.0
+    return num, den
+
+
+def _context_log10prob(lm: NgramLM, context: tuple[str, ...]) -> float:
+    """log10 of the marginal probability ``P(h)`` of a context, as SRILM's
+    ``LM::contextProb``: the product of the model's conditional probabilities of its words,
+    each given the words before it, where a leading ``<s>`` counts with ``P(</s>)`` (its own
+    probability is zero) and a zero-probability ``<s>`` elsewhere is skipped."""
+    total = 0.0
+    for i, word in enumerate(context):
+        if i == 0 and word == BOS and EOS in lm.vocab:
+            word = EOS
+        lp = lm._log10prob_mapped(word, context[:i])
+        if lp <= LOG10_ZERO and word == BOS:
+            continue
+        total += lp
+    return total
+
+
+def _pruning_deltas(lm: NgramLM, n: int,
+                    ctx_index: Mapping[tuple[str, ...], int] | None = None) -> array:
+    """Stolcke's relative-entropy change of removing each listed ``n``-gram on its own.
+
+    Args:
+        lm: the model (n-grams of order ``n`` and below are read, never changed).
+        n: the order, ``2 <= n <= lm.order``.
+        ctx_index: position of every ``(n - 1)``-gram in iteration order of that table
+            (built here when None).
+
+    Returns:
+        One value per ``n``-gram in the table's iteration order: SRILM's ``deltaH`` in log10
+        units, ``-P(h) [p(w|h) (log p'(w|h) - log p(w|h)) + (1 - sum_v p(v|h))
+        (log bo'(h) - log bo(h))]`` (multiply by ln 10 for nats), or NaN where the n-gram
+        must not be pruned (an improper context, see :func:`_bow_terms`, or a zero backoff
+        estimate).
+    """
+    tables = lm._tables
+    table, lower = tables[n - 1], tables[n - 2]
+    if ctx_index is None:
+        ctx_index = {h: i for i, h in enumerate(lower)}
+    m = len(lower)
+    sum_prob = array("d", bytes(8 * m))
+    sum_backoff = array("d", bytes(8 * m))
+    backoff_lp = array("d", bytes(8 * len(table)))
+    has_words = bytearray(m)
+    prob_bo = lm._log10prob_mapped
+    # Pass 1: per context h, sum p(w|h) and p(w|h') over its listed words.
+    for j, (g, (lp, _)) in enumerate(table.items()):
+        i = ctx_index[g[:-1]]
+        b = prob_bo(g[-1], g[1:-1])
+        backoff_lp[j] = b
+        sum_prob[i] += 10.0 ** lp
+        sum_backoff[i] += 10.0 ** b
+        has_words[i] = 1
+    # Per context: the backoff-weight numerator/denominator, P(h) and the stored bo(h).
+    nan = math.nan
+    numer = array("d", bytes(8 * m))
+    denom = array("d", bytes(8 * m))
+    hist_prob = array("d", bytes(8 * m))
+    bow_of = array("d", bytes(8 * m))
+    improper = 0
+    for i, (h, (_, bow)) in enumerate(lower.items()):
+        if not has_words[i]:
+            continue
+        terms = _bow_terms(sum_prob[i], sum_backoff[i])
+        if terms is None:
+            improper += 1
+            numer[i] = nan
+            continue
+        numer[i], denom[i] = terms
+        hist_prob[i] = 10.0 ** _context_log10prob(lm, h)
+        bow_of[i] = bow
+    del sum_prob, sum_backoff, has_words
+    if improper:
+        logger.warning("%d contexts of %d-grams have improper backoff weights (their "
+                       "probabilities sum past one); their %d-grams are kept", improper, n, n)
+    # Pass 2: the entropy change of each n-gram (SRILM Ngram::pruneProbs).
+    log10 = math.log10
+    deltas = array("d", bytes(8 * len(table)))
+    for j, (g, (lp, _)) in enumerate(table.items()):
+        i = ctx_index[g[:-1]]
+        num = numer[i]
+        b = backoff_lp[j]
+        p = 10.0 ** lp
+        a, d = num + p, denom[i] + 10.0 ** b
+        if not (a > 0.0 and d > 0.0):  # improper context (num is NaN) or zero mass: keep
+            deltas[j] = nan
+            continue
+        new_bow = log10(a) - log10(d)
+        deltas[j] = -hist_prob[i] * (p * (b + new_bow - lp) + num * (new_bow - bow_of[i]))
+    return deltas
+
+
+def _recompute_backoffs(lm: NgramLM) -> None:
+    """Renormalise ``lm`` in place: recompute every backoff weight from the listed
+    probabilities, lower orders first (SRILM ``Ngram::recomputeBOWs``).
+
+    ``bo(h) = (1 - sum_w p(w|h)) / (1 - sum_w p(w|h'))`` over the words ``w`` listed after
+    ``h``, with the lower-order estimates taken from the already renormalised lower orders;
+    zero for a context with no listed words. An improper context gets ``bo = 0`` (log10
+    ``-99``) with a warning, and one whose backoff distribution has no mass left for the
+    unlisted words has its probabilities scaled to sum to one, as SRILM does. The 1-grams
+    are not changed.
+    """
+    tables = lm._tables
+    prob_bo = lm._log10prob_mapped
+    for k in range(1, lm.order):
+        table, children = tables[k - 1], tables[k]
+        idx = {h: i for i, h in enumerate(table)}
+        m = len(table)
+        sum_prob = array("d", bytes(8 * m))
+        sum_backoff = array("d", bytes(8 * m))
+        has_words = bytearray(m)
+        for g, (lp, _) in children.items():
+            i = idx[g[:-1]]
+            sum_prob[i] += 10.0 ** lp
+            sum_backoff[i] += 10.0 ** prob_bo(g[-1], g[1:-1])
+            has_words[i] = 1
+        rescale: dict[int, float] = {}
+        improper = 0
+        for i, (h, (lp, _)) in enumerate(table.items()):
+            if not has_words[i]:
+                bow = 0.0
+            else:
+                terms = _bow_terms(sum_prob[i], sum_backoff[i])
+                if terms is None:
+                    if 1.0 - sum_prob[i] >= 0.0 and 1.0 - sum_backoff[i] > -_PROB_EPSILON:
+                        # the backoff distribution has no mass left: scale to sum to one
+                        rescale[i] = -math.log10(sum_prob[i])
+                        bow = 0.0
+                    else:
+                        improper += 1
+                        bow = LOG10_ZERO
+                elif terms == (0.0, 0.0):
+                    bow = 0.0
+                else:
+                    bow = _log10(terms[0]) - math.log10(terms[1])
+            table[h] = (lp, bow)  # same keys: safe while iterating
+        if rescale:
+            logger.warning("%d contexts of %d-grams leave no backoff mass; scaled their "
+                           "probabilities to sum to one", len(rescale), k + 1)
+            for g, (lp, bow) in children.items():
+                scale = rescale.get(idx[g[:-1]])
+                if scale is not None:
+                    children[g] = (lp + scale, bow)
+        if improper:
+            logger.warning("%d contexts of %d-grams have probabilities summing past one; "
+                           "backoff weight set to zero", improper, k + 1)
+
+
+def prune_ngram(lm: NgramLM, threshold: float) -> NgramLM:
+    """Relative-entropy pruning of a backoff model (Stolcke 1998; SRILM ``ngram -prune``).
+
+    Stolcke, "Entropy-based pruning of backoff language models", DARPA Broadcast News
+    Transcription and Understanding Workshop, 1998. Every listed n-gram ``(h, w)`` of order
+    2 and above is scored by the relative entropy between the model and the model without
+    it, ``w`` then being predicted by the backoff estimate ``bo'(h) p(w | h')`` with ``bo'(h)``
+    recomputed so that ``P(. | h)`` still sums to one::
+
+        D = -P(h) [ p(w|h) (log p'(w|h) - log p(w|h))
+                    + (1 - sum_{v listed after h} p(v|h)) (log bo'(h) - log bo(h)) ]
+        bo'(h) = (1 - sum_v p(v|h) + p(w|h)) / (1 - sum_v p(v|h') + p(w|h'))
+
+    where ``h'`` is ``h`` without its first word and ``P(h)`` the product of the model's
+    conditional probabilities of the words of ``h`` (a leading ``<s>`` counts with
+    ``P(</s>)``), as SRILM's ``Ngram::pruneProbs`` computes them. Each n-gram is scored
+    against the unpruned model, independently of the others.
+
+    **The threshold is SRILM's**: an n-gram is removed when ``exp(D) - 1 < threshold`` with
+    ``D`` in nats (SRILM computes ``D`` in log10 units and tests ``10 ** D - 1``), i.e. when
+    removing it raises the model's own (training-set) perplexity by a relative amount below
+    ``threshold``; for such small values that is ``D < threshold`` in nats. So ``3e-7`` and
+    ``1e-7`` are Kaldi's LibriSpeech ``tgsmall`` and ``tgmed`` settings (``ngram -prune
+    3e-7``). SRILM's caveat applies: a Kneser-Ney model's lower orders are poor estimates of
+    ``P(h)``, so it loses more perplexity under pruning than a Katz or Witten-Bell model
+    (SRILM's ``-prune-history-lm`` remedy is not implemented).
+
+    Orders are pruned from the highest down; an n-gram that is the context (prefix) of a
+    kept higher-order n-gram is kept, so the result lists every prefix of its n-grams. The
+    1-grams are never pruned. Afterwards every backoff weight is recomputed from the kept
+    probabilities, lower orders first (SRILM ``recomputeBOWs``), so that each conditional
+    distribution sums to one again; the kept probabilities themselves are unchanged.
+
+    Time and memory: two passes over each order with per-context sums in flat arrays; the
+    result shares its n-gram keys with ``lm``, which is not modified.
+
+    Args:
+        lm: the model to prune.
+        threshold: relative perplexity increase below which an n-gram is removed; 0 keeps
+            every n-gram (the model is returned as a copy, backoff weights untouched).
+
+    Returns:
+        The pruned model (a new :class:`NgramLM`).
+
+    Raises:
+        ValueError: ``threshold`` negative or not a finite number.
+    """
+    threshold = float(threshold)
+    if not math.isfinite(threshold) or threshold < 0.0:
+        raise ValueError(f"pruning threshold must be a finite number >= 0, got {threshold!r}")
+    tables = lm._tables
+    order = lm.order
+    if threshold == 0.0 or order == 1:
+        return NgramLM(tables, unk=lm.unk)
+    new_tables: list[dict[tuple[str, ...], tuple[float, float]]] = [{} for _ in tables]
+    needed: bytearray | None = None  # n-grams that are contexts of kept (n+1)-grams
+    expm1, ln10 = math.expm1, _LN10
+    for n in range(order, 1, -1):
+        table, lower = tables[n - 1], tables[n - 2]
+        ctx_index = {h: i for i, h in enumerate(lower)}
+        deltas = _pruning_deltas(lm, n, ctx_index)
+        lower_needed = bytearray(len(lower))
+        kept = new_tables[n - 1]
+        for j, (g, value) in enumerate(table.items()):
+            # NaN deltas (never prune) fail the comparison and are kept.
+            if (needed is not None and needed[j]) or not expm1(deltas[j] * ln10) < threshold:
+                kept[g] = value
+                lower_needed[ctx_index[g[:-1]]] = 1
+        needed = lower_needed
+        del ctx_index, deltas
+        logger.info("pruning %d-grams at threshold %g: kept %d of %d", n, threshold,
+                    len(kept), len(table))
+    new_tables[0] = dict(tables[0])
+    pruned = NgramLM._trusted(new_tables, lm.unk)
+    _recompute_backoffs(pruned)
+    return pruned

