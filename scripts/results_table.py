@@ -5,6 +5,7 @@ Usage:
     python scripts/results_table.py EXP_DIR[:METHOD] ... [--set test] [--out FILE]
     python scripts/results_table.py EXP/STAGE:GRAPH ... [--set test] [--out FILE]   # HMM-GMM
     python scripts/results_table.py --compare EXP/STAGE:GRAPH EXP[:METHOD] ...     # both kinds
+        [--rescored LM ...]     # + WER columns after n-best rescoring with LM
 
 For each experiment directory (``exp/<tag>``) the row is read from files the stages wrote:
 ``config.yaml`` (model class), ``train_summary.json`` (parameters, epochs, training seconds),
@@ -97,9 +98,13 @@ def _optional_wer(path: Path) -> str:
     return f"{json.loads(path.read_text(encoding='utf-8'))['wer']['rate']:.1f}"
 
 
-def compare_row(spec: str, parts: list[str], dev_set: str = "dev") -> str:
+def compare_row(spec: str, parts: list[str], dev_set: str = "dev",
+                rescored: list[str] | None = None) -> str:
     """One row of the ``--compare`` table for ``EXP[:METHOD]`` or ``EXP/STAGE:GRAPH``: dev WER,
-    the WER on each of ``parts``, the first part's CER and RTF."""
+    the WER on each of ``parts``, the first part's CER and RTF, then for each LM of
+    ``rescored`` the dev and ``parts`` WERs after n-best rescoring with it
+    (``decode_<set>_<suffix>_rescore_<lm>``, the recipes' ``rescore_then_test``; "-" where
+    missing)."""
     part = parts[0]
     exp, _, suffix = spec.partition(":")
     path = Path(exp)
@@ -147,9 +152,13 @@ def compare_row(spec: str, parts: list[str], dev_set: str = "dev") -> str:
     wers = " | ".join(f"{score['wer']['rate']:.1f}" if p == part else
                       _optional_wer(Path(str(dec).replace(f"decode_{part}_", f"decode_{p}_", 1))
                                     / "score.json") for p in parts)
+    after = "".join(
+        " " + _optional_wer(dec.parent / (dec.name.replace(f"decode_{part}_", f"decode_{p}_", 1)
+                                          + f"_rescore_{lm}") / "score.json") + " |"
+        for lm in rescored or [] for p in [dev_set, *parts])
     return (f"| {system} | {decoding} | {dev} | {wers} | "
             f"{score['cer']['rate']:.1f} | {seconds / 60:.1f} min | {ds['rtf']:.4f} "
-            f"({ds['device']}{threads}) |")
+            f"({ds['device']}{threads}) |{after}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,15 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--compare", action="store_true",
                    help="one table for HMM-GMM stages and neural experiments together")
+    p.add_argument("--rescored", action="append", default=[], metavar="LM",
+                   help="--compare: add dev and test WER columns after n-best rescoring with "
+                   "this LM (repeatable)")
     args = p.parse_args(argv)
     sets = args.sets or ["test"]
     args.set = sets[0]
     if args.compare:
         cols = " | ".join(f"{s} WER %" for s in sets)
+        after = "".join(f" {s} WER % rescored {lm} |" for lm in args.rescored
+                        for s in [args.dev_set, *sets])
         lines = [(f"| system | decoding | {args.dev_set} WER % | {cols} | {args.set} CER % | "
-                  "training wall time | decoding RTF |"),
-                 "| --- | --- | ---: | " + "---: | " * len(sets) + "---: | ---: | ---: |"]
-        lines += [compare_row(spec, sets, args.dev_set) for spec in args.exps]
+                  f"training wall time | decoding RTF |{after}"),
+                 "| --- | --- | ---: | " + "---: | " * len(sets) + "---: | ---: | ---: |"
+                 + " ---: |" * (len(args.rescored) * (len(sets) + 1))]
+        lines += [compare_row(spec, sets, args.dev_set, args.rescored) for spec in args.exps]
     elif (Path(args.exps[0].partition(":")[0]) / "final.mdl").is_file():
         lines = [(f"| stage | model | pdfs / Gaussians | LM | HCLG states / arcs | acwt (dev) | "
                   f"{args.set} WER % | training wall time | decoding RTF |"),

@@ -13,7 +13,11 @@ Usage:
         --bonuses 0
     # n-best rescoring: rescore one n-best file per pair (cheap; no decoding)
     python scripts/tune_lm_weight.py rescore NBEST DEV_TEXT --lm hf:DIR|ngram:FILE \\
-        [--weights ...] [--bonuses ...] [--case lower] [--out F.json]
+        [--old-lm ngram:FIRST_PASS.arpa] [--weights ...] [--bonuses ...] [--case lower] \\
+        [--out F.json]
+
+    # the best weight of an earlier sweep (recipes read it so)
+    python scripts/tune_lm_weight.py best F.json
 
 Prints one line per pair (WER %) and the best pair, and writes all of them as JSON to
 ``--out`` (default ``tune_lm_weight.json`` in the current directory). The best pair is the
@@ -74,17 +78,26 @@ def sweep_rescore(args) -> list[dict]:
     nbest = read_nbest(args.nbest)
     lm = load_sentence_lm(args.lm, device=args.device, case=args.case)
     texts = sorted({t for hyps in nbest.values() for t, _ in hyps})
-    cache = dict(zip(texts, lm.score(texts)))
 
     class Cached:
+        def __init__(self, scores: dict[str, float]) -> None:
+            self.scores = scores
+
         def score(self, ts, batch_size=0):
-            return [cache[t] for t in ts]
+            return [self.scores[t] for t in ts]
+
+    new = Cached(dict(zip(texts, lm.score(texts))))
+    old = None
+    if args.old_lm:
+        old_lm = load_sentence_lm(args.old_lm, device=args.device, case=args.case)
+        old = Cached(dict(zip(texts, old_lm.score(texts))))
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.weights:
             for b in args.bonuses:
-                best, _, _ = rescore_nbest(nbest, Cached(), lm_weight=w, length_bonus=b)
+                best, _, _ = rescore_nbest(nbest, new, lm_weight=w, length_bonus=b,
+                                           old_lm=old, old_lm_weight=args.old_lm_weight)
                 hyp = Path(tmp) / "text"
                 write_kaldi_map(hyp, best)
                 rows.append({"lm_weight": w, "length_bonus": b, "wer": _wer(args.text, hyp)})
@@ -113,12 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("text", type=Path, help="dev reference text")
     r.add_argument("--lm", required=True, help="hf:DIR or ngram:FILE")
     r.add_argument("--case", choices=["keep", "lower", "upper"], default="keep")
+    r.add_argument("--old-lm", help="first-pass LM taken out of the scores (asrkit rescore "
+                   "--old-lm)")
+    r.add_argument("--old-lm-weight", type=float, default=1.0)
+    b = sub.add_parser("best", help="print the best LM weight of a sweep's JSON")
+    b.add_argument("json", type=Path)
     for q in (f, r):
         q.add_argument("--weights", type=_floats, default=_floats("0.1,0.2,0.3,0.5,0.8"))
         q.add_argument("--bonuses", type=_floats, default=_floats("0,0.5,1"))
         q.add_argument("--device", default="auto")
         q.add_argument("--out", type=Path, default=Path("tune_lm_weight.json"))
     args = p.parse_args(argv)
+    if args.mode == "best":
+        print(f"{json.loads(args.json.read_text(encoding='utf-8'))['best']['lm_weight']:g}")
+        return 0
     if args.mode == "fusion" and (args.graph is None) == (args.method == "wfst"):
         p.error("--graph goes with --method wfst (and only with it)")
     if args.mode == "fusion" and args.method != "wfst" and args.lm is None:

@@ -90,6 +90,8 @@ def test_mkgraph_decode_score_recognise_held_out_utterances(system, capsys):
                  str(exp / "tri1" / "graph")]) == 0
     info = json.loads((exp / "tri1" / "graph" / "graph.json").read_text())
     assert info["sizes"]["HCLG"][0] > 0 and info["lm_words_missing_from_lexicon"] == []
+    assert set(info["peak_rss_mb"]) == set(info["seconds"]) and info["lm_counts"][0] > 0
+    assert 0 < info["hmm_ilabels"] <= info["context_windows"]
     assert main(["decode", str(exp / "tri1"), str(test), "--nj", "2"]) == 0
     out = exp / "tri1" / "decode_test_graph"
     report = score_files(test / "text", out / "text")

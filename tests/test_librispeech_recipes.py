@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -123,6 +124,10 @@ def _synthetic_librispeech(root: Path, write_audio) -> tuple[Path, Path, Path]:
     assert main(["train-lm", "ngram", str(text), str(arpa), "--order", "3", "--no-utt-ids"]) == 0
     with open(arpa, "rb") as f, gzip.open(lm_mirror / "3-gram.pruned.3e-7.arpa.gz", "wb") as g:
         g.write(f.read())
+    fg = root / "fg.arpa"  # the rescoring LM (OpenSLR 11's 4-gram.arpa.gz)
+    assert main(["train-lm", "ngram", str(text), str(fg), "--order", "4", "--no-utt-ids"]) == 0
+    with open(fg, "rb") as f, gzip.open(lm_mirror / "4-gram.arpa.gz", "wb") as g:
+        g.write(f.read())
     sums = root / "SHA256SUMS"
     sums.write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
                             for d in (mirror, lm_mirror) for p in sorted(d.iterdir())))
@@ -145,8 +150,17 @@ def test_librispeech_recipe_all_stages_with_download(tmp_path, data_write_audio)
         d = exp / f"decode_{part}_tlg_tgsmall"
         assert len(read_kaldi_map(d / "text", allow_empty_value=True)) == 4
         assert (d / "dev_best").read_text().startswith("decode_dev_clean_tlg_tgsmall_lm-weight")
+        # second pass: the n-best lists rescored with the 4-gram in place of tgsmall
+        r = exp / f"decode_{part}_tlg_tgsmall_rescore_fglarge"
+        assert set(read_kaldi_map(r / "text", allow_empty_value=True)) == set(
+            read_kaldi_map(d / "text", allow_empty_value=True))
+        tune = exp / "decode_dev_clean_tlg_tgsmall_nbest" / "tune_rescore_fglarge.json"
+        best = json.loads(tune.read_text())["best"]["lm_weight"]
+        assert (r / "lm-weight").read_text().strip() == f"{best:g}"
+        assert (r / "score.json").is_file()
     table = (work / "exp" / "RESULTS.md").read_text()
     assert "| dev_clean WER % | dev_other WER % | test_clean WER % | test_other WER %" in table
+    assert "| dev_clean WER % rescored fglarge | dev_other WER % rescored fglarge |" in table
     assert "tlg_tgsmall (lm-weight" in table and "ctc_greedy" in table
     # a rerun downloads, trains and decodes nothing again
     stamp = [(p, p.stat().st_mtime_ns) for p in

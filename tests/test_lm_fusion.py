@@ -240,3 +240,12 @@ def test_decode_with_lm_through_the_cli_and_the_tuning_script(tmp_path, capsys):
     assert len(rows) == 4
     plain = mod._wer(dev_dir / "text", tmp_path / "plain" / "text")
     assert [r["wer"] for r in rows if r["lm_weight"] == 0 and r["length_bonus"] == 0] == [plain]
+    # --old-lm: weight w with the same LM taken out at weight w is the plain first pass
+    out4 = tmp_path / "tune4.json"
+    assert mod.main(["rescore", str(tmp_path / "nb" / "nbest"), str(dev_dir / "text"),
+                     "--lm", f"ngram:{arpa}", "--old-lm", f"ngram:{arpa}", "--old-lm-weight",
+                     "1", "--weights", "1", "--bonuses", "0", "--out", str(out4)]) == 0
+    assert [r["wer"] for r in json.loads(out4.read_text())["rows"]] == [plain]
+    assert mod.main(["best", str(out2)]) == 0
+    best_weight = json.loads(out2.read_text())["best"]["lm_weight"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"{best_weight:g}"

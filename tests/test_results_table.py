@@ -144,3 +144,24 @@ def test_compare_several_sets_and_dev_tuned_neural_decoding(tmp_path, capsys):
     assert lines[0].startswith("| system | decoding | dev_clean WER % | test_clean WER % | "
                                "test_other WER % | test_clean CER %")
     assert "| tlg_tg (lm-weight0.5) | 8.2 | 9.0 | 21.0 | 4.0 |" in lines[2]
+
+
+def test_compare_rescored_columns(tmp_path, capsys):
+    """``--rescored LM`` adds the dev and test WER after n-best rescoring with LM
+    (``decode_<set>_<method>_rescore_<LM>``), "-" where a system has none."""
+    mod = _load()
+    exp = _exp(tmp_path, False)
+    d = exp / "decode_test_tlg_tgsmall"
+    d.mkdir()
+    (d / "score.json").write_text(json.dumps({"wer": {"rate": 20.0}, "cer": {"rate": 9.0}}))
+    (d / "decode_summary.json").write_text(json.dumps({"rtf": 0.02, "device": "cpu"}))
+    for part, wer in (("dev", 15.55), ("test", 18.04)):
+        r = exp / f"decode_{part}_tlg_tgsmall_rescore_fg"
+        r.mkdir()
+        (r / "score.json").write_text(json.dumps({"wer": {"rate": wer}, "cer": {"rate": 1.0}}))
+    assert mod.main(["--compare", "--rescored", "fg", f"{exp}:tlg_tgsmall", str(exp)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| decoding RTF | dev WER % rescored fg | test WER % rescored fg |")
+    assert lines[1].count("---") == lines[0].count("|") - 1
+    assert lines[2].endswith("| 20.0 | 9.0 | 50.0 min | 0.0200 (cpu) | 15.6 | 18.0 |")
+    assert lines[3].endswith("(cpu, 1 thr) | - | - |")  # ctc_greedy: not rescored

@@ -33,6 +33,7 @@ from asrkit.decode.wfst import (
     make_hclg,
     make_lexicon_fst,
     make_lg,
+    reduce_ilabels,
 )
 from asrkit.lm.ngram import estimate_ngram, read_arpa
 from asrkit.models.hmm_gmm import PhoneHmm, TransitionModel
@@ -475,6 +476,101 @@ def test_triphone_graph_decodes(lang, G, tm, mono_pdfs):
         assert r.words == _words(lang, text)
         assert tmodel.tid2pdf[r.tids].tolist() == pdfs  # the context-dependent pdfs
         assert r.am_cost == pytest.approx(0.0)
+
+
+def _hmm_key(tm, cd, window: tuple[int, ...]) -> tuple:
+    """What make_h_fst builds a window's HMM from: central phone and per-state pdfs."""
+    if len(window) == 1 and window[0] < 0:
+        return window
+    phone = window[cd.central_position]
+    return phone, tuple(cd.pdf_id(window, k) for k in range(tm.phone_hmm(phone).num_states))
+
+
+@pytest.mark.parametrize("mono_pdfs", [True, False])
+def test_reduce_ilabels(lang, LG, tm, mono_pdfs):
+    cd = ToyTri(tm, mono=mono_pdfs)
+    phones, dis = _phone_ids(lang), disambig_ids(lang.phones)
+    _, info = compose_context(LG, 3, 1, phones, dis)
+    reduced, imap = reduce_ilabels(info, cd, tm)
+    assert reduced[0] == () and imap[0] == 0
+    assert len(imap) == len(info)
+    keys = [_hmm_key(tm, cd, w) for w in reduced[1:]]
+    assert len(set(keys)) == len(keys)  # one label per distinct HMM ...
+    for i, w in enumerate(info[1:], start=1):  # ... standing for every window with it
+        assert _hmm_key(tm, cd, reduced[imap[i]]) == _hmm_key(tm, cd, w)
+    assert {_hmm_key(tm, cd, w) for w in info[1:]} == set(keys)
+    # Labels in order of first use, each the first window of its class.
+    first = [imap.index(r) for r in range(1, len(reduced))]
+    assert first == sorted(first)
+    assert [info[i] for i in first] == reduced[1:]
+    # Disambiguation entries keep one label each.
+    assert sorted(w for w in reduced if len(w) == 1) == sorted((-d,) for d in dis)
+    used_phones = {w[1] for w in info[1:] if len(w) == 3}
+    if mono_pdfs:  # monophone pdfs in triphone windows: one label per central phone
+        assert len(reduced) - 1 == len(used_phones) + len(dis)
+    else:  # the first state sees left % 2, the last right % 2: up to 4 HMMs per phone
+        assert len(used_phones) + len(dis) < len(reduced) - 1 <= 4 * len(used_phones) + len(dis)
+    assert len(reduced) < len(info)
+    # Errors, as make_h_fst's.
+    with pytest.raises(GraphError, match="context width 3"):
+        reduce_ilabels([(), (1, 2)], cd, tm)
+    with pytest.raises(GraphError, match="not an emitting phone"):
+        reduce_ilabels([(), (0, lang.phones["#1"], 0)], cd, tm)
+    # Monophone windows are all distinct: nothing to merge.
+    _, info1 = compose_context(LG, 1, 0, phones, dis)
+    reduced1, imap1 = reduce_ilabels(info1, Mono(tm), tm)
+    assert reduced1 == [(), *(w for w in info1 if w)]
+    assert [reduced1[r] for r in imap1] == info1
+
+
+def _best(hclg: pynini.Fst, tids: Sequence[int]) -> tuple[float, tuple[int, ...]] | None:
+    """Cost and words of the cheapest path of ``hclg`` reading ``tids``, None if none."""
+    composed = pynini.compose(_accep(tids), hclg)
+    if composed.start() == pynini.NO_STATE_ID or composed.num_states() == 0:
+        return None
+    best = pynini.shortestpath(composed).rmepsilon().topsort()
+    paths = _paths(best)
+    if not paths:
+        return None
+    ((_, words, cost),) = paths
+    return cost, words
+
+
+@pytest.mark.parametrize("mono_pdfs", [True, False])
+def test_remapped_ilabels_give_the_same_graph(lang, G, tm, mono_pdfs):
+    """HCLG built over one ilabel per distinct HMM (default) and over every context window
+    (remap_ilabels=False): the same transition-id strings, costs and words."""
+    cd = ToyTri(tm, mono=mono_pdfs)
+    tmodel = tm if mono_pdfs else ToyTriTransitions(tm)
+    remapped, info = make_hclg(lang, G, tmodel, cd)
+    plain, info0 = make_hclg(lang, G, tmodel, cd, remap_ilabels=False)
+    assert info0.ilabel_map is None and info0.h_ilabel_info == info0.ilabel_info
+    assert "CLGr" not in info0.sizes
+    assert info.ilabel_info == info0.ilabel_info
+    assert info.ilabel_map is not None and len(info.ilabel_map) == len(info.ilabel_info)
+    assert len(info.h_ilabel_info) < len(info.ilabel_info)
+    assert info.sizes["Ha"][0] < info0.sizes["Ha"][0]
+    assert len(info.disambig_tids) == len(info0.disambig_tids)
+    assert set(info.peak_rss_mb) == set(info.sizes) - {"G"}
+    assert list(info.sizes) == ["G", "L", "LG", "CLG", "CLGr", "Ha", "HCLGa", "HCLG"]
+    checked = 0
+    for seed, (a, b) in enumerate([(remapped, plain), (plain, remapped)] * 2):
+        sample = pynini.randgen(a, npath=25, seed=seed, max_length=60)
+        for ilabels, _, _ in _paths(sample):
+            got_a, got_b = _best(a, ilabels), _best(b, ilabels)
+            assert got_a is not None and got_b is not None
+            assert got_b[0] == pytest.approx(got_a[0], abs=1e-3)
+            assert got_b[1] == got_a[1]
+            checked += 1
+    assert checked >= 50
+    # And it decodes the same.
+    graph = DecodingGraph.from_fst(remapped)
+    for text, phones in [("A CAT", "AH_S K_B AE_I T_E"),
+                         ("DOG OH", "SIL D_B AO_I G_E SIL OW_S")]:
+        pdfs = _alignment(tm, cd, _phones(lang, phones), [2, 1, 3])
+        r = decode_fst(graph, _peaked(pdfs, cd.num_pdfs), tmodel.tid2pdf)
+        assert r.words == _words(lang, text)
+        assert tmodel.tid2pdf[r.tids].tolist() == pdfs
 
 
 def test_decode_ctc_style_graph():

@@ -15,6 +15,7 @@ import pynini
 import pytest
 
 from asrkit.decode.wfst import (
+    DELTA,
     GraphError,
     arpa_to_fst,
     determinize_star,
@@ -353,6 +354,27 @@ def test_lg_matches_l_then_g(L, G, LG, lang, lm):
         assert got[0][0] in {o for o, c in ref if c == pytest.approx(best, abs=1e-4)}
         checked += 1
     assert checked >= 10
+
+
+def test_det_min_relabel_in_place(L, G, LG, lang):
+    """copy=False works on the argument itself (make_lg and make_hclg save a copy's memory),
+    with the same result as on a copy; the default quantization delta is 2 ** -13."""
+    assert DELTA == 2.0 ** -13
+    raw = table_compose(L, G)
+    det = determinize_star(raw)
+    assert raw.num_states() == table_compose(L, G).num_states()  # copy: untouched
+    raw_eps = sum(1 for s in raw.states() for a in raw.arcs(s) if not a.ilabel and not a.olabel)
+    assert raw_eps > 0
+    det2 = determinize_star(raw, copy=False)
+    assert not any(not a.ilabel and not a.olabel for s in raw.states() for a in raw.arcs(s))
+    assert pynini.equal(det, det2)
+    minimized = minimize_encoded(det)
+    assert minimize_encoded(det2, copy=False) is det2
+    assert pynini.equal(minimized, det2)
+    ids = disambig_ids(lang.phones)
+    lg = LG.copy()
+    assert remove_disambig(lg, ids, copy=False) is lg
+    assert pynini.equal(lg, remove_disambig(LG, ids))
 
 
 def test_lg_remove_disambig(LG, lang, lm):

@@ -6,7 +6,9 @@ model give a graph dir:
 
 * ``HCLG.fst``   the decoding graph (OpenFst binary, tropical; transition ids -> word ids)
 * ``words.txt``  the word symbol table of its output labels
-* ``graph.json`` what was built from what: model, LM, lang, sizes and seconds of each stage,
+* ``graph.json`` what was built from what: model, LM (order, n-gram counts), lang, sizes,
+  seconds and peak resident memory (MiB, cumulative) of each stage, context windows and HMM
+  ilabels (:func:`asrkit.decode.wfst.reduce_ilabels`),
   LM words left out because the lexicon lacks them
 
 ``decode_gmm_data_dir`` is ``steps/decode.sh`` without lattice files: GMM log-likelihoods of
@@ -134,16 +136,22 @@ def make_graph(lang_dir: str | os.PathLike, lm: str | os.PathLike,
         missing = sorted(w for ((w,), _, _) in ngram.ngrams(1)
                          if w not in ("<s>", "</s>", "<unk>", "<UNK>") and w not in lang.words)
         G = arpa_to_fst(ngram, lang.words, oov="skip")
+        order, counts = ngram.order, ngram.counts
+        del ngram  # the n-gram tables can be larger than G: free them before composing
         HCLG, info = make_hclg(lang, G, am.tmodel, self_loop_scale=self_loop_scale,
                                transition_scale=transition_scale, sil_prob=sil_prob)
         write_fst(HCLG, out / "HCLG.fst")
         write_symbol_table(lang.words, out / "words.txt")
         meta = {"model": str(mpath), "lm": str(lm), "lang": str(lang_dir),
-                "lm_order": ngram.order, "lm_words_missing_from_lexicon": missing,
+                "lm_order": order, "lm_counts": counts,
+                "lm_words_missing_from_lexicon": missing,
                 "self_loop_scale": self_loop_scale, "transition_scale": transition_scale,
                 "sil_prob": sil_prob, "context_width": info.context_width,
                 "sizes": {k: list(v) for k, v in info.sizes.items()},
                 "seconds": {k: round(v, 3) for k, v in info.seconds.items()},
+                "peak_rss_mb": {k: round(v, 1) for k, v in info.peak_rss_mb.items()},
+                "context_windows": len(info.ilabel_info) - 1,
+                "hmm_ilabels": len(info.h_ilabel_info) - 1,
                 "total_seconds": round(time.perf_counter() - start, 3)}
         with atomic_write(out / "graph.json") as f:
             json.dump(meta, f, indent=1)

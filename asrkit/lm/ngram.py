@@ -82,9 +82,10 @@ import os
 import re
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from asrkit.fileio import FileLineError, atomic_write
 
@@ -101,6 +102,7 @@ __all__ = [
     "PerplexityResult",
     "Sentence",
     "estimate_ngram",
+    "ngrams_of_sentences",
     "prune_ngram",
     "read_arpa",
     "write_arpa",
@@ -471,12 +473,21 @@ def _parse_float(path: Path, no: int, text: str, what: str) -> float:
     return value
 
 
-def read_arpa(path: str | os.PathLike, unk: str | None = None) -> NgramLM:
+def read_arpa(path: str | os.PathLike, unk: str | None = None, *,
+              keep: Container[tuple[str, ...]] | None = None) -> NgramLM:
     """Read an ARPA backoff model of any order (plain or gzip-compressed UTF-8 text).
+
+    The file is streamed line by line, so memory holds the model, not the file's text.
 
     Args:
         path: the ARPA file (``.arpa`` or ``.arpa.gz``; gzip is detected from the data).
         unk: unknown-word token, as for :class:`NgramLM` (default ``<unk>``/``<UNK>``).
+        keep: when given, only the 1-grams and the higher-order n-grams in ``keep`` are
+            kept (every line is still checked). :func:`ngrams_of_sentences` gives the
+            n-grams that scoring some sentences needs, so a model far larger than memory
+            scores them exactly as the whole model would (second-pass rescoring with a big
+            LM, as Kaldi's ``lmrescore_const_arpa.sh`` does without loading the whole model
+            either). Section counts are then checked against the lines read, not kept.
 
     Returns:
         The model.
@@ -490,35 +501,77 @@ def read_arpa(path: str | os.PathLike, unk: str | None = None) -> NgramLM:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        raw = path.open("rb")
     except FileNotFoundError:
         raise ArpaError(path, None, "file not found") from None
     except OSError as e:
         raise ArpaError(path, None, f"cannot read file: {e.strerror or e}") from e
-    if data[:2] == b"\x1f\x8b":
+    with raw:
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise ArpaError(path, None, f"corrupt gzip data: {e}") from None
+            gz = raw.peek(2)[:2] == b"\x1f\x8b"
+        except OSError as e:
+            raise ArpaError(path, None, f"cannot read file: {e.strerror or e}") from e
+        f = gzip.GzipFile(fileobj=raw) if gz else raw
+        tables = _parse_arpa(path, _decoded_lines(path, f), keep)
+    return NgramLM(tables, unk=unk)
+
+
+def _decoded_lines(path: Path, f: BinaryIO) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of ``f``, decoded as UTF-8 (a leading BOM
+    dropped); errors name the line and column."""
+    no = 0
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_no = data.count(b"\n", 0, e.start) + 1
-        column = e.start - data.rfind(b"\n", 0, e.start)
-        raise ArpaError(path, line_no, f"invalid UTF-8 byte {data[e.start:e.start + 1]!r} at "
-                                       f"column {column}; ARPA files must be UTF-8 (convert "
-                                       "with iconv)") from None
-    del data
-    text = text.removeprefix("\ufeff")
-    return NgramLM(_parse_arpa(path, text.split("\n")), unk=unk)
+        for no, data in enumerate(f, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ArpaError(path, no, f"invalid UTF-8 byte {data[e.start:e.start + 1]!r} "
+                                          f"at column {e.start + 1}; ARPA files must be UTF-8 "
+                                          "(convert with iconv)") from None
+            yield no, (line.removeprefix("\ufeff") if no == 1 else line)
+    except (OSError, EOFError) as e:
+        if isinstance(e, ArpaError):
+            raise
+        raise ArpaError(path, no + 1 if no else None,
+                        f"corrupt gzip data or read error: {e}") from None
 
 
-def _parse_arpa(path: Path, lines: list[str]
+def ngrams_of_sentences(sentences: Iterable[Sentence], order: int, *, bos: bool = True,
+                        eos: bool = True) -> set[tuple[str, ...]]:
+    """Every n-gram (``1 <= n <= order``) of the word sequences ``<s> words </s>`` that ends
+    at a word: what :meth:`NgramLM.score_sentence` looks up (probabilities and the backoff
+    weights of their contexts), for :func:`read_arpa`'s ``keep``.
+
+    Args:
+        sentences: strings (split on whitespace) or word sequences.
+        order: the model order.
+        bos: prepend ``<s>``; eos: append ``</s>`` (as :meth:`NgramLM.score_sentence`).
+
+    Returns:
+        The set of word tuples. Words are taken as written: a model that maps unknown
+        words to ``<unk>`` needs ``<unk>`` spelled in (:meth:`NgramLM.score_sentence` maps
+        them; pass the words mapped when the model has an unknown-word token).
+    """
+    out: set[tuple[str, ...]] = set()
+    for sentence in sentences:
+        words = list(_as_words(sentence))
+        seq = ([BOS] if bos else []) + words + ([EOS] if eos else [])
+        for i in range(len(seq)):
+            for n in range(1, min(order, i + 1) + 1):
+                out.add(tuple(seq[i - n + 1:i + 1]))
+    return out
+
+
+def _parse_arpa(path: Path, lines: Iterable[tuple[int, str]],
+                keep: Container[tuple[str, ...]] | None = None
                 ) -> list[dict[tuple[str, ...], tuple[float, float]]]:
-    start = next((i for i, raw in enumerate(lines) if raw.strip() == "\\data\\"), None)
-    if start is None:
+    lines = iter(lines)
+    no = 0
+    for no, raw in lines:
+        if raw.strip() == "\\data\\":
+            break
+    else:
         raise ArpaError(path, None, "no '\\data\\' line: not an ARPA file")
-    no = start + 1
 
     declared: dict[int, tuple[int, int]] = {}  # order -> (count, line)
     tables: list[dict[tuple[str, ...], tuple[float, float]]] = []
@@ -527,15 +580,16 @@ def _parse_arpa(path: Path, lines: list[str]
     section_line = 0
     warned_top_backoff = False
     vocab: dict[tuple[str, ...], tuple[float, float]] = {}
+    entries = 0  # lines of the current section
 
     def close_section(end_line: int) -> None:
         count, decl_line = declared[cur]
-        if len(tables[-1]) != count:
+        if entries != count:
             raise ArpaError(path, decl_line,
                             f"'ngram {cur}={count}' but the \\{cur}-grams: section (lines "
-                            f"{section_line}-{end_line}) has {len(tables[-1])} entries")
+                            f"{section_line}-{end_line}) has {entries} entries")
 
-    for no, raw in enumerate(lines[start + 1:], start=start + 2):
+    for no, raw in lines:
         line = raw.strip()
         if not line:
             continue
@@ -567,6 +621,7 @@ def _parse_arpa(path: Path, lines: list[str]
                 raise ArpaError(path, no, f"section \\{n}-grams: out of place; expected {want}")
             cur = n
             section_line = no
+            entries = 0
             tables.append({})
             if n == 1:
                 vocab = tables[0]
@@ -603,16 +658,18 @@ def _parse_arpa(path: Path, lines: list[str]
             raise ArpaError(path, no, f"positive log10 probability {fields[0]} (P > 1)")
         words = tuple(fields[1:cur + 1])
         table = tables[-1]
-        if words in table:
+        kept = cur == 1 or keep is None or words in keep
+        if words in table:  # (duplicates among the lines not kept are not detected)
             raise ArpaError(path, no, f"duplicate {cur}-gram {' '.join(words)!r}")
         if cur > 1:
             for w in words:
                 if (w,) not in vocab:
                     raise ArpaError(path, no, f"word {w!r} of this {cur}-gram is not in the "
                                               "\\1-grams: section")
-        table[words] = (prob, bow)
-    last = len(lines) - (1 if lines[-1] == "" else 0)
-    raise ArpaError(path, last, "file ends before '\\end\\'")
+        entries += 1
+        if kept:
+            table[words] = (prob, bow)
+    raise ArpaError(path, no, "file ends before '\\end\\'")
 
 
 # ---------------------------------------------------------------------- ARPA write
@@ -657,6 +714,13 @@ def write_arpa(lm: NgramLM, path: str | os.PathLike, digits: int = 7) -> None:
                 f.write("\n".join(lines) + "\n")
         f.write("\n\\end\\\n")
 
+    write_text_atomic(path, write_to)
+
+
+def write_text_atomic(path: Path, write_to: Callable[[io.TextIOBase], None]) -> None:
+    """Call ``write_to(f)`` on a UTF-8 text stream that becomes ``path`` only once complete
+    (:func:`asrkit.fileio.atomic_write`), gzip-compressed (level 6, no timestamp) when the
+    name ends in ``.gz``."""
     if path.name.endswith(".gz"):
         with atomic_write(path, "wb") as raw, \
                 gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz, \
@@ -672,7 +736,13 @@ def _kn_discounts(counts: Iterable[int], n: int, fallback: Sequence[float] | Non
                   ) -> tuple[float, float, float]:
     """Modified-KN discounts ``(D1, D2, D3+)`` of order ``n`` from adjusted counts (C&G eq. 26)."""
     coc = Counter(c for c in counts if c <= 4)
-    t = [coc.get(k, 0) for k in range(5)]
+    return _kn_discounts_from_coc([coc.get(k, 0) for k in range(5)], n, fallback)
+
+
+def _kn_discounts_from_coc(t: Sequence[int], n: int, fallback: Sequence[float] | None
+                           ) -> tuple[float, float, float]:
+    """:func:`_kn_discounts` from the count-of-counts ``t[k]`` (n-grams of adjusted count
+    ``k``, ``k = 0..4``); ``fallback`` where they give none (None: raise ValueError)."""
     reason = None
     if t[1] == 0 or t[2] == 0 or t[3] == 0:
         k = next(k for k in (1, 2, 3) if t[k] == 0)

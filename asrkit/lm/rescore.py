@@ -5,7 +5,11 @@ n-gram.
 Each hypothesis of an ``nbest`` file (:mod:`asrkit.decode.nbest`) gets::
 
     new score = decoder score + lm_weight * log P_lm(text) + length_bonus * words
+                [- old_lm_weight * log P_old(text)]
 
+(the bracketed term with ``--old-lm``: the first pass's LM taken out of the decoder score so
+that the new LM replaces it, as Kaldi's ``lmrescore.sh`` does going from ``tgsmall`` to
+``tglarge``/``fglarge``)
 and the best new score per utterance is the rescored 1-best (second-pass rescoring as in
 Kaldi's ``lmrescore`` and ESPnet's n-best rescoring; with large pretrained LMs e.g. Salazar
 et al., 2020, "Masked Language Model Scoring", and Udagawa et al., 2022, "Effect and analysis
@@ -22,6 +26,7 @@ loads a neural LM trained with ``asrkit train-lm model=lstm_lm|transformer_lm``.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import time
@@ -117,19 +122,73 @@ class HFCausalLM:
 
 
 class NgramSentenceLM:
-    """Sentence log-probabilities (natural log, ``<s> ... </s>``) from an ARPA n-gram.
+    """Sentence log-probabilities (natural log, ``<s> ... </s>``) from an ARPA n-gram of any
+    size.
+
+    The model is not loaded whole: each :meth:`score` call streams the file once and keeps
+    the 1-grams and only the n-grams its sentences need (:func:`asrkit.lm.ngram.read_arpa`
+    with ``keep``), so a 4-gram of hundreds of millions of n-grams rescores an n-best list in
+    the memory of its vocabulary (Kaldi's ``lmrescore_const_arpa.sh`` serves the same purpose
+    with a memory-mapped ``G.carpa``). Scores are those of the whole model. A later call
+    whose n-grams were all loaded before reuses the loaded part.
 
     Args:
         path: the ARPA file (``.gz`` allowed).
+
+    Raises:
+        asrkit.lm.ngram.ArpaError: on the first :meth:`score`, a missing or malformed file.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from asrkit.lm.ngram import read_arpa
+        self.path = Path(path)
+        self.lm = None
+        self._vocab: frozenset[str] | None = None
+        self._order = 0
+        self._loaded: set[tuple[str, ...]] = set()
 
-        self.lm = read_arpa(path)
+    def _header(self) -> None:
+        """Order and 1-gram words, read from the start of the file."""
+        from asrkit.lm.ngram import ArpaError, read_arpa
+
+        if not self.path.is_file():
+            raise ArpaError(self.path, None, "file not found")
+        vocab, order, section = set(), 0, 0
+        with self.path.open("rb") as f:
+            opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+        with opener(self.path, "rt", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("ngram ") and "=" in line:
+                    order = max(order, int(line[6:].split("=")[0]))
+                elif line == "\\1-grams:":
+                    section = 1
+                elif line.startswith("\\") and section:
+                    break
+                elif section and line:
+                    fields = line.split()
+                    if len(fields) >= 2:
+                        vocab.add(fields[1])
+        if not order or not vocab:  # let the full reader say what is wrong
+            read_arpa(self.path, keep=set())
+        self._vocab, self._order = frozenset(vocab), order
 
     def score(self, texts: Sequence[str], batch_size: int = 0) -> list[float]:
         """Natural-log ``P(text </s>)`` of each text (``batch_size`` is ignored)."""
+        from asrkit.lm.ngram import UNK, ngrams_of_sentences, read_arpa
+
+        if self._vocab is None:
+            self._header()
+        unk = next((u for u in (UNK, UNK.upper()) if u in self._vocab), None)
+        mapped = [[w if w in self._vocab or unk is None else unk for w in t.split()]
+                  for t in texts]
+        need = ngrams_of_sentences(mapped, self._order)
+        if self.lm is None or not need <= self._loaded:
+            start = time.perf_counter()
+            self._loaded = need | self._loaded
+            self.lm = read_arpa(self.path, keep=self._loaded)
+            logger.info("%s: loaded %s n-grams needed by %d sentences in %.1f s", self.path,
+                        "/".join(str(c) for c in self.lm.counts), len(texts),
+                        time.perf_counter() - start)
         return [self.lm.score_sentence(t) for t in texts]
 
 
@@ -155,7 +214,8 @@ def load_sentence_lm(spec: str, *, device: str = "auto", case: str = "keep"):
 
 
 def rescore_nbest(nbest: NBest, lm, *, lm_weight: float = 0.5, length_bonus: float = 0.0,
-                  batch_size: int = 16) -> tuple[dict[str, str], NBest, dict]:
+                  batch_size: int = 16, old_lm=None, old_lm_weight: float = 1.0
+                  ) -> tuple[dict[str, str], NBest, dict]:
     """Rescore every utterance's list (formula in the module docstring).
 
     Args:
@@ -164,6 +224,13 @@ def rescore_nbest(nbest: NBest, lm, *, lm_weight: float = 0.5, length_bonus: flo
         lm_weight: weight of the LM log-probability.
         length_bonus: added per word.
         batch_size: hypotheses per LM batch (all utterances' hypotheses are batched together).
+        old_lm: the first pass's LM, whose score ``old_lm_weight * log P_old(text)`` is taken
+            out of the decoder score so that ``lm`` replaces it rather than adding to it
+            (Kaldi's ``lmrescore.sh``: old LM at scale -1, new at +1). For a WFST decode the
+            n-best score is ``-(graph cost + acoustic scale * acoustic cost)`` and the graph
+            cost holds ``-ln P_old`` at weight 1 (:mod:`asrkit.decode.gmm`), hence the
+            default ``old_lm_weight`` of 1.0.
+        old_lm_weight: weight of ``old_lm`` in the decoder score.
 
     Returns:
         ``(best, rescored, info)``: the new 1-best text per utterance, the lists re-ranked
@@ -172,12 +239,16 @@ def rescore_nbest(nbest: NBest, lm, *, lm_weight: float = 0.5, length_bonus: flo
     """
     flat = [(u, t, s) for u, hyps in nbest.items() for t, s in hyps]
     start = time.perf_counter()
-    lm_scores = lm.score([t for _, t, _ in flat], batch_size=batch_size)
+    texts = [t for _, t, _ in flat]
+    lm_scores = lm.score(texts, batch_size=batch_size)
+    old_scores = old_lm.score(texts, batch_size=batch_size) if old_lm is not None else None
     seconds = time.perf_counter() - start
     rescored: NBest = {}
-    for (u, t, s), ls in zip(flat, lm_scores):
-        rescored.setdefault(u, []).append(
-            (t, s + lm_weight * ls + length_bonus * len(t.split())))
+    for i, ((u, t, s), ls) in enumerate(zip(flat, lm_scores)):
+        new = s + lm_weight * ls + length_bonus * len(t.split())
+        if old_scores is not None:
+            new -= old_lm_weight * old_scores[i]
+        rescored.setdefault(u, []).append((t, new))
     best, changed = {}, 0
     for u, hyps in rescored.items():
         hyps.sort(key=lambda h: -h[1])

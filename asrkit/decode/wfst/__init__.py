@@ -28,6 +28,7 @@ from asrkit.decode.wfst.decoder import (
 )
 from asrkit.decode.wfst.fstio import read_fst, read_symbols, symbol_table, write_fst
 from asrkit.decode.wfst.graph import (
+    DELTA,
     GraphError,
     add_word_paths,
     arpa_to_fst,
@@ -48,6 +49,7 @@ from asrkit.decode.wfst.hclg import (
     make_context_fst,
     make_h_fst,
     make_hclg,
+    reduce_ilabels,
 )
 from asrkit.decode.wfst.tlg import (
     TOPOLOGIES,
@@ -65,6 +67,7 @@ from asrkit.decode.wfst.tlg import (
 )
 
 __all__ = [
+    "DELTA",
     "TOPOLOGIES",
     "ContextDependencyLike",
     "CtcDecodingGraph",
@@ -100,6 +103,7 @@ __all__ = [
     "minimize_encoded",
     "read_fst",
     "read_symbols",
+    "reduce_ilabels",
     "remove_disambig",
     "symbol_table",
     "table_compose",

@@ -50,6 +50,7 @@ from asrkit.lm.ngram import BOS, EOS, NgramLM, read_arpa
 from asrkit.text.lexicon import Lang, read_symbol_table
 
 __all__ = [
+    "DELTA",
     "GraphError",
     "StageTimer",
     "add_word_paths",
@@ -60,6 +61,7 @@ __all__ = [
     "make_lexicon_fst",
     "make_lg",
     "minimize_encoded",
+    "peak_rss_mb",
     "remove_disambig",
     "table_compose",
 ]
@@ -68,6 +70,11 @@ logger = logging.getLogger(__name__)
 
 _LN10 = math.log(10.0)
 _EPS = 0
+
+DELTA = 2.0 ** -13
+"""Quantization delta of weights in determinization, epsilon removal and minimization, in cost
+units (about ``1.2e-4``; Kaldi's and OpenFst's ``kDelta`` is ``2 ** -10``): well above the
+rounding noise of 32-bit float costs below 1000 (see :func:`determinize_star`)."""
 
 
 class GraphError(ValueError):
@@ -441,18 +448,32 @@ def fst_size(fst: pynini.Fst) -> tuple[int, int]:
     return fst.num_states(), _num_arcs(fst)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far in MiB (``getrusage`` ``ru_maxrss``;
+    0.0 where the ``resource`` module is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 class StageTimer:
-    """Sizes and wall seconds of the stages of a graph build (``L``, ``G``, ``LG``, …),
-    logged as each finishes.
+    """Sizes, wall seconds and peak memory of the stages of a graph build (``L``, ``G``,
+    ``LG``, …), logged as each finishes.
 
     Attributes:
         sizes: ``{stage: (states, arcs)}``.
         seconds: ``{stage: seconds since the previous stage ended (or the timer started)}``.
+        peak_rss_mb: ``{stage: peak resident memory of the process so far, in MiB}`` when
+            the stage ended (``getrusage``'s ``ru_maxrss``: the peak since the process
+            started, so a stage's own peak only where it exceeds the earlier ones).
     """
 
     def __init__(self) -> None:
         self.sizes: dict[str, tuple[int, int]] = {}
         self.seconds: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
         self._clock = time.perf_counter()
 
     def done(self, stage: str, fst: pynini.Fst) -> None:
@@ -460,9 +481,10 @@ class StageTimer:
         now = time.perf_counter()
         self.sizes[stage] = fst_size(fst)
         self.seconds[stage] = now - self._clock
+        self.peak_rss_mb[stage] = peak_rss_mb()
         self._clock = now
-        logger.info("%s: %d states, %d arcs (%.2f s)", stage, *self.sizes[stage],
-                    self.seconds[stage])
+        logger.info("%s: %d states, %d arcs (%.2f s, peak RSS %.0f MiB)", stage,
+                    *self.sizes[stage], self.seconds[stage], self.peak_rss_mb[stage])
 
 
 def table_compose(fst1: pynini.Fst, fst2: pynini.Fst) -> pynini.Fst:
@@ -489,7 +511,8 @@ def table_compose(fst1: pynini.Fst, fst2: pynini.Fst) -> pynini.Fst:
     return pynini.compose(fst1, fst2)
 
 
-def determinize_star(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
+def determinize_star(fst: pynini.Fst, *, delta: float = DELTA, copy: bool = True
+                     ) -> pynini.Fst:
     """Remove ``<eps>:<eps>`` arcs and determinize on the input side, like Kaldi's
     ``fstdeterminizestar`` (which does both in one pass).
 
@@ -499,9 +522,25 @@ def determinize_star(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
     report as an error or not terminate on. (Kaldi determinizes ``LG`` in the log semiring,
     summing such paths; with disambiguation symbols they do not occur.)
 
+    The residual weights of a subset are quantized to multiples of ``delta`` to compare
+    subsets. Weights are 32-bit floats, spaced ``2 ** -17`` (7.6e-6) at costs of 64 to 128:
+    with a ``delta`` below the rounding noise of the costs involved, equal subsets look
+    different, so the output grows, and where a subset of several paths goes round a cycle
+    its residuals can drift by an ulp per turn and determinization never ends, filling the
+    memory (``delta = 1e-6``, this function's former default, did so on ``Ha o CLG`` of a
+    20 k-word triphone graph with one ilabel per HMM, :func:`asrkit.decode.wfst.make_hclg`;
+    so did ``2 ** -15``, while ``2 ** -14`` and up gave the same 0.95 M states in 3 s). The
+    default :data:`DELTA` (``2 ** -13``) is safe for costs below about 1000; a path's cost
+    may change by up to ``delta / 2`` where it leaves a subset in which it was not the
+    cheapest (Kaldi's ``fstdeterminizestar`` uses ``2 ** -10``).
+
     Args:
-        fst: a functional transducer or an acceptor (tropical); not modified.
-        delta: quantization delta for comparing weights.
+        fst: a functional transducer or an acceptor (tropical); not modified unless
+            ``copy`` is False.
+        delta: quantization delta of the residual weights (and of ``rmepsilon``'s shortest
+            distances), in cost units (see above).
+        copy: False removes the epsilons of ``fst`` itself (modifying it) instead of a copy,
+            which saves a copy's memory on large graphs.
 
     Returns:
         An input-deterministic, epsilon-free (on the input) equivalent.
@@ -509,11 +548,13 @@ def determinize_star(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
     Raises:
         pynini.FstOpError: OpenFst fails (e.g. a non-functional input).
     """
-    out = fst.copy().rmepsilon(delta=delta)
+    out = fst.copy() if copy else fst
+    out.rmepsilon(delta=delta)
     return pynini.determinize(out, delta=delta, det_type="functional")
 
 
-def minimize_encoded(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
+def minimize_encoded(fst: pynini.Fst, *, delta: float = DELTA, copy: bool = True
+                     ) -> pynini.Fst:
     """Minimize a deterministic FST with labels and weights encoded, like Kaldi's
     ``fstminimizeencoded``.
 
@@ -523,16 +564,18 @@ def minimize_encoded(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
     weighted transducer would push weights and output labels).
 
     Args:
-        fst: an input-deterministic FST; not modified.
-        delta: quantization delta for comparing weights.
+        fst: an input-deterministic FST; not modified unless ``copy`` is False.
+        delta: quantization delta for comparing weights (:func:`determinize_star`).
+        copy: False minimizes ``fst`` itself (modifying it) instead of a copy.
 
     Returns:
-        The minimized FST, equivalent to ``fst`` path by path.
+        The minimized FST (``fst`` itself with ``copy=False``), equivalent to ``fst`` path
+        by path.
 
     Raises:
         pynini.FstOpError: OpenFst fails.
     """
-    out = fst.copy()
+    out = fst.copy() if copy else fst
     mapper = pynini.EncodeMapper(out.arc_type(), encode_labels=True, encode_weights=True)
     out.encode(mapper)
     out.minimize(delta=delta)
@@ -540,7 +583,8 @@ def minimize_encoded(fst: pynini.Fst, *, delta: float = 1e-6) -> pynini.Fst:
     return out
 
 
-def make_lg(L: pynini.Fst, G: pynini.Fst, *, minimize: bool = True) -> pynini.Fst:
+def make_lg(L: pynini.Fst, G: pynini.Fst, *, minimize: bool = True, delta: float = DELTA
+            ) -> pynini.Fst:
     """The lexicon-grammar transducer ``LG = min(det(L o G))``, as Kaldi's ``mkgraph.sh``
     (``fsttablecompose L_disambig.fst G.fst | fstdeterminizestar | fstminimizeencoded``).
 
@@ -555,6 +599,8 @@ def make_lg(L: pynini.Fst, G: pynini.Fst, *, minimize: bool = True) -> pynini.Fs
         L: :func:`make_lexicon_fst` with ``disambig=True``.
         G: :func:`arpa_to_fst` (with a disambiguation symbol, ``#0``).
         minimize: minimize after determinizing (:func:`minimize_encoded`).
+        delta: quantization delta of the determinization and minimization
+            (:func:`determinize_star`).
 
     Returns:
         ``LG``.
@@ -569,17 +615,17 @@ def make_lg(L: pynini.Fst, G: pynini.Fst, *, minimize: bool = True) -> pynini.Fs
         raise GraphError("L o G is empty: no word sequence of G is spelled by L; expected L "
                          "and G built over the same words.txt")
     logger.info("L o G: %d states, %d arcs", lg.num_states(), _num_arcs(lg))
-    lg = determinize_star(lg)
+    lg = determinize_star(lg, delta=delta, copy=False)
     logger.info("det(L o G): %d states, %d arcs", lg.num_states(), _num_arcs(lg))
     if minimize:
-        lg = minimize_encoded(lg)
+        lg = minimize_encoded(lg, delta=delta, copy=False)
         logger.info("LG = min(det(L o G)): %d states, %d arcs", lg.num_states(),
                     _num_arcs(lg))
     return lg.arcsort("ilabel")
 
 
 def remove_disambig(fst: pynini.Fst, disambig_ids: Iterable[int], *,
-                    output_ids: Iterable[int] = ()) -> pynini.Fst:
+                    output_ids: Iterable[int] = (), copy: bool = True) -> pynini.Fst:
     """Relabel disambiguation symbols to ``<eps>``, like Kaldi's ``fstrmsymbols`` (which
     ``mkgraph.sh`` runs on ``HCLG`` once it is determinized).
 
@@ -587,19 +633,21 @@ def remove_disambig(fst: pynini.Fst, disambig_ids: Iterable[int], *,
     longer input-deterministic; ``rmepsilon`` or :func:`minimize_encoded` may follow.
 
     Args:
-        fst: the FST; not modified.
+        fst: the FST; not modified unless ``copy`` is False.
         disambig_ids: input label ids to remove, e.g. ``disambig_ids(lang.phones)`` on ``LG``
             (or the transition-id disambiguation symbols on ``HCLG``).
         output_ids: output label ids to remove, e.g. ``disambig_ids(lang.words)`` when ``G``
             was built with ``backoff_output="disambig"``. Input and output ids are separate
             because phone and word ids overlap.
+        copy: False relabels ``fst`` itself.
 
     Returns:
-        A relabelled copy (unchanged copy when both id lists are empty).
+        A relabelled copy (unchanged copy when both id lists are empty), or ``fst`` itself
+        with ``copy=False``.
     """
     ipairs = [(int(i), _EPS) for i in disambig_ids]
     opairs = [(int(i), _EPS) for i in output_ids]
-    out = fst.copy()
+    out = fst.copy() if copy else fst
     if ipairs or opairs:
         out.relabel_pairs(ipairs=ipairs or None, opairs=opairs or None)
     return out

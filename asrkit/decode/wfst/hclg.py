@@ -21,8 +21,10 @@ The transducers, input side first (see :mod:`asrkit.decode.wfst.graph` for ``L``
   self-loops; the disambiguation entries of the ilabel table become transition-id
   disambiguation symbols ``num_tids + 1, num_tids + 2, ...`` (Kaldi's ``disambig_tid.int``).
 * ``HCLG`` (:func:`make_hclg`): transition ids -> word ids, built as ``utils/mkgraph.sh``
-  does: ``LG = min(det(L o G))``, ``CLG = C o LG``, ``HCLGa = min(det(Ha o CLG))``,
-  disambiguation symbols removed, then self-loops added (:func:`add_self_loops`).
+  does: ``LG = min(det(L o G))``, ``CLG = C o LG``, its windows relabelled with one label per
+  distinct HMM and determinized (:func:`reduce_ilabels`, Kaldi's ``make-ilabel-transducer``),
+  ``HCLGa = min(det(Ha o CLG))``, disambiguation symbols removed, then self-loops added
+  (:func:`add_self_loops`).
 
 Self-loops are added in the **natural order** (Kaldi's ``add-self-loops --reorder=false``;
 ``mkgraph.sh`` uses ``--reorder=true``, which puts the self-loops after the transition leaving
@@ -48,6 +50,7 @@ import pynini
 import torch
 
 from asrkit.decode.wfst.graph import (
+    DELTA,
     GraphError,
     StageTimer,
     determinize_star,
@@ -70,6 +73,7 @@ __all__ = [
     "make_context_fst",
     "make_h_fst",
     "make_hclg",
+    "reduce_ilabels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -507,6 +511,85 @@ def make_h_fst(ilabel_info: Sequence[Window], context_dependency: ContextDepende
     return fst, disambig_tids
 
 
+# --- ilabel reduction --------------------------------------------------------------------------
+
+def reduce_ilabels(ilabel_info: Sequence[Window], context_dependency: ContextDependencyLike,
+                   transition_model) -> tuple[list[Window], list[int]]:
+    """One ilabel per distinct HMM: merge the context windows whose HMMs are the same,
+    Kaldi's ``make-ilabel-transducer`` (its ``ilabels_remapped``).
+
+    :func:`make_h_fst` builds the HMM of a window from its central phone (topology, transition
+    ids) and the pdf of each HMM state (``context_dependency.pdf_id(window, k)``), so windows
+    with the same central phone and the same pdfs spell the same transition-id sequences with
+    the same costs. A tied tree gives most windows such twins (and a tree asks about base
+    phones, so the word-position variants of a context phone always agree): the ``CLG`` of a
+    20 k-word lexicon and a trigram has 88,927 windows, which AN4's triphone tree (141 pdfs)
+    gives 299 distinct HMMs. :func:`make_hclg` relabels ``CLG`` with the map and determinizes
+    it, which does at the label level the subset construction that ``det(Ha o CLG)`` would
+    otherwise do transition by transition over the (several times larger) composition.
+
+    Nothing is lost: the central phones of consecutive windows are the phone sequence, which
+    gives back the windows, and disambiguation entries ``(-d,)`` keep a label each.
+
+    Args:
+        ilabel_info: the ilabel table of :func:`compose_context` (``ilabel_info[0] = ()``).
+        context_dependency: gives the pdfs (:class:`ContextDependencyLike`), as for
+            :func:`make_h_fst`.
+        transition_model: gives each central phone's number of HMM states
+            (``phone_hmm(phone).num_states``).
+
+    Returns:
+        ``(reduced_info, ilabel_map)``: ``reduced_info`` is the ilabel table of the merged
+        labels, numbered in order of first use in ``ilabel_info``, each the first window of
+        its class (``reduced_info[0] = ()``), a table for :func:`make_h_fst`;
+        ``ilabel_map[i]`` is the merged label of label ``i`` of ``ilabel_info`` (``0`` for
+        ``<eps>`` and for unused ``()`` entries), so that ``reduced_info[ilabel_map[i]]``
+        has the HMM of ``ilabel_info[i]``.
+
+    Raises:
+        GraphError: a window of the wrong length, or a central phone the transition model
+            does not know (as :func:`make_h_fst`).
+    """
+    N, P = int(context_dependency.context_width), int(context_dependency.central_position)
+    _check_context(N, P)
+    index: dict[tuple, int] = {}
+    reduced: list[Window] = [()]
+    ilabel_map = [_EPS] * len(ilabel_info)
+    num_states: dict[int, int] = {}
+    for j, window in enumerate(ilabel_info):
+        if j == 0 or not window:
+            continue
+        window = tuple(int(p) for p in window)
+        if len(window) == 1 and window[0] < 0:
+            key: tuple = window
+        else:
+            if len(window) != N:
+                raise GraphError(f"ilabel {j} has window {window} of length {len(window)}; the "
+                                 f"context dependency has context width {N}")
+            phone = window[P]
+            n = num_states.get(phone)
+            if n is None:
+                n = num_states[phone] = _hmm(transition_model, phone).num_states
+            key = (phone, tuple(int(context_dependency.pdf_id(window, k)) for k in range(n)))
+        r = index.get(key)
+        if r is None:
+            r = index[key] = len(reduced)
+            reduced.append(window)
+        ilabel_map[j] = r
+    logger.info("ilabels: %d context windows and disambiguation symbols -> %d distinct",
+                len(ilabel_info) - 1, len(reduced) - 1)
+    return reduced, ilabel_map
+
+
+def _relabel_input(fst: pynini.Fst, ilabel_map: Sequence[int]) -> pynini.Fst:
+    """Relabel the input side of ``fst`` in place, ``i -> ilabel_map[i]`` (Kaldi composes
+    with ``make-ilabel-transducer``'s one-state map instead)."""
+    pairs = [(i, int(r)) for i, r in enumerate(ilabel_map) if i != r]
+    if pairs:
+        fst.relabel_pairs(ipairs=pairs)
+    return fst
+
+
 # --- self-loops --------------------------------------------------------------------------------
 
 def add_self_loops(fst: pynini.Fst, transition_model, *, self_loop_scale: float = 0.1
@@ -607,14 +690,24 @@ class HclgInfo:
     """What :func:`make_hclg` built besides ``HCLG``.
 
     Attributes:
-        ilabel_info: the windows of ``CLG``'s input labels (:func:`compose_context`).
+        ilabel_info: the windows of the input labels of ``C o LG`` as composed
+            (:func:`compose_context`).
         disambig_tids: the transition-id disambiguation symbols of ``Ha`` (removed from
             ``HCLG``).
         context_width: ``N``.
         central_position: ``P``.
-        sizes: ``{stage: (states, arcs)}`` for ``L``, ``G``, ``LG``, ``CLG``, ``Ha``,
-            ``HCLGa`` and ``HCLG``.
+        sizes: ``{stage: (states, arcs)}`` for ``G``, ``L``, ``LG``, ``CLG`` (as composed),
+            ``CLGr`` (relabelled by ``ilabel_map``, determinized and minimized; only where the
+            ilabels were remapped), ``Ha``, ``HCLGa`` and ``HCLG``.
         seconds: ``{stage: seconds}`` spent building each.
+        ilabel_map: None where ``CLG``'s labels were kept, else the map of
+            :func:`reduce_ilabels`: ``ilabel_map[i]`` is the label of ``Ha`` (and ``CLGr``)
+            that stands for label ``i`` of ``ilabel_info``.
+        h_ilabel_info: the ilabel table ``Ha`` was built from (:func:`make_h_fst`):
+            ``ilabel_info`` itself, or :func:`reduce_ilabels`'s table of one window per
+            distinct HMM.
+        peak_rss_mb: ``{stage: peak resident memory of the process in MiB}`` when the stage
+            ended (:class:`asrkit.decode.wfst.graph.StageTimer`).
     """
 
     ilabel_info: list[Window]
@@ -623,20 +716,33 @@ class HclgInfo:
     central_position: int
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    ilabel_map: list[int] | None = None
+    h_ilabel_info: list[Window] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
 
 def make_hclg(lang: Lang, G: pynini.Fst, transition_model,
               context_dependency: ContextDependencyLike | None = None, *,
               self_loop_scale: float = 0.1, transition_scale: float = 1.0,
-              sil_prob: float = 0.5) -> tuple[pynini.Fst, HclgInfo]:
+              sil_prob: float = 0.5, remap_ilabels: bool = True, delta: float = DELTA
+              ) -> tuple[pynini.Fst, HclgInfo]:
     """The decoding graph ``HCLG`` (transition ids -> word ids), as Kaldi's
     ``utils/mkgraph.sh``::
 
         LG    = min(det(L_disambig o G))                     make_lg
         CLG   = C o LG                                       compose_context (N, P)
+        CLGr  = min(det(M o CLG))                            reduce_ilabels (remap_ilabels)
         Ha    = H without self-loops                         make_h_fst (transition_scale)
-        HCLGa = min(det(Ha o CLG)), disambiguation removed   fstrmsymbols disambig_tid.int
+        HCLGa = min(det(Ha o CLGr)), disambiguation removed  fstrmsymbols disambig_tid.int
         HCLG  = add self-loops                               add_self_loops (self_loop_scale)
+
+    ``M`` maps each context window to one label per distinct HMM (central phone and pdfs,
+    :func:`reduce_ilabels`; Kaldi's ``make-ilabel-transducer``), so ``Ha`` has one HMM per
+    distinct HMM rather than per window and most of the determinization is done on ``CLGr``
+    rather than on the larger ``Ha o CLG``. It changes no path: ``HCLG`` is equivalent to
+    the one built without it (``remap_ilabels=False``: ``Ha`` over every window, ``Ha o
+    CLG``). With a monophone model (or any tree where no two windows share an HMM) there is
+    nothing to merge and the stage is skipped.
 
     Input labels: transition ids ``1 .. num_tids`` of ``transition_model`` or ``<eps>``
     (where disambiguation symbols were), so a decoder scores an arc with the pdf
@@ -645,6 +751,12 @@ def make_hclg(lang: Lang, G: pynini.Fst, transition_model,
     pronunciation and silence costs, plus ``transition_scale`` times the HMM transition costs
     and ``self_loop_scale`` times the self-loop ones. The graph is input-deterministic except
     for the ``<eps>`` arcs; sizes of every stage are logged and returned.
+
+    Memory: the composition ``Ha o CLG`` and its determinization are the peak; each
+    intermediate FST is released once the next is built and large ones are modified in place.
+    With AN4's triphone tree (141 pdfs), a 20 k-word lexicon and a trigram of 1 M n-grams
+    (``LG`` 3.4 M arcs, ``HCLG`` 7.1 M states, 19.6 M arcs) the process peaks at 3.4 GiB,
+    1 GiB of it the ARPA model and ``G`` (``scripts/bench/hclg_memory.py``).
 
     Differences from ``mkgraph.sh``: determinization is in the tropical semiring (Kaldi's
     ``fstdeterminizestar --use-log=true`` sums the weights of paths with the same labels;
@@ -666,6 +778,12 @@ def make_hclg(lang: Lang, G: pynini.Fst, transition_model,
         self_loop_scale: ``mkgraph.sh --self-loop-scale`` (0.1; 1.0 for alignment graphs).
         transition_scale: ``mkgraph.sh --transition-scale`` (1.0).
         sil_prob: optional-silence probability of ``L`` (``prepare_lang.sh --sil-prob``).
+        remap_ilabels: merge the windows with the same HMM before composing with ``Ha``
+            (see above); False composes ``Ha`` over every window with ``CLG``.
+        delta: quantization delta of the determinizations and minimizations (``LG`` too)
+            (:data:`asrkit.decode.wfst.DELTA`, ``2 ** -13``; values near float rounding noise,
+            such as ``1e-6``, make ``det(Ha o CLG)`` blow up, see
+            :func:`asrkit.decode.wfst.determinize_star`).
 
     Returns:
         ``(HCLG, info)`` (:class:`HclgInfo`).
@@ -689,24 +807,38 @@ def make_hclg(lang: Lang, G: pynini.Fst, transition_model,
     sizes["G"] = fst_size(G)
     L = make_lexicon_fst(lang, sil_prob=sil_prob)
     done("L", L)
-    LG = make_lg(L, G)
+    LG = make_lg(L, G, delta=delta)
+    del L
     done("LG", LG)
     phone_ids = [lang.phones[p] for p in (*lang.phone_set.silence, *lang.phone_set.nonsilence)]
     phone_disambig = disambig_ids(lang.phones)
     CLG, ilabel_info = compose_context(LG, N, P, phone_ids, phone_disambig)
+    del LG
     done("CLG", CLG)
-    Ha, disambig_tids = make_h_fst(ilabel_info, context_dependency, transition_model,
+    h_info, ilabel_map = ilabel_info, None
+    if remap_ilabels:
+        reduced, mapping = reduce_ilabels(ilabel_info, context_dependency, transition_model)
+        if len(reduced) < len(ilabel_info):
+            h_info, ilabel_map = reduced, mapping
+            CLG = determinize_star(_relabel_input(CLG, mapping), delta=delta, copy=False)
+            CLG = minimize_encoded(CLG, delta=delta, copy=False).arcsort("ilabel")
+            done("CLGr", CLG)
+    Ha, disambig_tids = make_h_fst(h_info, context_dependency, transition_model,
                                    transition_scale=transition_scale)
     done("Ha", Ha)
     HCLGa = table_compose(Ha, CLG)
+    del CLG, Ha
     if HCLGa.start() == pynini.NO_STATE_ID:
         raise GraphError("Ha o CLG is empty: no HMM sequence spells a sentence of CLG; "
                          "expected H and CLG built over the same ilabel table")
-    HCLGa = minimize_encoded(determinize_star(HCLGa))
-    HCLGa = remove_disambig(HCLGa, disambig_tids)
+    HCLGa = determinize_star(HCLGa, delta=delta, copy=False)
+    HCLGa = minimize_encoded(HCLGa, delta=delta, copy=False)
+    HCLGa = remove_disambig(HCLGa, disambig_tids, copy=False)
     done("HCLGa", HCLGa)
     HCLG = add_self_loops(HCLGa, transition_model, self_loop_scale=self_loop_scale)
+    del HCLGa
     done("HCLG", HCLG)
     logger.info("HCLG (N=%d, P=%d): %d states, %d arcs; built in %.2f s", N, P,
                 *sizes["HCLG"], sum(seconds.values()))
-    return HCLG, HclgInfo(ilabel_info, disambig_tids, N, P, sizes, seconds)
+    return HCLG, HclgInfo(ilabel_info, disambig_tids, N, P, sizes, seconds, ilabel_map,
+                          h_info, timer.peak_rss_mb)

@@ -212,6 +212,38 @@ class Topology:
         return cls(nonsilence=PhoneTopology.from_list(d["nonsilence"]),
                    silence=PhoneTopology.from_list(d["silence"]))
 
+    def to_kaldi(self, phone_set: PhoneSet) -> str:
+        """The lang dir's ``topo`` file: these topologies in Kaldi's text format
+        (``HmmTopology::Read``), as ``utils/gen_topo.pl`` writes it for ``prepare_lang.sh``.
+
+        One ``<TopologyEntry>`` for the non-silence phones, then one for the silence phones;
+        each lists its phones' ``phones.txt`` ids on one line between ``<ForPhones>`` and
+        ``</ForPhones>``, then one line per emitting state, ``<State> i <PdfClass> i
+        <Transition> DEST PROB ... </State>``, and the final non-emitting state
+        ``<State> n </State>``. Probabilities are written as Python's shortest float repr
+        (``0.75``, ``0.25``). With the default topology the file is byte for byte the output of
+        ``gen_topo.pl 3 5 NONSIL_CSL SIL_CSL``. ``utils/validate_lang.pl`` requires every
+        silence and non-silence phone, and nothing else, to be listed once.
+
+        Args:
+            phone_set: the lang's phones (``lang.phone_set``).
+
+        Returns:
+            The text, ending in a newline.
+        """
+        def entry(topo: PhoneTopology, phones: Sequence[str]) -> list[str]:
+            out = ["<TopologyEntry>", "<ForPhones>",
+                   " ".join(str(phone_set.phones[p]) for p in phones), "</ForPhones>"]
+            for i, row in enumerate(topo.transitions):
+                trans = " ".join(f"<Transition> {d} {p!r}" for d, p in row)
+                out.append(f"<State> {i} <PdfClass> {i} {trans} </State>")
+            out += [f"<State> {topo.num_states} </State>", "</TopologyEntry>"]
+            return out
+
+        lines = ["<Topology>", *entry(self.nonsilence, phone_set.nonsilence),
+                 *entry(self.silence, phone_set.silence), "</Topology>"]
+        return "\n".join(lines) + "\n"
+
 
 @dataclass(frozen=True)
 class PhoneHmm:
