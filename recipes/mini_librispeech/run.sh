@@ -59,7 +59,8 @@ lm_text() {  # $1 (data/local/lm_text.txt): training transcripts + $2 words of b
   if [ -n "$books_dir" ]; then
     asrkit lm-text "$books_dir" "$books" --max-words "$words" \
       --chapters "$data_dir/LibriSpeech/CHAPTERS.TXT" \
-      --exclude-readers "$(cut -d' ' -f1 data/dev/spk2utt data/test/spk2utt | paste -sd,)"
+      --exclude-readers "$(cut -d' ' -f1 data/dev/spk2utt data/test/spk2utt | paste -sd,)" \
+      --exclude-transcripts data/dev data/test
     asrkit lm-leaks "$books" data/dev data/test  # dev/test sentences, 10-word runs: 0 expected
     cat "$books" >> "$out.tmp"
   fi
