@@ -62,7 +62,8 @@ def _add_prep(sub) -> None:
     a.add_argument("src", type=Path, help="AN4 root (holds etc/ and wav/)")
     a.add_argument("out", type=Path, help="output root for the data dirs")
     a.add_argument("--dev-utts", type=int, default=100,
-                   help="about this many train utterances of held-out speakers form dev")
+                   help="about this many train utterances of held-out speakers form dev; 0: "
+                   "no dev, all 948 in train (Kaldi's setup)")
     a.add_argument("--download", type=Path, metavar="DIR",
                    help="first download and unpack the official archive into DIR (resumes, "
                    "verifies checksums); SRC is then looked up inside DIR")
@@ -808,7 +809,8 @@ def _add_align(sub) -> None:
         description="Writes OUT/ali.txt (utt-id tid tid ..., one transition id per 10 ms "
         "frame), pdf_ali.txt (frame targets for hybrid models), phone_ali.txt, phone.ctm, "
         "word.ctm (utt 1 start dur label, seconds), failed (utt<TAB>reason) and final.mdl.")
-    p.add_argument("model", type=Path, help="final.mdl or its stage dir (exp/<tag>/tri1)")
+    p.add_argument("model", type=Path, help="final.mdl or its stage dir (exp/<tag>/tri1), or "
+                   "a model=hybrid experiment dir (aligned with the network's scores)")
     p.add_argument("lang", type=Path, help="the lang dir the model was trained with")
     p.add_argument("data_dir", type=Path, help="feature data dir with text and spk2utt")
     p.add_argument("out", type=Path, help="alignment dir to write")
@@ -819,8 +821,15 @@ def _add_align(sub) -> None:
 
 def _run_align(args) -> int:
     from asrkit.decode.gmm import model_file
+    from asrkit.models.hybrid import align_hybrid_data_dir, is_hybrid_exp
     from asrkit.train.gmm import align_data_dir
 
+    if is_hybrid_exp(args.model):  # a model=hybrid experiment dir: the network's scores
+        out, n_ok, n_bad = align_hybrid_data_dir(
+            args.model, args.lang, args.data_dir, args.out, beam=args.beam,
+            retry_beam=args.retry_beam, device=args.device)
+        print(f"{out}: {n_ok} utterances aligned, {n_bad} failed (see {out / 'failed'})")
+        return 0
     out, n_ok, n_bad = align_data_dir(model_file(args.model), args.lang, args.data_dir,
                                       args.out, beam=args.beam, retry_beam=args.retry_beam,
                                       device=args.device)
@@ -907,7 +916,8 @@ def _run_train(args) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     gmm = cfg.model.get("family") == "hmm_gmm"
-    check_missing_values(cfg, "train", ignore=("data.tokenizer",) if gmm else ())
+    hybrid = cfg.model.get("family") == "hybrid"  # frame targets from data.alignment
+    check_missing_values(cfg, "train", ignore=("data.tokenizer",) if gmm or hybrid else ())
     if gmm:
         from asrkit.train.gmm import train_hmm_gmm as train
     else:
@@ -941,8 +951,8 @@ methods:
 
 HMM-GMM (EXP_DIR is a stage dir holding final.mdl, e.g. exp/gmm/tri1): Viterbi beam
 search over --graph DIR/HCLG.fst (asrkit mkgraph), options --acwt --beam --max-active
---nj; writes OUT/text, OUT/ctm (word CTM, seconds), OUT/decode_summary.json, OUT/failed,
-OUT/nbest with --nbest N > 1 (from a lattice, --lattice-beam);
+--nj --backend; writes OUT/text, OUT/ctm (word CTM, seconds), OUT/decode_summary.json,
+OUT/failed, OUT/nbest with --nbest N > 1 (from a lattice, --lattice-beam);
 default OUT is EXP_DIR/decode_<data>_<graph dir name>.
 
 n-best (a beam method with --nbest N, N > 1) also writes OUT/nbest, one hypothesis a
@@ -979,10 +989,12 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    help="added per word inside the LM weight (default %(default)s)")
     p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph); "
                    "--method wfst: the TLG graph dir")
-    p.add_argument("--backend", choices=["asrkit", "flashlight"], default="asrkit",
+    p.add_argument("--backend", choices=["asrkit", "flashlight", "kaldi"], default="asrkit",
                    help="ctc_prefix_beam implementation: asrkit's, or Flashlight's C++ search "
                    "through torchaudio (the flashlight extra: pip install -e '.[flashlight]' in "
-                   "the asrkit checkout; default %(default)s)")
+                   "the asrkit checkout); HMM-GMM: asrkit's WFST search, or kaldi: Kaldi's "
+                   "C++ FasterDecoder (the kaldi extra: pip install -e '.[kaldi]'; 1-best) "
+                   "(default %(default)s)")
     p.add_argument("--lexicon", type=Path,
                    help="--backend flashlight: constrain output to these words (word list or "
                    "'WORD piece ...' lexicon); with --lm ARPA the LM runs in KenLM")
@@ -1000,6 +1012,9 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    "--method wfst and HMM-GMM: any N >= 1, the N best distinct word "
                    "sequences of a lattice, score -(graph cost + acoustic scale x acoustic "
                    "cost)")
+    p.add_argument("--fmllr-passes", type=int, default=2,
+                   help="HMM-GMM SAT models (sat stage): adapted passes after the speaker-"
+                        "independent one (Kaldi decode_fmllr.sh: 2; 1 is faster)")
     p.add_argument("--lattice-beam", type=float, default=8.0,
                    help="--method wfst and HMM-GMM with --nbest N > 1: lattice pruning beam "
                    "in cost units (default %(default)s)")
@@ -1050,6 +1065,7 @@ def _run_decode(args) -> int:
                                       max_active=args.max_active, nj=args.nj,
                                       device="cpu" if args.device == "auto" else args.device,
                                       nbest=args.nbest, lattice_beam=args.lattice_beam,
+                                      backend=args.backend, fmllr_passes=args.fmllr_passes,
                                       progress=bar.update)
         print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
         if rep.nbest is not None:

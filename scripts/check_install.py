@@ -102,6 +102,8 @@ DEPENDENCIES: list[tuple[str, str, Callable[[], None] | None, bool]] = [
     ("omegaconf", "omegaconf", None, True),
     ("jiwer", "jiwer", None, True),
     ("flashlight-text", "flashlight.lib.text.decoder", None, False),
+    ("kaldi-decoder", "kaldi_decoder", None, False),
+    ("kaldifst", "kaldifst", None, False),
     ("transformers", "transformers", None, False),
 ]
 
@@ -141,7 +143,8 @@ def check(optional: bool = False) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optional", action="store_true",
-                        help="also require the optional extras (flashlight-text, transformers)")
+                        help="also require the optional extras (flashlight-text, transformers, "
+                        "kaldi-decoder, kaldifst)")
     args = parser.parse_args()
     failures = check(args.optional)
     versions = ", ".join(f"{d} {_version(d)}" for d, _, _, req in DEPENDENCIES if req)

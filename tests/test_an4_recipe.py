@@ -87,7 +87,9 @@ GMM_QUICK = ["model=hmm_gmm", "model.stages.mono.num_iters=10", "model.stages.mo
              "model.stages.tri1.num_leaves=300", "model.stages.tri1.tot_gauss=1200",
              "model.stages.tri1.realign_iters=[3]", "model.stages.tri2.num_iters=6",
              "model.stages.tri2.max_iter_inc=4", "model.stages.tri2.realign_iters=[3]",
-             "model.stages.tri2.mllt_iters=[2]", "trainer.num_threads=2"]
+             "model.stages.tri2.mllt_iters=[2]", "model.stages.tri3.num_iters=6",
+             "model.stages.tri3.max_iter_inc=4", "model.stages.tri3.realign_iters=[3]",
+             "model.stages.tri3.fmllr_iters=[2,4]", "trainer.num_threads=2"]
 
 
 @pytest.mark.an4
@@ -101,7 +103,7 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
                PYTHONPATH=str(ROOT))
     cmd = ["bash", str(ROOT / "recipes" / "an4" / "run.sh"), "--an4-dir", AN4, "--work-dir",
            str(tmp_path), "--tag", "gmm", "--acwt", "0.083", "--", *GMM_QUICK]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200,
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
                          check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "exp" / "gmm"
@@ -112,7 +114,7 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
         frames = read_kaldi_map(tmp_path / "dump" / "mfcc" / "train" / "utt2num_frames")
         assert all(len(v.split()) == int(frames[u]) for u, v in ali.items())
     wers = {}
-    for stage in ("mono", "tri1", "tri2"):
+    for stage in ("mono", "tri1", "tri2", "tri3"):
         for lm in ("kn3", "an4"):
             d = exp / stage / f"decode_test_graph_{lm}"
             assert len(read_kaldi_map(d / "text", allow_empty_value=True)) == 130
@@ -120,6 +122,11 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
             assert d.joinpath("ctm").stat().st_size > 0
     assert wers["tri1", "kn3"] < 20.0 and wers["tri2", "kn3"] < 20.0, wers
     assert wers["mono", "kn3"] < 25.0, wers
+    # SAT (tri3): speaker-independent first pass, the test speakers' fMLLR transforms
+    sat = exp / "tri3" / "decode_test_graph_kn3"
+    assert wers["tri3", "kn3"] < 20.0, wers
+    assert len(read_kaldi_map(sat / "si" / "text", allow_empty_value=True)) == 130
+    assert (sat / "trans.ark").stat().st_size > 0
     assert "== exp/gmm/tri1 graph_kn3: dev WER" in res.stdout
 
     # A rerun trains and decodes nothing again.

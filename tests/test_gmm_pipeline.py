@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from synth import PHONE_LEXICON, make_phone_feature_dir
 
 from asrkit.cli import main
@@ -26,6 +27,10 @@ TRAIN_OPTS = ["model.stages.mono.num_iters=12", "model.stages.mono.max_gauss=40"
               "model.stages.tri2.num_iters=8", "model.stages.tri2.max_iter_inc=5",
               "model.stages.tri2.realign_iters=[4]", "model.stages.tri2.min_gain=20",
               "model.stages.tri2.mllt_iters=[2,4]", "model.stages.tri2.lda_dim=20",
+              "model.stages.tri3.num_leaves=40", "model.stages.tri3.tot_gauss=80",
+              "model.stages.tri3.num_iters=8", "model.stages.tri3.max_iter_inc=5",
+              "model.stages.tri3.realign_iters=[4]", "model.stages.tri3.min_gain=20",
+              "model.stages.tri3.fmllr_iters=[2,4]",
               "model.device=cpu"]
 
 
@@ -59,7 +64,7 @@ def _boundary_errors(ctm, truth) -> list[int]:
 
 def test_train_writes_stages_with_rising_likelihood_and_alignments(system):
     exp = system["exp"]
-    for stage in ("mono", "tri1", "tri2"):
+    for stage in ("mono", "tri1", "tri2", "tri3"):
         d = exp / stage
         assert (d / ".done").is_file() and (d / "final.mdl").is_file()
         hist = json.loads((d / "history.json").read_text())
@@ -75,6 +80,43 @@ def test_train_writes_stages_with_rising_likelihood_and_alignments(system):
     opts = AcousticModel.load(exp / "tri2" / "final.mdl").meta["features"]
     assert opts["splice"] == 3 and len(opts["transform"]) == 20
     assert len(opts["transform"][0]) == 13 * 7
+
+
+def test_sat_stage_writes_transforms_and_decodes_in_two_passes(system):
+    from asrkit.models.hmm_gmm import AcousticModel
+    from asrkit.models.hmm_gmm.fmllr import read_fmllr
+
+    root, exp, test = system["root"], system["exp"], system["test"]
+    sat = exp / "tri3"
+    assert "fMLLR re-estimated for 4 speakers" in (sat / "train.log").read_text()
+    trans = read_fmllr(sat / "trans.ark")
+    assert sorted(trans) == [f"spk{i}" for i in range(4)]
+    assert all(tuple(w.shape) == (20, 21) for w in trans.values())
+    mdl, ali = AcousticModel.load(sat / "final.mdl"), AcousticModel.load(sat / "final.alimdl")
+    assert mdl.meta["features"]["fmllr"] and mdl.meta["type"] == "sat"
+    assert torch.equal(mdl.tmodel.tid2pdf, ali.tmodel.tid2pdf)
+    assert main(["mkgraph", str(root / "lang"), str(root / "lm.arpa"), str(sat),
+                 str(sat / "graph")]) == 0
+    assert main(["decode", str(sat), str(test), "--nj", "2"]) == 0
+    out = sat / "decode_test_graph"
+    report = score_files(test / "text", out / "text")
+    assert report.wer.sub + report.wer.dele + report.wer.ins <= 1, report.wer
+    # first pass with final.alimdl, transforms of the test speakers, then adapted passes
+    assert set(read_kaldi_map(out / "si" / "text")) == set(read_kaldi_map(out / "text"))
+    assert sorted(read_fmllr(out / "trans.ark")) == [f"spk{i}" for i in range(4)]
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["fmllr_passes"] == 2 and summary["num_utts"] == 20
+    # align_fmllr: SI alignment, transforms, adapted alignment
+    assert main(["align", str(sat), str(root / "lang"), str(test), str(root / "ali_sat")]) == 0
+    assert sorted(read_fmllr(root / "ali_sat" / "trans.ark")) == [f"spk{i}" for i in range(4)]
+    errs = _boundary_errors(read_ctm(root / "ali_sat" / "word.ctm"), system["test_truth"])
+    assert sum(e <= 2 for e in errs) / len(errs) > 0.9
+    # without its speaker-independent model a SAT stage cannot decode
+    (sat / "final.alimdl").rename(sat / "alimdl.bak")
+    try:
+        assert main(["decode", str(sat), str(test), "--out", str(root / "x")]) == 2
+    finally:
+        (sat / "alimdl.bak").rename(sat / "final.alimdl")
 
 
 def test_train_resumes_by_skipping_finished_stages(system):

@@ -93,6 +93,13 @@ def test_prepare_an4_deterministic_and_skips_when_done(tmp_path, data_write_audi
     (a["test"] / "text").write_text("sentinel\n")
     prepare_an4(src, tmp_path / "a", dev_utts=4, seed=1)  # complete: nothing rewritten
     assert (a["test"] / "text").read_text() == "sentinel\n"
+    # dev_utts=0: Kaldi's setup, every training utterance in train and no dev dir
+    k = prepare_an4(src, tmp_path / "k", dev_utts=0)
+    assert set(k) == {"train", "test"} and not (tmp_path / "k" / "dev").exists()
+    n_all = len(read_kaldi_map(k["train"] / "utt2spk"))
+    assert n_all == len(read_kaldi_map(a["train"] / "utt2spk")) + n_dev
+    with pytest.raises(ValueError, match="dev_utts"):
+        prepare_an4(src, tmp_path / "n", dev_utts=-1)
 
 
 @pytest.mark.parametrize(("ext", "ext_in_fileids"), [(".raw", False), (".sph", True)])

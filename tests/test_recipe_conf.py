@@ -49,15 +49,17 @@ def test_recipe_config_unknown_family_is_an_error():
 def test_recipe_config_hmm_gmm(size):
     """``model=hmm_gmm`` composes with the recipe configs, and every stage option it sets is
     one the HMM-GMM trainer accepts."""
-    from asrkit.train.gmm import _LDA_KEYS, _MONO_KEYS, _TRI_KEYS, STAGE_TYPES, _stage_options
+    from asrkit.models.hmm_gmm import LdaMlltOptions, MonoOptions, SatOptions, TriOptions
+    from asrkit.train.gmm import STAGE_TYPES, _stage_options
 
     cfg = compose_train_config([f"conf={RECIPE_CONF / f'train_{size}.yaml'}", "model=hmm_gmm",
                                 "exp_dir=x"])
     assert cfg.model.family == "hmm_gmm"
     stages = OmegaConf.to_container(cfg.model.stages)
-    assert [s["type"] for s in stages.values()] == ["mono", "tri", "lda_mllt"]
+    assert [s["type"] for s in stages.values()] == ["mono", "tri", "lda_mllt", "sat"]
     assert {s["type"] for s in stages.values()} <= set(STAGE_TYPES)
-    keys = {"mono": _MONO_KEYS, "tri": _TRI_KEYS, "lda_mllt": _TRI_KEYS + _LDA_KEYS}
+    keys = {"mono": MonoOptions, "tri": TriOptions, "lda_mllt": LdaMlltOptions,
+            "sat": SatOptions}
     for name, st in stages.items():
         _stage_options(name, st, keys[st["type"]])
     own = OmegaConf.load(RECIPE_CONF / size / "hmm_gmm.yaml")

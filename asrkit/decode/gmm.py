@@ -58,7 +58,15 @@ from asrkit.decode.wfst.fstio import read_fst, write_fst
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.lm.ngram import read_arpa
 from asrkit.models.hmm_gmm import AcousticModel, Segment, write_ctm, write_failed
+from asrkit.models.hmm_gmm.fmllr import (
+    adapt_features,
+    compose_fmllr,
+    pdf_alignments,
+    speaker_transforms,
+    write_fmllr,
+)
 from asrkit.models.hmm_gmm.topology import TransitionModel
+from asrkit.models.hybrid import HybridScorer, is_hybrid_exp
 from asrkit.text.lexicon import read_lang, read_symbol_table, write_symbol_table
 
 __all__ = ["decode_gmm_data_dir", "is_gmm_exp", "make_graph", "model_file", "word_segments"]
@@ -91,7 +99,9 @@ def model_file(exp: str | os.PathLike) -> Path:
 
 
 def is_gmm_exp(exp: str | os.PathLike) -> bool:
-    """Whether ``exp`` is an HMM-GMM stage dir (holds ``final.mdl``) or model file."""
+    """Whether ``exp`` is an HMM-GMM stage dir (holds ``final.mdl``) or model file; a hybrid
+    DNN-HMM experiment (``model=hybrid``) holds its GMM's ``final.mdl`` too and decodes here,
+    with the network's pseudo-likelihoods (:class:`asrkit.models.hybrid.HybridScorer`)."""
     p = Path(exp)
     return (p / "final.mdl").is_file() or (p.is_file() and p.suffix == ".mdl")
 
@@ -199,20 +209,40 @@ def word_segments(tids: torch.Tensor, words: Sequence[str], tmodel: TransitionMo
 
 
 def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str],
-                opts: dict, threads: int | None, device: str) -> dict:
-    """Decode ``utts`` (one job; also run in a worker process for ``nj > 1``)."""
+                opts: dict, threads: int | None, device: str, backend: str = "asrkit",
+                transforms: dict[str, torch.Tensor] | None = None) -> dict:
+    """Decode ``utts`` (one job; also run in a worker process for ``nj > 1``) with the
+    ``backend`` search (``asrkit``: :func:`decode_fst`; ``kaldi``:
+    :class:`asrkit.decode.kaldi.KaldiFasterDecoder`, CPU, 1-best); ``transforms``:
+    per-speaker fMLLR transforms applied to the features (``utt2spk`` of the data dir)."""
     from asrkit.train.gmm import load_features
 
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    am = AcousticModel.load(model_path, dev)
-    graph = DecodingGraph.from_fst(read_fst(graph_path)).to(dev)
+    hybrid = is_hybrid_exp(Path(model_path).parent)  # final.mdl of a model=hybrid exp dir
+    am = HybridScorer.load(Path(model_path).parent, dev) if hybrid else \
+        AcousticModel.load(model_path, dev)
+    if backend == "kaldi":
+        from asrkit.decode.kaldi import KaldiFasterDecoder
+
+        kaldi = KaldiFasterDecoder(graph_path, am.tmodel.tid2pdf,
+                                   acoustic_scale=opts["acoustic_scale"], beam=opts["beam"],
+                                   max_active=opts["max_active"])
+        search = kaldi.decode
+    else:
+        graph = DecodingGraph.from_fst(read_fst(graph_path)).to(dev)
+        tid2pdf = am.tmodel.tid2pdf.to(dev)
+
+        def search(loglikes):
+            return decode_fst(graph, loglikes, tid2pdf, **opts)
     id2word = {i: w for w, i in read_symbol_table(Path(graph_path).parent / "words.txt").items()}
-    feats = load_features(data_dir, am.meta.get("features") or {}, utt_ids=utts)
-    tid2pdf = am.tmodel.tid2pdf.to(dev)
-    out = {"hyps": {}, "ctm": {}, "failed": {}, "nbest": {}, "frames": 0, "seconds": 0.0,
-           "am_cost": 0.0}
+    feats = am.load_features(data_dir, utts) if hybrid else \
+        load_features(data_dir, am.meta.get("features") or {}, utt_ids=utts)
+    if transforms is not None:
+        feats = adapt_features(feats, transforms, read_kaldi_map(Path(data_dir) / "utt2spk"))
+    out = {"hyps": {}, "ctm": {}, "failed": {}, "nbest": {}, "tids": {}, "frames": 0,
+           "seconds": 0.0, "am_cost": 0.0}
     start = time.perf_counter()
     for u in utts:
         x = feats.get(u)
@@ -227,13 +257,14 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
             xd.shape[0], am.num_pdfs, lambda t0, t1, xd=xd: am.loglik(xd[t0:t1]),
             LOGLIK_BLOCK_FRAMES)
         try:
-            res = decode_fst(graph, loglikes, tid2pdf, **opts)
+            res = search(loglikes)
         except DecodingError as e:
             out["failed"][u] = str(e)
             logger.warning("%s: not decoded: %s", u, e)
             continue
         words = [id2word[w] for w in res.words]
         out["hyps"][u] = " ".join(words)
+        out["tids"][u] = res.tids.cpu()
         if res.nbest is not None:
             out["nbest"][u] = [(" ".join(id2word[w] for w in ws), -c) for ws, c in res.nbest]
         out["frames"] += x.shape[0]
@@ -252,7 +283,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                         data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                         *, acoustic_scale: float = 0.1, beam: float = 13.0,
                         max_active: int = 7000, nj: int = 1, device: str | None = "cpu",
-                        nbest: int = 1, lattice_beam: float = 8.0,
+                        nbest: int = 1, lattice_beam: float = 8.0, backend: str = "asrkit",
+                        fmllr_passes: int = 2, fmllr_silence_weight: float = 0.01,
                         progress: Callable[[int], None] | None = None) -> DecodeReport:
     """Decode a feature data dir with an HMM-GMM model and a graph dir (Kaldi
     ``steps/decode.sh`` 1-best; outputs in the module docstring).
@@ -276,6 +308,16 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             rank 1 is the ``text`` line); with 1 a stale ``nbest`` file is removed.
         lattice_beam: ``nbest > 1``: lattice pruning beam in cost units (Kaldi's
             ``--lattice-beam``, 8.0).
+        backend: the search: ``"asrkit"`` (:func:`asrkit.decode.wfst.decode_fst`, the
+            default) or ``"kaldi"`` (Kaldi's C++ ``FasterDecoder``,
+            :mod:`asrkit.decode.kaldi`; the kaldi extra; 1-best only, on the CPU).
+        fmllr_passes: SAT models (``final.mdl`` of a ``sat`` stage): adapted decoding
+            passes after the speaker-independent one (Kaldi ``decode_fmllr.sh``: 2 -- the
+            first transform from the SI pass, a second from the first adapted pass; 1 is
+            faster). Outputs of the SI pass are in ``out_dir/si/text``, the transforms in
+            ``out_dir/trans.ark``.
+        fmllr_silence_weight: weight of silence frames in the test speakers' fMLLR
+            statistics (``decode_fmllr.sh --silence-weight`` 0.01).
         progress: called with the number of utterances of each finished job.
 
     Returns:
@@ -284,8 +326,11 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
 
     Raises:
         FileNotFoundError: a missing model, graph or data file.
-        ValueError: ``nj < 1``, ``nbest < 1``, ``lattice_beam <= 0``, or features of
-            another dimension than the model's.
+        ValueError: ``nj < 1``, ``nbest < 1``, ``lattice_beam <= 0``, an unknown
+            ``backend`` or ``nbest > 1`` with ``kaldi``, or features of another dimension
+            than the model's.
+        ImportError: ``backend="kaldi"`` without kaldi-decoder/kaldifst (the message names
+            the install command).
     """
     if nj < 1:
         raise ValueError(f"nj must be >= 1, got {nj}")
@@ -293,6 +338,15 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
     if not lattice_beam > 0:
         raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
+    if backend not in ("asrkit", "kaldi"):
+        raise ValueError(f"unknown backend {backend!r}; choose asrkit or kaldi")
+    if backend == "kaldi":
+        if nbest > 1:
+            raise ValueError("nbest > 1 needs the asrkit backend (Kaldi's FasterDecoder "
+                             "keeps no lattice)")
+        from asrkit.decode.kaldi import require_kaldi_decoder
+
+        require_kaldi_decoder()  # the install hint before any work
     mpath = model_file(exp)
     graph_dir, data_dir = Path(graph_dir), Path(data_dir)
     gpath = graph_dir / "HCLG.fst"
@@ -304,27 +358,26 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
     utts = list(read_kaldi_map(data_dir / "feats.scp"))
     opts = {"acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
             "nbest": nbest, "lattice_beam": lattice_beam}
+    fmllr = not is_hybrid_exp(mpath.parent) and bool(
+        (AcousticModel.load(mpath).meta.get("features") or {}).get("fmllr"))
+    if fmllr and fmllr_passes < 1:
+        raise ValueError(f"fmllr_passes must be >= 1, got {fmllr_passes}")
     with stage_log(out / "decode.log"):
         logger.info("decoding %d utterances of %s with %s and %s (acwt %g, beam %g, "
-                    "max-active %d, %d job(s))", len(utts), data_dir, mpath, gpath,
-                    acoustic_scale, beam, max_active, nj)
+                    "max-active %d, %d job(s), %s search)", len(utts), data_dir, mpath, gpath,
+                    acoustic_scale, beam, max_active, nj, backend)
         wall_start = time.perf_counter()
-        jobs = [j for j in split_evenly(utts, nj) if j]
-        if nj == 1:
-            results = [_decode_job(str(mpath), str(gpath), str(data_dir), utts, opts, None,
-                                   dev)]
-            if progress:
-                progress(len(utts))
+
+        def run(model_path: Path, transforms: dict | None = None) -> list[dict]:
+            return _run_jobs(model_path, gpath, data_dir, utts, opts, nj, dev, backend,
+                             transforms, progress)
+
+        adapt_seconds = 0.0
+        if fmllr:
+            results, adapt_seconds = _fmllr_passes(mpath, run, data_dir, out, fmllr_passes,
+                                                   fmllr_silence_weight)
         else:
-            results = []
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
-                futs = {pool.submit(_decode_job, str(mpath), str(gpath), str(data_dir), j,
-                                    opts, 1, dev): len(j) for j in jobs}
-                for fut in cf.as_completed(futs):
-                    results.append(fut.result())
-                    if progress:
-                        progress(futs[fut])
+            results = run(mpath)
         wall = time.perf_counter() - wall_start
         hyps: dict[str, str] = {}
         ctm: dict[str, list[Segment]] = {}
@@ -335,7 +388,7 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             nbests.update(r["nbest"])
             ctm.update(r["ctm"])
             failed.update(r["failed"])
-        search_seconds = sum(r["seconds"] for r in results)
+        search_seconds = sum(r["seconds"] for r in results) + adapt_seconds
         write_kaldi_map(out / "text", hyps)
         write_ctm(out / "ctm", ctm)
         nbest_path = write_or_clear_nbest(out / "nbest", nbests, nbest)
@@ -344,9 +397,11 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         frames = sum(r["frames"] for r in results)
         audio = sum(float(durs[u]) for u in hyps if u in durs) if durs else frames * 0.01
         report = DecodeReport(out / "text", len(hyps), audio, search_seconds, nbest_path)
-        summary = {"method": "wfst_viterbi", "model": str(mpath), "graph": str(gpath),
+        summary = {"method": "wfst_viterbi", "backend": backend, "model": str(mpath),
+                   "graph": str(gpath),
                    "acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
                    "nbest": nbest, "lattice_beam": lattice_beam if nbest > 1 else None,
+                   "fmllr_passes": fmllr_passes if fmllr else None,
                    "nj": nj, "num_utts": len(hyps), "num_failed": len(failed),
                    "audio_seconds": round(audio, 3), "wall_seconds": round(search_seconds, 3),
                    "elapsed_seconds": round(wall, 3), "rtf": round(report.rtf, 6),
@@ -359,3 +414,71 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                     "%.4f per core; elapsed %.1f s", len(hyps), len(failed), audio,
                     search_seconds, report.rtf, wall)
     return report
+
+
+def _run_jobs(model_path: Path, gpath: Path, data_dir: Path, utts: list[str], opts: dict,
+              nj: int, dev: str, backend: str, transforms: dict | None,
+              progress: Callable[[int], None] | None) -> list[dict]:
+    """Decode ``utts`` in ``nj`` jobs (this process for 1, spawned processes otherwise)."""
+    jobs = [j for j in split_evenly(utts, nj) if j]
+    if nj == 1:
+        results = [_decode_job(str(model_path), str(gpath), str(data_dir), utts, opts, None,
+                               dev, backend, transforms)]
+        if progress:
+            progress(len(utts))
+        return results
+    results = []
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
+        futs = {pool.submit(_decode_job, str(model_path), str(gpath), str(data_dir), j,
+                            opts, 1, dev, backend, transforms): len(j) for j in jobs}
+        for fut in cf.as_completed(futs):
+            results.append(fut.result())
+            if progress:
+                progress(futs[fut])
+    return results
+
+
+def _fmllr_passes(mpath: Path, run: Callable[..., list[dict]], data_dir: Path, out: Path,
+                  passes: int, silence_weight: float) -> tuple[list[dict], float]:
+    """Kaldi ``decode_fmllr.sh`` with 1-best statistics: decode with the speaker-independent
+    ``final.alimdl``, then ``passes`` times estimate each speaker's fMLLR transform with
+    ``final.mdl`` from the last pass's best paths (silence weighted ``silence_weight``),
+    compose it with the speaker's previous one and decode the adapted features again.
+
+    Returns:
+        ``(the last pass's job results, seconds of all passes but the last plus estimation)``.
+
+    Raises:
+        FileNotFoundError: no ``final.alimdl`` beside ``final.mdl``.
+    """
+    from asrkit.train.gmm import load_features
+
+    alimdl = mpath.with_name("final.alimdl")
+    if not alimdl.is_file():
+        raise FileNotFoundError(f"{alimdl} not found: a SAT model (sat stage) decodes its "
+                                "first pass with the speaker-independent final.alimdl")
+    results = run(alimdl)
+    write_kaldi_map(out / "si" / "text", {u: h for r in results for u, h in r["hyps"].items()})
+    spent = sum(r["seconds"] for r in results)
+    model = AcousticModel.load(mpath)
+    spk_of = read_kaldi_map(data_dir / "utt2spk")
+    start = time.perf_counter()
+    feats = load_features(data_dir, model.meta["features"])
+    transforms: dict[str, torch.Tensor] = {}
+    for p in range(passes):
+        tids = {u: t for r in results for u, t in r["tids"].items()}
+        pdfs, weights = pdf_alignments(model.tmodel, tids, silence_weight)
+        cur = adapt_features(feats, transforms, spk_of) if transforms else feats
+        new, impr = speaker_transforms(model.gmm, cur, pdfs, weights, spk_of)
+        transforms = {s: compose_fmllr(W, transforms[s]) if s in transforms else W
+                      for s, W in new.items()}
+        logger.info("fMLLR pass %d: transforms of %d speakers (auxf +%.4f per frame)", p + 1,
+                    len(transforms), impr)
+        spent += time.perf_counter() - start
+        if p:
+            spent += sum(r["seconds"] for r in results)
+        results = run(mpath, transforms)
+        start = time.perf_counter()
+    write_fmllr(out / "trans.ark", transforms)
+    return results, spent

@@ -22,7 +22,7 @@ import os
 import re
 from array import array
 from collections import OrderedDict
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 import kaldiio
@@ -128,6 +128,9 @@ class FeatureDataset(Dataset):
             needs at least 7 frames).
         max_open_files: ark files each process keeps open (least recently used closed
             first); ``asrkit features`` writes one ark per job, so this is rarely reached.
+        targets: ``{utt: ids}`` given instead of a tokenizer (per-frame pdf ids of
+            ``model=hybrid``): ``tokens[i]`` is then ``targets[ids[i]]``, and utterances
+            without an entry are skipped and logged.
 
     Attributes:
         ids: utterance ids (list of str), C-sorted, of the utterances kept.
@@ -147,7 +150,10 @@ class FeatureDataset(Dataset):
     """
 
     def __init__(self, data_dir: str | os.PathLike, tokenizer: Tokenizer | None = None, *,
-                 max_frames: int = 100000, min_frames: int = 7, max_open_files: int = 64):
+                 max_frames: int = 100000, min_frames: int = 7, max_open_files: int = 64,
+                 targets: Mapping[str, Sequence[int]] | None = None):
+        if targets is not None and tokenizer is not None:
+            raise ValueError("FeatureDataset: give a tokenizer or targets, not both")
         d = Path(data_dir)
         if not (d / "feats.scp").is_file():
             raise FileNotFoundError(f"{d}/feats.scp not found; run 'asrkit features' first")
@@ -177,7 +183,13 @@ class FeatureDataset(Dataset):
                                d, utt, n, min_frames, max_frames)
                 continue
             toks: list[int] = []
-            if tokenizer is not None:
+            if targets is not None:
+                if utt not in targets:
+                    logger.warning("%s: utterance %s has no targets; skipped", d, utt)
+                    skipped += 1
+                    continue
+                toks = list(targets[utt])
+            elif tokenizer is not None:
                 if utt not in texts:
                     logger.warning("%s: utterance %s has no text; skipped", d, utt)
                     skipped += 1

@@ -8,6 +8,8 @@ The config's ``model.stages`` (``conf/model/hmm_gmm.yaml``) run in order, each i
   (:func:`asrkit.models.hmm_gmm.write_alignment_dir`: ``ali.txt`` transition ids,
   ``pdf_ali.txt``, ``phone_ali.txt``, ``phone.ctm``, ``word.ctm``, ``failed``), the frame
   targets of hybrid neural models and the start of the next stage
+* ``final.alimdl``, ``trans.ark``/``trans.scp``  (``sat`` stages) the speaker-independent
+  alignment model and the training speakers' fMLLR transforms (Kaldi matrices)
 * ``history.json``   per-iteration log-likelihood per frame, Gaussians, aligned/failed counts
 * ``train_summary.json``  pdfs, Gaussians, training wall seconds, aligned/failed utterances
 * ``train.log``      the stage's log; ``.done`` when the stage completed
@@ -24,6 +26,7 @@ argument of ``asrkit mkgraph`` and ``asrkit align``, as in Kaldi (:mod:`asrkit.t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,10 +47,21 @@ from asrkit.models.hmm_gmm import (
     load_gmm_features,
     read_int_vectors,
     train_mono,
+    train_sat,
     train_tri,
     write_alignment_dir,
 )
-from asrkit.models.hmm_gmm.lda_mllt import accumulate_lda_stats, estimate_lda, splice
+from asrkit.models.hmm_gmm.fmllr import (
+    adapt_features,
+    pdf_alignments,
+    read_fmllr,
+    speaker_transforms,
+    write_fmllr,
+)
+from asrkit.models.hmm_gmm.lda_mllt import splice
+from asrkit.models.hmm_gmm.mono import MonoOptions
+from asrkit.models.hmm_gmm.sat import SatOptions
+from asrkit.models.hmm_gmm.tri import LdaMlltOptions, TriOptions, train_lda_mllt
 from asrkit.text.lexicon import Lang, find_oovs, read_lang
 from asrkit.train.checkpoint import pick_device
 from asrkit.train.expdir import copy_into_exp
@@ -57,20 +71,12 @@ __all__ = ["STAGE_TYPES", "align_data_dir", "feature_options", "load_features",
 
 logger = logging.getLogger(__name__)
 
-STAGE_TYPES = ("mono", "tri", "lda_mllt")
+STAGE_TYPES = ("mono", "tri", "lda_mllt", "sat")
 """Stage types of ``model.stages``: flat-start monophone (``train_mono.sh``), decision-tree
 triphone on deltas (``train_deltas.sh``), triphone on LDA+MLLT spliced features
-(``train_lda_mllt.sh``)."""
+(``train_lda_mllt.sh``), speaker-adaptive training on fMLLR-adapted LDA+MLLT features
+(``train_sat.sh``; after an ``lda_mllt`` or ``sat`` stage)."""
 
-_MONO_KEYS = ("num_iters", "max_gauss", "max_iter_inc", "realign_iters", "power", "sil_prob", "initial_beam",
-              "beam", "retry_factor", "acoustic_scale", "transition_scale", "var_floor",
-              "perturb", "min_count", "all_prons")
-_LDA_KEYS = ("splice", "lda_dim")
-_TRI_KEYS = ("num_leaves", "tot_gauss", "num_iters", "max_iter_inc", "realign_iters",
-             "mllt_iters", "context_width",
-             "central_position", "min_gain", "min_leaf_count", "cluster_thresh",
-             "tree_var_floor", "power", "sil_prob", "all_prons", "beam", "retry_factor",
-             "acoustic_scale", "transition_scale", "var_floor", "perturb", "min_count")
 
 
 def feature_options(model_cfg: Mapping) -> dict:
@@ -122,12 +128,18 @@ def load_features(data_dir: str | os.PathLike, options: Mapping,
     return out
 
 
-def _stage_options(name: str, stage: Mapping, keys: tuple[str, ...]) -> dict:
-    unknown = sorted(set(stage) - set(keys) - {"type"})
+def _stage_options(name: str, stage: Mapping, cls: type):
+    """``cls(**options)`` of ``model.stages.<name>`` (its keys but ``type``).
+
+    Raises:
+        ValueError: an option that is not a field of ``cls``, naming the stage.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(stage) - fields - {"type"})
     if unknown:
         raise ValueError(f"model.stages.{name}: unknown options {unknown}; known: "
-                         f"{sorted(keys)}")
-    return {k: v for k, v in stage.items() if k != "type"}
+                         f"{sorted(fields)}")
+    return cls(**{k: v for k, v in stage.items() if k != "type"})
 
 
 def _write_history(path: Path, history) -> None:
@@ -184,57 +196,36 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
     train_dir = Path(cfg.data.train)
     if (train_dir / "feature_config.yaml").is_file():  # asrkit transcribe computes the same
         copy_into_exp(train_dir / "feature_config.yaml", exp_dir, "feature_config.yaml")
-    feats: dict[str, torch.Tensor] | None = None
-    text = read_kaldi_map(train_dir / "text")
+    data = _TrainData(train_dir)
+    text = data.text
     oovs = find_oovs(lang.words, text)
     if oovs:
         logger.warning("%s: %d OOV running words (%.2f%%) map to %s: %s", train_dir / "text",
                        oovs.num_oov_tokens, 100 * oovs.rate, lang.oov_word, oovs.summary())
 
     prev: tuple[AcousticModel, dict[str, torch.Tensor]] | None = None
+    prev_dir: Path | None = None
     for name, st in stages.items():
         sdir = exp_dir / name
         if is_done(sdir):
             logger.info("%s: complete (.done exists); loading it", sdir)
-            prev = _load_stage(sdir)
+            prev, prev_dir = _load_stage(sdir), sdir
             continue
-        if feats is None and st["type"] != "lda_mllt":  # lda_mllt splices its own
-            feats = load_features(train_dir, feat_opts)
         with stage_log(sdir / "train.log"):
             start = time.perf_counter()
-            if st["type"] == "mono":
-                opts = _stage_options(name, st, _MONO_KEYS)
-                stage_feats = feat_opts
-                res = train_mono(feats, text, lang, device=device, **opts)
-            elif st["type"] == "tri":
-                opts = _stage_options(name, st, _TRI_KEYS)
-                stage_feats = feat_opts
-                model0, alis0 = prev
-                res = train_tri(feats, text, lang, alis0, ali_model=model0, device=device,
-                                **opts)
-            else:
-                opts = _stage_options(name, st, _TRI_KEYS + _LDA_KEYS)
-                ctx, dim = int(opts.pop("splice", 3)), int(opts.pop("lda_dim", 40))
-                model0, alis0 = prev
-                raw = load_features(train_dir, {**feat_opts, "splice": ctx})
-                lda = estimate_lda(accumulate_lda_stats(
-                    raw, {u: model0.tmodel.tid2pdf[t] for u, t in alis0.items()},
-                    model0.num_pdfs), dim)
-                lda_feats = {u: x @ lda.T for u, x in raw.items()}
-                del raw
-                opts.setdefault("mllt_iters", (2, 4, 6, 12))
-                res = train_tri(lda_feats, text, lang, alis0, ali_model=model0,
-                                device=device, **opts)
-                del lda_feats
-                total = lda if res.transform is None else res.transform.to(lda) @ lda
-                stage_feats = {**feat_opts, "delta_order": 0, "splice": ctx,
-                               "transform": total.tolist()}
+            res, stage_feats = _STAGES[st["type"]](name, st, data, lang, feat_opts, prev,
+                                                   prev_dir, device)
             wall = time.perf_counter() - start
             model = res.model.to("cpu")
             model.meta.update({"features": stage_feats, "stage": name, "lang": str(cfg.data.lang),
                                "train_seconds": round(wall, 1), "device": str(device)})
             sdir.mkdir(parents=True, exist_ok=True)
             model.save(sdir / "final.mdl")
+            if st["type"] == "sat":
+                si = res.si_model.to("cpu")
+                si.meta.update({k: v for k, v in model.meta.items() if k != "type"})
+                si.save(sdir / "final.alimdl")
+                write_fmllr(sdir / "trans.ark", res.spk_transforms)
             write_alignment_dir(sdir / "ali", res.alignments, res.failed)
             _write_history(sdir / "history.json", res.history)
             summary = {"type": st["type"], "num_pdfs": model.num_pdfs,
@@ -249,15 +240,82 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
                         "aligned, %d failed", sdir, st["type"], wall, model.num_gauss,
                         model.num_pdfs, len(res.alignments), len(res.failed))
         mark_done(sdir)
-        prev = (model, {u: a.tids for u, a in res.alignments.items()})
+        prev, prev_dir = (model, {u: a.tids for u, a in res.alignments.items()}), sdir
     return exp_dir
+
+
+class _TrainData:
+    """The training data dir of a run: its ``text`` and its features, loaded once per set
+    of feature options (consecutive stages with the same options share them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.dir = Path(path)
+        self.text = read_kaldi_map(self.dir / "text")
+        self._cache: tuple[str, dict[str, torch.Tensor]] | None = None
+
+    def features(self, opts: Mapping) -> dict[str, torch.Tensor]:
+        key = json.dumps(opts, sort_keys=True)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = None  # free the previous set first
+            self._cache = (key, load_features(self.dir, opts))
+        return self._cache[1]
+
+
+def _mono_stage(name, st, data, lang, feat_opts, prev, prev_dir, device):
+    """A ``mono`` stage (``train_mono.sh``) on MFCC + deltas."""
+    return train_mono(data.features(feat_opts), data.text, lang, _stage_options(name, st, MonoOptions),
+                      device=device), feat_opts
+
+
+def _tri_stage(name, st, data, lang, feat_opts, prev, prev_dir, device):
+    """A ``tri`` stage (``train_deltas.sh``) on the previous stage's alignments."""
+    model0, alis0 = prev
+    return train_tri(data.features(feat_opts), data.text, lang, alis0, _stage_options(name, st, TriOptions),
+                     ali_model=model0, device=device), feat_opts
+
+
+def _lda_mllt_stage(name, st, data, lang, feat_opts, prev, prev_dir, device):
+    """An ``lda_mllt`` stage (``train_lda_mllt.sh``) on spliced CMN'd cepstra."""
+    opts = _stage_options(name, st, LdaMlltOptions)
+    model0, alis0 = prev
+    spliced = data.features({**feat_opts, "splice": opts.splice})
+    res = train_lda_mllt(spliced, data.text, lang, alis0, opts, ali_model=model0, device=device)
+    return res, {**feat_opts, "delta_order": 0, "splice": opts.splice,
+                 "transform": res.transform.tolist()}
+
+
+def _sat_stage(name, st, data, lang, feat_opts, prev, prev_dir, device):
+    """A ``sat`` stage (``train_sat.sh``) from the previous LDA+MLLT or SAT stage: its
+    features, alignments and (for a SAT stage) its speakers' transforms."""
+    opts = _stage_options(name, st, SatOptions)
+    model0, alis0 = prev
+    if "splice" not in (model0.meta.get("features") or {}):
+        raise ValueError(f"model.stages.{name}: a sat stage must follow an lda_mllt or sat "
+                         "stage")
+    si_opts = {k: v for k, v in model0.meta["features"].items() if k != "fmllr"}
+    feats = data.features(si_opts)
+    init = read_fmllr(prev_dir / "trans.ark") if (prev_dir / "trans.ark").is_file() else None
+    res = train_sat(feats, data.text, lang, alis0, opts,
+                    spk_of=read_kaldi_map(data.dir / "utt2spk"), ali_model=model0,
+                    init_transforms=init, device=device)
+    return res, {**si_opts, "fmllr": True}
+
+
+_STAGES = {"mono": _mono_stage, "tri": _tri_stage, "lda_mllt": _lda_mllt_stage,
+           "sat": _sat_stage}
+"""Stage type -> ``(name, stage options, training data, lang, feature options, previous
+(model, tids), previous stage dir, device) -> (training result, the stage's feature
+options)``."""
 
 
 def align_data_dir(model_path: str | os.PathLike, lang_dir: str | os.PathLike,
                    data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                    beam: float = 10.0, retry_beam: float = 40.0, sil_prob: float | None = None,
                    device: str | None = "auto") -> tuple[Path, int, int]:
-    """Forced-align a data dir with a trained model (Kaldi ``steps/align_si.sh``).
+    """Forced-align a data dir with a trained model (Kaldi ``steps/align_si.sh``; for a SAT
+    model ``steps/align_fmllr.sh``: a first alignment with the speaker-independent
+    ``final.alimdl``, per-speaker fMLLR transforms from it (silence weight 0, written to
+    ``out_dir/trans.ark``), then the alignment of the adapted features with ``final.mdl``).
 
     Args:
         model_path: ``final.mdl`` of an ``asrkit train model=hmm_gmm`` stage.
@@ -304,12 +362,36 @@ def align_data_dir(model_path: str | os.PathLike, lang_dir: str | os.PathLike,
             failed[u] = e.reason
             continue
         xs[u] = x.to(dev)
+    scale = {"acoustic_scale": float(model.meta.get("acoustic_scale", 0.1)),
+             "transition_scale": float(model.meta.get("transition_scale", 0.1))}
     with stage_log(out / "align.log"):
-        alis, ali_failed = align_viterbi(
-            model, graphs, xs, beam=beam, retry_beam=retry_beam,
-            acoustic_scale=float(model.meta.get("acoustic_scale", 0.1)),
-            transition_scale=float(model.meta.get("transition_scale", 0.1)))
+        if (model.meta.get("features") or {}).get("fmllr"):
+            xs = _fmllr_adapt_for_alignment(Path(model_path), model, graphs, xs,
+                                            Path(data_dir), out, beam, retry_beam, scale)
+        alis, ali_failed = align_viterbi(model, graphs, xs, beam=beam, retry_beam=retry_beam,
+                                         **scale)
         failed.update(ali_failed)
         write_alignment_dir(out, alis, failed, model=model.to("cpu"))
         logger.info("%s: aligned %d utterances, %d failed", out, len(alis), len(failed))
     return out, len(alis), len(failed)
+
+
+def _fmllr_adapt_for_alignment(model_path: Path, model: AcousticModel, graphs: list,
+                               xs: dict[str, torch.Tensor], data_dir: Path, out: Path,
+                               beam: float, retry_beam: float, scale: dict
+                               ) -> dict[str, torch.Tensor]:
+    """``align_fmllr.sh``'s first two steps: align with ``final.alimdl``, estimate the
+    speakers' transforms with ``model``; returns the adapted features."""
+    alimdl = model_path.with_name("final.alimdl")
+    if not alimdl.is_file():
+        raise FileNotFoundError(f"{alimdl} not found: a SAT model aligns first with its "
+                                "speaker-independent final.alimdl")
+    si = AcousticModel.load(alimdl, model.device)
+    si_alis, _ = align_viterbi(si, graphs, xs, beam=beam, retry_beam=retry_beam, **scale)
+    spk_of = read_kaldi_map(data_dir / "utt2spk")
+    pdfs, weights = pdf_alignments(model.tmodel, {u: a.tids for u, a in si_alis.items()}, 0.0)
+    transforms, impr = speaker_transforms(model.gmm, xs, pdfs, weights, spk_of)
+    logger.info("fMLLR transforms of %d speakers from the SI alignment (auxf +%.4f per "
+                "frame)", len(transforms), impr)
+    write_fmllr(out / "trans.ark", transforms)
+    return {u: x.to(torch.float32) for u, x in adapt_features(xs, transforms, spk_of).items()}

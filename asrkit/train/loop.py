@@ -197,6 +197,8 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
     the other ranks do not join).
     """
     model.eval()
+    if getattr(model, "frame_targets", False):  # model=hybrid: frame error rate, not WER
+        return _evaluate_frames(model, ds, device, max_frames)
     total, n = 0.0, 0
     hyps, refs = {}, {}
     for idx in frame_batches(ds.lengths, max_frames, shuffle=False):
@@ -215,6 +217,23 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
             refs[utt] = tok.decode(ds.tokens[i])
     model.train()
     return total / max(n, 1), score_texts(refs, hyps).wer.rate
+
+
+def _evaluate_frames(model: torch.nn.Module, ds: FeatureDataset, device: torch.device,
+                     max_frames: int) -> tuple[float, float]:
+    """Dev loss (mean per frame) and frame error rate (%) of a frame classifier (a model
+    with ``frame_targets``, i.e. ``model=hybrid``), whose dataset tokens are frame targets."""
+    total, frames, errors = 0.0, 0, 0
+    for idx in frame_batches(ds.lengths, max_frames, shuffle=False):
+        b = collate([ds[i] for i in idx])
+        out = model(b["feats"].to(device), b["feat_lens"].to(device),
+                    b["targets"].to(device), b["target_lens"].to(device))
+        n = int(out["frames"])
+        total += out["loss"].item() * n
+        frames += n
+        errors += int(out["errors"])
+    model.train()
+    return total / max(frames, 1), 100.0 * errors / max(frames, 1)
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -349,22 +368,41 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
             raise ValueError(f"trainer.keep_best_by: unknown metric {m!r}; one of {METRICS}")
     remainder = dc.get("shard_remainder", "drop")
 
-    tok = Tokenizer(dc.tokenizer)
     train_dir, dev_dir = Path(dc.train), Path(dc.dev) if dc.dev else None
-    train_ds = FeatureDataset(train_dir, tok, max_frames=dc.max_utt_frames)
-    dev_ds = FeatureDataset(dev_dir, tok, max_frames=10**9) if dev_dir and main else None
+    # Hook: model=hybrid trains on per-frame pdf ids of a GMM alignment (asrkit.models.hybrid)
+    # instead of tokens; the dataset carries them in place of token ids, the output size is
+    # the number of pdfs, and the priors come from their counts.
+    hybrid = None
+    if cfg.model.get("family") == "hybrid":
+        from asrkit.models.hybrid import prepare_training
+
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        hybrid = prepare_training(cfg, exp_dir if main else None)
+        tok = None
+        train_ds = FeatureDataset(train_dir, targets=hybrid["train"],
+                                  max_frames=dc.max_utt_frames)
+        dev_ds = FeatureDataset(dev_dir, targets=hybrid["dev"], max_frames=10**9) \
+            if dev_dir and main else None
+        dims = {"input_dim": _feat_dim(train_dir), "vocab_size": hybrid["num_pdfs"]}
+    else:
+        tok = Tokenizer(dc.tokenizer)
+        train_ds = FeatureDataset(train_dir, tok, max_frames=dc.max_utt_frames)
+        dev_ds = FeatureDataset(dev_dir, tok, max_frames=10**9) if dev_dir and main else None
+        dims = {"input_dim": _feat_dim(train_dir), "vocab_size": tok.vocab_size}
     if dev_ds is not None and dc.get("dev_max_utts"):
         _thin_dataset(dev_ds, int(dc.dev_max_utts))
-    dims = {"input_dim": _feat_dim(train_dir), "vocab_size": tok.vocab_size}
 
     if main:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved["model_dims"] = dims
         # the experiment carries its tokenizer and CMVN stats (asrkit.train.expdir)
         resolved[EXP_FILES_KEY] = {
-            "tokenizer": copy_into_exp(dc.tokenizer, exp_dir,
-                                       f"{TOKENIZER_DIR}/{Path(dc.tokenizer).name}"),
             "cmvn": copy_into_exp(train_dir / "cmvn.ark", exp_dir, "cmvn.ark")}
+        if hybrid is None:
+            resolved[EXP_FILES_KEY]["tokenizer"] = copy_into_exp(
+                dc.tokenizer, exp_dir, f"{TOKENIZER_DIR}/{Path(dc.tokenizer).name}")
+        else:
+            resolved[EXP_FILES_KEY]["hmm_model"] = hybrid["final_mdl"]
         if (train_dir / "feature_config.yaml").is_file():  # what asrkit transcribe computes
             resolved[EXP_FILES_KEY]["features"] = copy_into_exp(
                 train_dir / "feature_config.yaml", exp_dir, "feature_config.yaml")
@@ -385,6 +423,8 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     cmvn = read_cmvn_stats(train_dir / "cmvn.ark")
     model = instantiate_model(cfg.model, dims["input_dim"], dims["vocab_size"],
                               from_checkpoint=resumed, cmvn_stats=cmvn).to(device)
+    if hybrid is not None and not resumed:  # priors travel in the model (buffer log_priors)
+        model.set_priors(hybrid["counts"])
     # Hook: a model with param_groups() (model=pretrained_encoder) gets one optimiser group per
     # dict it returns, with lr = optimiser lr × the group's "lr_scale"; schedulers scale every
     # group's lr alike, so the ratio holds. Other models: one group, as before.

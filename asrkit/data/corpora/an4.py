@@ -181,8 +181,10 @@ def _choose_dev_speakers(train: DataDir, *, dev_speakers: int | None, dev_utts: 
             raise ValueError(f"dev_speakers must be in [1, {len(speakers) - 1}], got "
                              f"{dev_speakers}")
         return sorted(speakers[:dev_speakers])
-    if dev_utts <= 0:
-        raise ValueError(f"dev_utts must be positive, got {dev_utts}")
+    if dev_utts == 0:
+        return []  # Kaldi's setup: all 948 training utterances train, no dev
+    if dev_utts < 0:
+        raise ValueError(f"dev_utts must be >= 0, got {dev_utts}")
     chosen: list[str] = []
     total = 0
     for spk in speakers[:-1]:  # never take every speaker: train must not be empty
@@ -214,11 +216,13 @@ def prepare_an4(src: str | os.PathLike, out: str | os.PathLike, *,
             choose by ``dev_utts``.
         dev_utts: target ``dev`` size in utterances when ``dev_speakers`` is None: shuffled
             speakers are taken while each brings the count closer to this target (whole
-            speakers only, so the size is approximate).
+            speakers only, so the size is approximate); 0 for no ``dev`` (all 948 training
+            utterances in ``train``, as Kaldi's and ESPnet's AN4 recipes train).
         seed: seed of the speaker shuffle (same seed, same split).
 
     Returns:
-        ``{"train": out/"train", "dev": out/"dev", "test": out/"test"}``.
+        ``{"train": out/"train", "dev": out/"dev", "test": out/"test"}`` (no ``dev`` with
+        ``dev_utts=0``).
 
     Raises:
         FileNotFoundError: ``src`` is not an AN4 tree.
@@ -228,7 +232,9 @@ def prepare_an4(src: str | os.PathLike, out: str | os.PathLike, *,
         ValueError: ``dev_speakers``/``dev_utts`` leave ``dev`` or ``train`` empty.
     """
     out = Path(out)
-    dirs = {name: out / name for name in ("train", "dev", "test")}
+    names = ("train", "test") if dev_speakers is None and dev_utts == 0 else (
+        "train", "dev", "test")
+    dirs = {name: out / name for name in names}
     if all(is_done(d) for d in dirs.values()):
         logger.info("%s: AN4 data dirs already prepared; skipping", out)
         return dirs
@@ -241,6 +247,8 @@ def prepare_an4(src: str | os.PathLike, out: str | os.PathLike, *,
     dev = full_train.subset(u for u, s in full_train.utt2spk.items() if s in dev_spk)
     train = full_train.subset(u for u, s in full_train.utt2spk.items() if s not in dev_spk)
     for name, dd in (("train", train), ("dev", dev), ("test", test)):
+        if name not in dirs:
+            continue
         d = dirs[name]
         (d / ".done").unlink(missing_ok=True)
         dd.write(d)

@@ -405,14 +405,16 @@ def _where(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask).squeeze(1)
 
 
-def _expand(offsets: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(token index, entry index)`` of every CSR entry (arc) of ``states``."""
+def _expand(offsets: torch.Tensor, sizes: torch.Tensor, states: torch.Tensor,
+            iota: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token index, entry index)`` of every CSR entry (arc) of ``states`` (``sizes``:
+    ``offsets[1:] - offsets[:-1]``; ``iota(n)``: ``0 .. n-1``)."""
     starts = _take(offsets, states)
-    counts = _take(offsets, states + 1) - starts
+    counts = _take(sizes, states)
     total = int(counts.sum())
     tok = torch.repeat_interleave(counts, output_size=total)
     shift = starts - (counts.cumsum(0) - counts)
-    return tok, torch.arange(total, device=states.device) + _take(shift, tok)
+    return tok, iota(total) + _take(shift, tok)
 
 
 class _Chunk:
@@ -616,16 +618,35 @@ class _Search:
         self.max_active = max_active
         dev = g.device
         n = g.num_states
-        self.has_closure = (g.c_offsets[1:] - g.c_offsets[:-1]) > 0
+        self.e_sizes = g.e_offsets[1:] - g.e_offsets[:-1]
+        self.c_sizes = g.c_offsets[1:] - g.c_offsets[:-1]
+        self.has_closure = self.c_sizes > 0
         self.any_closure = bool(self.has_closure.any())
         self.buf_cost = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
         self.buf_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)
-        self.map_idx = torch.full((n,), -1, dtype=torch.int64, device=dev)  # kept all -1
+        # read-only buffers sliced instead of allocating per frame (grown on demand)
+        self._iota = torch.arange(0, device=dev)
+        self._minus = torch.full((0,), -1, dtype=torch.int64, device=dev)
+        self._nan = torch.full((0,), math.nan, dtype=torch.float64, device=dev)
         self.chunks: list[_Chunk] = []
         # the traced start of the best path shared by every active token (partial traceback)
         self.prefix_arcs: list[torch.Tensor] = []
         self.prefix_ll: list[torch.Tensor] = []
         self.dev = dev
+
+    def iota(self, n: int, start: int = 0) -> torch.Tensor:
+        """``start .. n-1`` (int64), a view of a shared buffer: not to be written to."""
+        if n > self._iota.numel():
+            self._iota = torch.arange(max(n, 2 * self._iota.numel()), device=self.dev)
+        return self._iota[start:n]
+
+    def _fill(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` times -1 (int64) and NaN (float64), views of shared buffers."""
+        if n > self._minus.numel():
+            size = max(n, 2 * self._minus.numel())
+            self._minus = torch.full((size,), -1, dtype=torch.int64, device=self.dev)
+            self._nan = torch.full((size,), math.nan, dtype=torch.float64, device=self.dev)
+        return self._minus[:n], self._nan[:n]
 
     def best_per_dst(self, dst: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
         """Index of the cheapest candidate per destination (one per distinct ``dst``)."""
@@ -640,14 +661,17 @@ class _Search:
 
     def _epsilon(self, st, co, prev, arc, ll):
         """Add the closure of the tokens ``st`` (one per state); returns the grown
-        ``(st, co, prev, arc, ll, same, active)`` (``active``: indices of the tokens not
-        replaced by a cheaper closure entry), or None when nothing changes."""
+        ``(st, co, prev, arc, ll, same, active, active states, active costs)`` (``active``:
+        indices of the tokens not replaced by a cheaper closure entry, ascending, then the
+        closure entries that won), or None when nothing changes.
+
+        The closure candidates and the tokens compete in one :meth:`best_per_dst`, the
+        tokens last so that they win ties (a closure entry must be cheaper to replace one)."""
         g = self.g
-        dev = self.dev
         fr = _where(_take(self.has_closure, st))
         if not fr.numel():
             return None
-        tok, c = _expand(g.c_offsets, _take(st, fr))
+        tok, c = _expand(g.c_offsets, self.c_sizes, _take(st, fr), self.iota)
         parent = _take(fr, tok)
         cost = _take(co, parent) + _take(g.c_weight, c)
         co_best = float(co.min())
@@ -656,60 +680,50 @@ class _Search:
             return None
         parent, c, cost = _take(parent, ok), _take(c, ok), _take(cost, ok)
         dst = _take(g.c_dst, c)
-        sel = self.best_per_dst(dst, cost)
         if self.lat is not None:
-            self.lat.closure(_take(st, parent), c, cost, co_best, sel)
-        parent, c, cost, dst = _take(parent, sel), _take(c, sel), _take(cost, sel), _take(dst, sel)
-        # Compare with the tokens already in the destination states.
-        n0 = st.numel()
-        self.buf_cost.index_copy_(0, st, co)
-        self.map_idx.index_copy_(0, st, torch.arange(n0, device=dev))
-        better = _where(cost < _take(self.buf_cost, dst))
-        replaced = _take(self.map_idx, _take(dst, better))
-        self.buf_cost.index_fill_(0, st, math.inf)
-        self.map_idx.index_fill_(0, st, -1)
-        if not better.numel():
+            self.lat.closure(_take(st, parent), c, cost, co_best, self.best_per_dst(dst, cost))
+        k = c.numel()
+        sel = self.best_per_dst(torch.cat([dst, st]), torch.cat([cost, co]))  # ascending
+        m = int(torch.searchsorted(sel, k))  # closure entries among the winners
+        if not m:
             return None
-        parent, c, cost, dst = (_take(parent, better), _take(c, better), _take(cost, better),
-                                _take(dst, better))
-        alive = torch.ones(n0, dtype=torch.bool, device=dev)
-        alive.index_fill_(0, _take(replaced, _where(replaced >= 0)), False)
-        m = dst.numel()
-        minus = torch.full((n0 + m,), -1, dtype=torch.int64, device=dev)
-        same = torch.cat([minus[:n0], parent])
-        active = torch.cat([_where(alive), torch.arange(n0, n0 + m, device=dev)])
-        nan = torch.full((m,), math.nan, dtype=torch.float64, device=dev)
-        return (torch.cat([st, dst]), torch.cat([co, cost]), torch.cat([prev, minus[n0:]]),
-                torch.cat([arc, -2 - c]), torch.cat([ll, nan]), same, active)
+        win = sel[:m]
+        keep = sel[m:] - k  # the tokens that stay
+        parent, c, cost, dst = _take(parent, win), _take(c, win), _take(cost, win), _take(dst, win)
+        n0 = st.numel()
+        minus, nan = self._fill(max(n0, m))
+        active = torch.cat([keep, self.iota(n0 + m, n0)])
+        return (torch.cat([st, dst]), torch.cat([co, cost]), torch.cat([prev, minus[:m]]),
+                torch.cat([arc, -2 - c]), torch.cat([ll, nan[:m]]), torch.cat([minus[:n0], parent]),
+                active, torch.cat([_take(st, keep), dst]), torch.cat([_take(co, keep), cost]))
 
     def frame(self, st, co, prev, arc, ll):
         """Epsilon step, pruning and storage of one frame's tokens ``(st, co, prev, arc,
         ll)`` (one per state); returns the active ``(states, costs, chunk indices)``."""
-        same = active = None
+        same = None
         if self.lat is not None:
             self.lat.identity(st)
-        if self.any_closure:
-            grown = self._epsilon(st, co, prev, arc, ll)
-            if grown is not None:
-                st, co, prev, arc, ll, same, active = grown
-        n = st.numel()
-        if active is None:
+        grown = self._epsilon(st, co, prev, arc, ll) if self.any_closure else None
+        if grown is None:
+            n = st.numel()
             if n <= self.max_active:  # the emitting step kept only tokens within the beam
                 self.chunks.append(_Chunk(prev, None, arc, ll))
-                return st, co, torch.arange(n, device=self.dev)
-            active = torch.arange(n, device=self.dev)
-        a_co = _take(co, active)
-        best = float(a_co.min())
-        if float(a_co.max()) > best + self.beam:
+                return st, co, self.iota(n)
+            active, a_st, a_co = self.iota(n), st, co
+        else:
+            st, co, prev, arc, ll, same, active, a_st, a_co = grown
+        lo, hi = torch.aminmax(a_co)
+        best = float(lo)
+        if float(hi) > best + self.beam:
             within = _where(a_co <= best + self.beam)
-            active, a_co = _take(active, within), _take(a_co, within)
+            active, a_st, a_co = _take(active, within), _take(a_st, within), _take(a_co, within)
         if active.numel() > self.max_active:
-            active = _take(active, torch.topk(a_co, self.max_active, largest=False,
-                                              sorted=False).indices)
-        chunk = _Chunk(prev, same, arc, ll)
-        remap = chunk.compact(_mark(n, active, same))
-        self.chunks.append(chunk)
-        return _take(st, active), _take(co, active), _take(remap, active)
+            top = torch.topk(a_co, self.max_active, largest=False, sorted=False).indices
+            active, a_st, a_co = _take(active, top), _take(a_st, top), _take(a_co, top)
+        # The chunk keeps the pruned tokens too (compacting it here cost more than the
+        # search around it); gc() drops them with the rest of the unreachable entries.
+        self.chunks.append(_Chunk(prev, same, arc, ll))
+        return a_st, a_co, active
 
     def gc(self, active_idx: torch.Tensor) -> torch.Tensor:
         """Compact the chunks, newest first, to the entries reachable from the active tokens,
@@ -878,7 +892,7 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
     num_active = torch.zeros(T, dtype=torch.int64)
     held, next_gc, next_gc_chunks = 0, gc_threshold, gc_frames
     for t, lls_t, scores_t in _frames(loglikes, dev, acoustic_scale):
-        tok, arc = _expand(g.e_offsets, states)
+        tok, arc = _expand(g.e_offsets, search.e_sizes, states, search.iota)
         cost = (_take(costs, tok) + _take(e_weight, arc)
                 + _take(scores_t, _take(col, arc)))
         best = float(cost.min()) if cost.numel() else math.inf

@@ -332,20 +332,7 @@ def arpa_to_fst(lm: NgramLM | str | os.PathLike, words: Mapping[str, int] | str 
     if not isinstance(lm, NgramLM):
         lm = read_arpa(lm)
     table = _as_words(words)
-    order = lm.order
-
-    vocab = [w for ((w,), _, _) in lm.ngrams(1) if w not in (BOS, EOS)]
-    missing = [w for w in vocab if w not in table]
-    if missing:
-        shown = ", ".join(repr(w) for w in missing[:10])
-        shown += f"{', ...' if len(missing) > 10 else ''} ({len(missing)} of {len(vocab)} words)"
-        if oov == "error":
-            raise GraphError(f"{source}ARPA words missing from words.txt: {shown}; expected "
-                             "every 1-gram of the model except <s> and </s> in the word symbol "
-                             "table (add them to the lexicon, or pass oov='skip')")
-        logger.warning("%sARPA words missing from words.txt: %s; n-grams holding them are "
-                       "left out of G", source, shown)
-    skip = frozenset(missing)
+    skip = _missing_words(lm, table, oov, source)
 
     def ngrams(n: int) -> Iterable[tuple[tuple[str, ...], float, float]]:
         if not skip:
@@ -359,82 +346,114 @@ def arpa_to_fst(lm: NgramLM | str | os.PathLike, words: Mapping[str, int] | str 
                              "expected the lang's word table, which ends with #0 <s> </s>")
         backoff_label = table[disambig_symbol]
     backoff_olabel = backoff_label if backoff_output == "disambig" else _EPS
+    g = _GrammarBuilder(ngrams, lm.order)
+    fst = g.build(table, backoff_label, backoff_olabel)
+    logger.info("G: %d states, %d arcs (%d word arcs) from a %d-gram model with %s n-grams; "
+                "%d histories bypassed", fst.num_states(), _num_arcs(fst), g.num_word_arcs,
+                lm.order, "/".join(str(c) for c in lm.counts), len(g.backoff) - len(g.states))
+    return fst
 
-    # Histories: the empty one and every n-gram below the highest order not ending in </s>.
-    backoff: dict[tuple[str, ...], float] = {(): 0.0}
-    for n in range(1, order):
-        for ngram, _, bow in ngrams(n):
-            if ngram[-1] != EOS:
-                backoff[ngram] = bow
-    extended = {ngram[:-1] for n in range(2, order + 1) for ngram, _, _ in ngrams(n)
-                if ngram[-1] != BOS}
-    start_key = (BOS,) if order > 1 and (BOS,) in backoff else ()
 
-    # A history other than the empty one and the start that no n-gram extends has only its
-    # backoff arc: arcs into it go on to where it backs off (arpa2fst RemoveRedundantStates).
-    def backoff_key(h: tuple[str, ...]) -> tuple[str, ...]:
-        return _longest_state_suffix(h[1:], backoff)
+def _missing_words(lm: NgramLM, table: Mapping[str, int], oov: str, source: str
+                   ) -> frozenset[str]:
+    """Words of the model's 1-grams (but ``<s>``, ``</s>``) missing from ``table``: raise
+    (``oov="error"``) or warn and return them to be left out (``"skip"``)."""
+    vocab = [w for ((w,), _, _) in lm.ngrams(1) if w not in (BOS, EOS)]
+    missing = [w for w in vocab if w not in table]
+    if missing:
+        shown = ", ".join(repr(w) for w in missing[:10])
+        shown += f"{', ...' if len(missing) > 10 else ''} ({len(missing)} of {len(vocab)} words)"
+        if oov == "error":
+            raise GraphError(f"{source}ARPA words missing from words.txt: {shown}; expected "
+                             "every 1-gram of the model except <s> and </s> in the word symbol "
+                             "table (add them to the lexicon, or pass oov='skip')")
+        logger.warning("%sARPA words missing from words.txt: %s; n-grams holding them are "
+                       "left out of G", source, shown)
+    return frozenset(missing)
 
-    def kept(h: tuple[str, ...]) -> bool:
-        return h == () or h == start_key or h in extended
 
-    resolved: dict[tuple[str, ...], tuple[tuple[str, ...], float]] = {}
+class _GrammarBuilder:
+    """The states and arcs of :func:`arpa_to_fst`'s ``G`` from the model's n-grams."""
 
-    def resolve(h: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
+    def __init__(self, ngrams, order: int) -> None:
+        self.ngrams, self.order = ngrams, order
+        # Histories: the empty one and every n-gram below the highest order not ending in
+        # </s>.
+        self.backoff: dict[tuple[str, ...], float] = {(): 0.0}
+        for n in range(1, order):
+            for ngram, _, bow in ngrams(n):
+                if ngram[-1] != EOS:
+                    self.backoff[ngram] = bow
+        self.extended = {ngram[:-1] for n in range(2, order + 1) for ngram, _, _ in ngrams(n)
+                         if ngram[-1] != BOS}
+        self.start_key = (BOS,) if order > 1 and (BOS,) in self.backoff else ()
+        self.resolved: dict[tuple[str, ...], tuple[tuple[str, ...], float]] = {}
+        self.states: dict[tuple[str, ...], int] = {}
+        self.num_word_arcs = 0
+
+    def backoff_key(self, h: tuple[str, ...]) -> tuple[str, ...]:
+        return _longest_state_suffix(h[1:], self.backoff)
+
+    def kept(self, h: tuple[str, ...]) -> bool:
+        """A history other than the empty one and the start that no n-gram extends has only
+        its backoff arc: arcs into it go on to where it backs off (arpa2fst
+        RemoveRedundantStates)."""
+        return h == () or h == self.start_key or h in self.extended
+
+    def resolve(self, h: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
         """``(kept history reached from h by backoff arcs, their summed cost)``."""
-        out = resolved.get(h)
+        out = self.resolved.get(h)
         if out is None:
-            if kept(h):
+            if self.kept(h):
                 out = (h, 0.0)
             else:
-                to, cost = resolve(backoff_key(h))
-                out = (to, cost - _LN10 * backoff[h])
-            resolved[h] = out
+                to, cost = self.resolve(self.backoff_key(h))
+                out = (to, cost - _LN10 * self.backoff[h])
+            self.resolved[h] = out
         return out
 
-    fst = pynini.Fst()
-    wtype = fst.weight_type()
-    one = pynini.Weight.one(wtype)
-    states: dict[tuple[str, ...], int] = {}
-    for h in backoff:
-        if kept(h):
-            states[h] = fst.add_state()
-    fst.set_start(states[start_key])
+    def build(self, table: Mapping[str, int], backoff_label: int,
+              backoff_olabel: int) -> pynini.Fst:
+        fst = pynini.Fst()
+        wtype = fst.weight_type()
+        one = pynini.Weight.one(wtype)
+        states = self.states
+        for h in self.backoff:
+            if self.kept(h):
+                states[h] = fst.add_state()
+        fst.set_start(states[self.start_key])
 
-    def weight(cost: float) -> pynini.Weight:
-        return one if cost == 0.0 else pynini.Weight(wtype, cost)
+        def weight(cost: float) -> pynini.Weight:
+            return one if cost == 0.0 else pynini.Weight(wtype, cost)
 
-    for h, s in states.items():
-        if h:
-            to, cost = resolve(backoff_key(h))
-            cost -= _LN10 * backoff[h]
-            if math.isfinite(cost):
-                fst.add_arc(s, pynini.Arc(backoff_label, backoff_olabel, weight(cost),
-                                          states[to]))
-    num_word_arcs = 0
-    for n in range(1, order + 1):
-        for ngram, prob, _ in ngrams(n):
-            h, w = ngram[:-1], ngram[-1]
-            if w == BOS or h not in states:  # <s> is never read; unkept h are not extended
-                continue
-            cost = -_LN10 * prob
-            if w == EOS:
+        for h, s in states.items():
+            if h:
+                to, cost = self.resolve(self.backoff_key(h))
+                cost -= _LN10 * self.backoff[h]
                 if math.isfinite(cost):
-                    fst.set_final(states[h], weight(cost))
-                continue
-            dest = ngram if n < order else _longest_state_suffix(ngram[1:], backoff)
-            to, extra = resolve(dest)
-            cost += extra
-            if math.isfinite(cost):
-                label = table[w]
-                fst.add_arc(states[h], pynini.Arc(label, label, weight(cost), states[to]))
-                num_word_arcs += 1
-    fst.connect()
-    fst.arcsort("ilabel")
-    logger.info("G: %d states, %d arcs (%d word arcs) from a %d-gram model with %s n-grams; "
-                "%d histories bypassed", fst.num_states(), _num_arcs(fst), num_word_arcs,
-                order, "/".join(str(c) for c in lm.counts), len(backoff) - len(states))
-    return fst
+                    fst.add_arc(s, pynini.Arc(backoff_label, backoff_olabel, weight(cost),
+                                              states[to]))
+        for n in range(1, self.order + 1):
+            for ngram, prob, _ in self.ngrams(n):
+                h, w = ngram[:-1], ngram[-1]
+                if w == BOS or h not in states:  # <s> is never read; unkept h not extended
+                    continue
+                cost = -_LN10 * prob
+                if w == EOS:
+                    if math.isfinite(cost):
+                        fst.set_final(states[h], weight(cost))
+                    continue
+                dest = ngram if n < self.order else _longest_state_suffix(ngram[1:],
+                                                                          self.backoff)
+                to, extra = self.resolve(dest)
+                cost += extra
+                if math.isfinite(cost):
+                    label = table[w]
+                    fst.add_arc(states[h], pynini.Arc(label, label, weight(cost), states[to]))
+                    self.num_word_arcs += 1
+        fst.connect()
+        fst.arcsort("ilabel")
+        return fst
 
 
 # --- composition and optimisation --------------------------------------------------------------

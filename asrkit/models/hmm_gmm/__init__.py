@@ -18,11 +18,17 @@ The pieces, one idea per module, in the order a system is built:
   ``gmm-align-compiled``).
 * :mod:`.ali_io`    alignment files: tids, pdfs, phones, CTM (``ali-to-pdf``,
   ``ali-to-phones``).
+* :mod:`.em`        the one Viterbi-EM loop every stage runs (realign, transform steps,
+  accumulate, update, mix up) and :class:`EmOptions`, the options all stages share.
 * :mod:`.mono`      flat-start monophone training (``steps/train_mono.sh``).
-* :mod:`.tri`       triphone training from alignments (``steps/train_deltas.sh``), with
-  MLLT updates on LDA features (``steps/train_lda_mllt.sh``).
+* :mod:`.tri`       triphone training from alignments (``steps/train_deltas.sh``), and on
+  LDA+MLLT features (``steps/train_lda_mllt.sh``).
 * :mod:`.lda_mllt`  spliced features, LDA and MLLT (``splice-feats``, ``est-lda``,
   ``est-mllt``).
+* :mod:`.fmllr`     per-speaker feature-space MLLR (``gmm-est-fmllr``, ``transform-feats``,
+  ``trans.ark``).
+* :mod:`.sat`       speaker-adaptive training on fMLLR features and its speaker-independent
+  alignment model (``steps/train_sat.sh``, ``final.alimdl``).
 
 Everything is vectorised in torch and runs on the device of the model (CPU by default).
 """
@@ -43,6 +49,7 @@ from asrkit.models.hmm_gmm.align import (
     align_equal,
     align_viterbi,
 )
+from asrkit.models.hmm_gmm.em import EmOptions, EmResult, IterationStats, run_em
 from asrkit.models.hmm_gmm.features import (
     add_deltas,
     delta_filters,
@@ -59,7 +66,14 @@ from asrkit.models.hmm_gmm.lda_mllt import (
     splice,
 )
 from asrkit.models.hmm_gmm.model import AcousticModel
-from asrkit.models.hmm_gmm.mono import REALIGN_ITERS, IterationStats, MonoResult, train_mono
+from asrkit.models.hmm_gmm.mono import REALIGN_ITERS, MonoOptions, MonoResult, train_mono
+from asrkit.models.hmm_gmm.sat import (
+    SAT_FMLLR_ITERS,
+    SatOptions,
+    SatResult,
+    estimate_si_model,
+    train_sat,
+)
 from asrkit.models.hmm_gmm.topology import PhoneHmm, PhoneTopology, Topology, TransitionModel
 from asrkit.models.hmm_gmm.tree import (
     PDF_CLASS,
@@ -74,15 +88,19 @@ from asrkit.models.hmm_gmm.tree import (
 )
 from asrkit.models.hmm_gmm.tri import (
     TRI_REALIGN_ITERS,
+    LdaMlltOptions,
     TriIterationStats,
+    TriOptions,
     TriResult,
     convert_alignments,
+    train_lda_mllt,
     train_tri,
 )
 
 __all__ = [
     "PDF_CLASS",
     "REALIGN_ITERS",
+    "SAT_FMLLR_ITERS",
     "TRI_REALIGN_ITERS",
     "AcousticModel",
     "Alignment",
@@ -90,20 +108,27 @@ __all__ = [
     "AlignmentFileError",
     "ContextDependency",
     "DiagGMM",
+    "EmOptions",
+    "EmResult",
     "GmmStats",
     "GmmUpdateInfo",
     "GraphCompiler",
     "GraphError",
     "IterationStats",
+    "LdaMlltOptions",
+    "MonoOptions",
     "MonoResult",
     "PhoneHmm",
     "PhoneTopology",
+    "SatOptions",
+    "SatResult",
     "Segment",
     "Topology",
     "TransitionModel",
     "TreeBuildInfo",
     "TreeStats",
     "TriIterationStats",
+    "TriOptions",
     "TriResult",
     "UttGraph",
     "accumulate_lda_stats",
@@ -118,15 +143,19 @@ __all__ = [
     "delta_filters",
     "estimate_lda",
     "estimate_mllt",
+    "estimate_si_model",
     "frame_contexts",
     "gauss_loglik",
     "gmm_features",
     "load_gmm_features",
     "read_ctm",
     "read_int_vectors",
+    "run_em",
     "splice",
     "split_targets",
+    "train_lda_mllt",
     "train_mono",
+    "train_sat",
     "train_tri",
     "write_alignment_dir",
     "write_ctm",

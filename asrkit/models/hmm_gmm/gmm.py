@@ -516,7 +516,8 @@ class GmmStats:
 
     def accumulate(self, gmm: DiagGMM, feats: torch.Tensor, pdf_ids: torch.Tensor,
                    frame_ids: torch.Tensor | None = None,
-                   posteriors: torch.Tensor | None = None) -> float:
+                   posteriors: torch.Tensor | None = None,
+                   stats_feats: torch.Tensor | None = None) -> float:
         """Add ``(frame, pdf, posterior)`` triples (Kaldi ``gmm-acc-stats-ali`` for posterior
         1, ``gmm-acc-stats`` otherwise).
 
@@ -531,6 +532,10 @@ class GmmStats:
             frame_ids: ``(K,)`` row of ``feats`` of each triple; None for ``0 .. T-1``
                 (then ``K == T``).
             posteriors: ``(K,)`` weights; None for all ones.
+            stats_feats: ``(T, F)`` other frames to accumulate, with the component
+                posteriors computed on ``feats`` (Kaldi ``gmm-acc-stats-twofeats``: the
+                speaker-independent alignment model of SAT, posteriors from adapted
+                features, statistics of unadapted ones); None to accumulate ``feats``.
 
         Returns:
             This call's ``sum posterior * log p(x | pdf)`` (also added to :attr:`loglik`).
@@ -543,6 +548,10 @@ class GmmStats:
                              f"{tuple(self.x.shape)}")
         dev = self.occ.device
         feats = gmm._check_feats(feats)
+        acc_feats = feats if stats_feats is None else gmm._check_feats(stats_feats)
+        if acc_feats.shape != feats.shape:
+            raise ValueError(f"stats_feats {tuple(acc_feats.shape)} differ from feats "
+                             f"{tuple(feats.shape)}")
         pdf_ids = torch.as_tensor(pdf_ids, dtype=torch.int64, device=dev).reshape(-1)
         k = pdf_ids.numel()
         if frame_ids is None:
@@ -578,7 +587,7 @@ class GmmStats:
                 pp = posts[i:j]
                 post = (ll - lse[:, None]).exp().double() * pp[:, None]
                 total += (pp * lse.double()).sum()
-                xd = x.double()
+                xd = (x if stats_feats is None else acc_feats[frames[i:j]]).double()
                 self.occ[p].index_add_(0, ci, post.sum(0))
                 self.x[p].index_add_(0, ci, post.T @ xd)
                 self.x2[p].index_add_(0, ci, post.T @ (xd * xd))

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
+from asrkit.models.hmm_gmm.em import aligned_frames
 from asrkit.models.hmm_gmm.gmm import _CHUNK_ELEMS, DiagGMM
+from asrkit.models.hmm_gmm.model import AcousticModel
 
-__all__ = ["LdaStats", "accumulate_lda_stats", "accumulate_mllt_stats", "estimate_lda",
+__all__ = ["LdaStats", "MlltStep", "accumulate_lda_stats", "accumulate_mllt_stats", "estimate_lda",
            "estimate_mllt", "splice"]
 
 logger = logging.getLogger(__name__)
@@ -229,3 +231,35 @@ def estimate_mllt(G: torch.Tensor, beta: float, num_iters: int = 100
     impr = (after - before) / beta
     logger.info("MLLT: objective improvement %.4f per frame over %d frames", impr, int(beta))
     return A.to(torch.float32), impr
+
+
+class MlltStep:
+    """The MLLT update of ``train_lda_mllt.sh`` as an EM step (:class:`.em.TransformStep`):
+    at each of ``iters`` estimate an MLLT matrix ``A`` from the alignments
+    (``gmm-acc-mllt``, ``est-mllt``), apply it to the frames and the model's means
+    (``gmm-transform-means``).
+
+    Attributes:
+        iters: iterations it runs at (Kaldi ``2 4 6 12``).
+        transform: ``(F, F)`` product of the matrices applied so far (identity at first).
+    """
+
+    def __init__(self, iters: Collection[int]) -> None:
+        self.iters = frozenset(iters)
+        self.transform: torch.Tensor | None = None
+
+    def __call__(self, iteration: int, model: AcousticModel, frames: torch.Tensor,
+                 views: Mapping[str, torch.Tensor], offsets: Mapping[str, int],
+                 alignments: Mapping) -> AcousticModel:
+        """Estimate and apply one MLLT matrix; returns the model with transformed means."""
+        frame_ids, tids = aligned_frames(offsets, alignments)
+        G, beta = accumulate_mllt_stats(model.gmm, frames, model.tmodel.tid2pdf[tids],
+                                        frame_ids)
+        A, impr = estimate_mllt(G, beta)
+        A = A.to(frames.device)
+        frames.copy_(frames @ A.T)  # in place: the per-utterance views follow
+        prev = torch.eye(frames.shape[1], dtype=frames.dtype, device=frames.device) \
+            if self.transform is None else self.transform
+        self.transform = A @ prev
+        logger.info("iter %d: MLLT applied (objective +%.4f per frame)", iteration, impr)
+        return AcousticModel(model.tmodel, model.gmm.transform_means(A), model.meta)

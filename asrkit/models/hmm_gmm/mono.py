@@ -7,12 +7,10 @@ The recipe, iteration by iteration as in ``train_mono.sh``:
    graph per utterance (:class:`.graph.GraphCompiler`). ``align-equal-compiled``: equal
    alignment. Statistics on it, then an update with ``min_gaussian_occupancy=3`` (so that
    rare phones get estimated).
-1. For ``x = 1 .. num_iters-1``: realign with the current model when ``x`` is in
-   ``realign_iters`` (``gmm-align-compiled``, beam ``initial_beam`` the first time, then
-   ``beam``, retry beam 4x); accumulate statistics (``gmm-acc-stats-ali``); re-estimate GMMs
-   and transitions, then mix up toward the current Gaussian target (``gmm-est --mix-up
-   --power``). The target starts at the number of pdfs and grows by ``(max_gauss - S) //
-   max_iter_inc`` after each iteration ``x <= max_iter_inc``.
+1. For ``x = 1 .. num_iters-1``: the shared EM loop (:func:`.em.run_em`): realign with the
+   current model when ``x`` is in ``realign_iters`` (beam ``initial_beam`` the first time,
+   then ``beam``), accumulate, re-estimate and mix up toward the Gaussian target, which
+   grows by ``(max_gauss - S) // max_iter_inc`` after each iteration ``x <= max_iter_inc``.
 2. A final alignment with the final model (what ``steps/align_si.sh`` does next in Kaldi
    recipes), returned with the model.
 
@@ -32,15 +30,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asrkit.models.hmm_gmm.align import Alignment, AlignmentError, align_equal, align_viterbi
+from asrkit.models.hmm_gmm.align import Alignment, AlignmentError, align_equal
+from asrkit.models.hmm_gmm.em import EmOptions, IterationStats, options_from, run_em, stack_frames
 from asrkit.models.hmm_gmm.features import usable_features
-from asrkit.models.hmm_gmm.gmm import DiagGMM, GmmStats
+from asrkit.models.hmm_gmm.gmm import DiagGMM
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.topology import Topology, TransitionModel
 from asrkit.text.lexicon import Lang
 
-__all__ = ["REALIGN_ITERS", "IterationStats", "MonoResult", "train_mono"]
+__all__ = ["REALIGN_ITERS", "IterationStats", "MonoOptions", "MonoResult", "train_mono"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,27 +48,20 @@ REALIGN_ITERS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29, 
 
 
 @dataclass(frozen=True)
-class IterationStats:
-    """One training iteration.
+class MonoOptions(EmOptions):
+    """Options of :func:`train_mono`: :class:`.em.EmOptions` with ``train_mono.sh``'s
+    defaults, plus
 
     Attributes:
-        iteration: ``x`` (0 is the equal-alignment pass).
-        avg_loglik: average log-likelihood per frame of the alignment under the model of
-            this iteration, before its update (natural log).
-        num_frames: frames accumulated.
-        num_gauss: Gaussians after this iteration's update and mix-up.
-        realigned: whether this iteration realigned first.
-        num_aligned: utterances accumulated.
-        num_failed: utterances without an alignment this iteration.
+        max_gauss: target total number of Gaussians (``totgauss`` 1000).
+        initial_beam: beam of the first realignment (6).
     """
 
-    iteration: int
-    avg_loglik: float
-    num_frames: int
-    num_gauss: int
-    realigned: bool
-    num_aligned: int
-    num_failed: int
+    num_iters: int = 40
+    max_iter_inc: int = 30
+    realign_iters: Collection[int] = REALIGN_ITERS
+    max_gauss: int = 1000
+    initial_beam: float = 6.0
 
 
 @dataclass
@@ -90,68 +82,11 @@ class MonoResult:
     history: list[IterationStats] = field(default_factory=list)
 
 
-def _stack_frames(xs: dict[str, torch.Tensor], device: torch.device
-                  ) -> tuple[torch.Tensor, dict[str, int], dict[str, torch.Tensor]]:
-    """Frames of all utterances concatenated once on ``device``: ``(all_x (N, F), offsets,
-    {utt: view of its (T, F) rows})``."""
-    offsets: dict[str, int] = {}
-    pos = 0
-    for u in xs:
-        offsets[u] = pos
-        pos += xs[u].shape[0]
-    all_x = torch.cat(list(xs.values())).to(device)
-    views = {u: all_x[offsets[u]:offsets[u] + xs[u].shape[0]] for u in xs}
-    return all_x, offsets, views
-
-
-def _em_update(model: AcousticModel, stats: GmmStats, tcounts: torch.Tensor,
-               num_gauss_target: int, *, var_floor: float, min_gaussian_occupancy: float,
-               power: float, min_count: float, perturb: float):
-    """One M-step (gmm-est): GMM update, mix-up toward ``num_gauss_target``, transition update.
-
-    Returns:
-        ``(model, update_info, plain_em)``; ``plain_em`` is True when no Gaussian was split or
-        removed, i.e. the next iteration's likelihood cannot fall below this one's.
-    """
-    new_gmm, info = model.gmm.update(stats, var_floor=var_floor,
-                                     min_gaussian_occupancy=min_gaussian_occupancy)
-    updated = new_gmm.num_gauss
-    new_gmm = new_gmm.mixup(num_gauss_target, stats.pdf_occs(), power=power,
-                            min_count=min_count, perturb=perturb)
-    plain_em = new_gmm.num_gauss == updated and info.num_removed == 0
-    return AcousticModel(model.tmodel.update(tcounts), new_gmm), info, plain_em
-
-
-def _aligned_frames(offsets: Mapping[str, int], alis: Mapping[str, Alignment]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(frame_ids, tids)`` of all aligned frames: rows of the stacked features and their
-    transition ids (CPU)."""
-    utts = list(alis)
-    frame_ids = torch.cat([torch.arange(offsets[u], offsets[u] + alis[u].num_frames)
-                           for u in utts])
-    return frame_ids, torch.cat([alis[u].tids for u in utts])
-
-
-def _accumulate(model: AcousticModel, feats: torch.Tensor, offsets: Mapping[str, int],
-                alis: Mapping[str, Alignment]) -> tuple[GmmStats, torch.Tensor]:
-    """GMM statistics and transition counts of the alignments (``gmm-acc-stats-ali``)."""
-    dev = model.device
-    frame_ids, tids = _aligned_frames(offsets, alis)
-    stats = GmmStats.for_model(model.gmm)
-    stats.accumulate(model.gmm, feats, model.tmodel.tid2pdf[tids].to(dev), frame_ids.to(dev))
-    return stats, model.tmodel.transition_counts(tids)
-
-
 def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
-               transcripts: Mapping[str, str | Sequence[str]], lang: Lang, *,
-               topology: Topology | None = None, num_iters: int = 40, max_gauss: int = 1000,
-               max_iter_inc: int = 30, realign_iters: Collection[int] = REALIGN_ITERS,
-               power: float = 0.25, sil_prob: float = 0.5, all_prons: bool = True,
-               initial_beam: float = 6.0, beam: float = 10.0, retry_factor: float = 4.0,
-               acoustic_scale: float = 0.1, transition_scale: float = 0.1,
-               var_floor: float = 0.001, perturb: float = 0.2, min_count: float = 20.0,
-               final_align: bool = True, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> MonoResult:
+               transcripts: Mapping[str, str | Sequence[str]], lang: Lang,
+               options: MonoOptions | None = None, *, topology: Topology | None = None,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               **overrides) -> MonoResult:
     """Train a monophone HMM-GMM from a flat start (Kaldi ``steps/train_mono.sh``; the steps
     are in the module docstring).
 
@@ -161,25 +96,11 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
             ``kaldiio.load_scp`` works; all frames are loaded onto ``device`` once.
         transcripts: ``{utt: words}`` (Kaldi ``text``), a string or a word sequence.
         lang: from :func:`asrkit.text.lexicon.make_lang` (phones, lexicon, OOV word).
+        options: :class:`MonoOptions` (default: Kaldi's).
         topology: HMM topologies (default Kaldi's: 3-state phones, 5-state silence).
-        num_iters: training iterations (Kaldi ``num_iters``).
-        max_gauss: target total number of Gaussians (Kaldi ``totgauss``).
-        max_iter_inc: last iteration that raises the Gaussian target.
-        realign_iters: iterations that realign first.
-        power: mix-up allocation exponent (``train_mono.sh`` 0.25).
-        sil_prob: optional-silence probability of the graphs.
-        all_prons: allow all pronunciations of a word (else the first).
-        initial_beam: beam of the first realignment.
-        beam: beam of later realignments and of the final alignment.
-        retry_factor: retry beam = ``retry_factor * beam`` (Kaldi: 4).
-        acoustic_scale: acoustic scale of the alignment.
-        transition_scale: HMM transition scale of the alignment.
-        var_floor: GMM variance floor.
-        perturb: mix-up mean offset in standard deviations.
-        min_count: mix-up: fewest frames per Gaussian.
-        final_align: realign with the final model (else the last alignments are returned).
         device: where the features, GMMs and alignment run (``"cuda"`` for a GPU).
         dtype: GMM parameter dtype (statistics are float64 regardless).
+        **overrides: fields of :class:`MonoOptions` to replace (``num_iters=20``, ...).
 
     Returns:
         :class:`MonoResult`: the model, the alignments, the failed utterances with reasons and
@@ -189,15 +110,13 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
     Raises:
         ValueError: no utterance with both features and transcript, features of different
             dimensions, every utterance failing the equal alignment, or bad options.
+        TypeError: an unknown option.
     """
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    if max_iter_inc < 1:
-        raise ValueError(f"max_iter_inc must be >= 1, got {max_iter_inc}")
+    opts = options_from(MonoOptions, options, **overrides)
     device = torch.device(device)
     xs, failed = usable_features(feats, transcripts)
     tmodel = TransitionModel.from_phone_set(lang.phone_set, topology)
-    compiler = GraphCompiler(lang, tmodel, sil_prob=sil_prob, all_prons=all_prons)
+    compiler = GraphCompiler(lang, tmodel, sil_prob=opts.sil_prob, all_prons=opts.all_prons)
     graphs: dict[str, UttGraph] = {}
     for u in list(xs):
         try:
@@ -209,13 +128,13 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
     if not xs:
         raise ValueError("no usable utterance (see the warnings for the reasons)")
 
-    all_x, offsets, xs = _stack_frames(xs, device)
+    all_x, offsets, xs = stack_frames(xs, device)
     flat = all_x.double()
     mean = flat.mean(0)
     var = (flat * flat).mean(0) - mean * mean
     del flat
-    gmm = DiagGMM.init_single(tmodel.num_pdfs, mean, var.clamp_min(var_floor), dtype=dtype,
-                              device=device)
+    gmm = DiagGMM.init_single(tmodel.num_pdfs, mean, var.clamp_min(opts.var_floor),
+                              dtype=dtype, device=device)
     model = AcousticModel(tmodel, gmm)
     logger.info("monophone init: %d pdfs, feature dim %d, %d utterances, %d frames",
                 tmodel.num_pdfs, gmm.feat_dim, len(xs), all_x.shape[0])
@@ -234,54 +153,15 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
         raise ValueError("no utterance could be aligned equally (all too short for their "
                          "transcripts)")
 
-    num_gauss_target = tmodel.num_pdfs
-    inc = max(0, (max_gauss - tmodel.num_pdfs) // max_iter_inc)
-    history: list[IterationStats] = []
-    realign_set = set(realign_iters)
-    cur_beam = initial_beam
-    plain_em = False
-    for x in range(num_iters):
-        realigned = x > 0 and x in realign_set
-        if realigned:
-            alis, iter_failed = align_viterbi(
-                model, [graphs[u] for u in xs], xs, beam=cur_beam,
-                retry_beam=retry_factor * cur_beam, acoustic_scale=acoustic_scale,
-                transition_scale=transition_scale)
-            cur_beam = beam
-            if not alis:
-                raise ValueError(f"iteration {x}: no utterance could be aligned")
-        stats, tcounts = _accumulate(model, all_x, offsets, alis)
-        model, info, next_plain = _em_update(
-            model, stats, tcounts, num_gauss_target, var_floor=var_floor,
-            min_gaussian_occupancy=3.0 if x == 0 else 10.0, power=power, min_count=min_count,
-            perturb=perturb)
-        new_gmm = model.gmm
-        h = IterationStats(iteration=x, avg_loglik=stats.avg_loglik, num_frames=int(stats.count),
-                           num_gauss=new_gmm.num_gauss, realigned=realigned,
-                           num_aligned=len(alis), num_failed=len(iter_failed))
-        if plain_em and not realigned and history and h.avg_loglik < history[-1].avg_loglik:
-            logger.warning("iter %d: avg loglik per frame fell from %.4f to %.4f after a plain "
-                           "EM update", x, history[-1].avg_loglik, h.avg_loglik)
-        plain_em = next_plain
-        history.append(h)
-        logger.info("iter %d: avg loglik per frame %.4f over %d frames (%d utts%s), %d "
-                    "Gaussians after update (target %d; %d removed, %d variances floored)%s",
-                    x, h.avg_loglik, h.num_frames, h.num_aligned,
-                    f", {h.num_failed} failed" if h.num_failed else "", h.num_gauss,
-                    num_gauss_target, info.num_removed, info.num_floored,
-                    ", realigned" if realigned else "")
-        if x >= 1 and x <= max_iter_inc:
-            num_gauss_target += inc
-
-    if final_align:
-        alis, iter_failed = align_viterbi(
-            model, [graphs[u] for u in xs], xs, beam=beam, retry_beam=retry_factor * beam,
-            acoustic_scale=acoustic_scale, transition_scale=transition_scale)
-    failed.update(iter_failed)
-    model.meta.update({"type": "monophone", "num_iters": num_iters, "max_gauss": max_gauss,
-                       "power": power, "sil_prob": sil_prob, "acoustic_scale": acoustic_scale,
-                       "transition_scale": transition_scale, "feat_dim": model.feat_dim,
+    res = run_em(model, all_x, offsets, xs, graphs, alis, opts, opts.max_gauss, first_iter=0,
+                 first_beam=opts.initial_beam, failed=iter_failed)
+    model, history = res.model, res.history
+    failed.update(res.failed)
+    model.meta.update({"type": "monophone", "num_iters": opts.num_iters,
+                       "max_gauss": opts.max_gauss, "power": opts.power,
+                       "sil_prob": opts.sil_prob, "acoustic_scale": opts.acoustic_scale,
+                       "transition_scale": opts.transition_scale, "feat_dim": model.feat_dim,
                        "final_avg_loglik": history[-1].avg_loglik if history else math.nan})
     logger.info("monophone training done: %d Gaussians, %d utterances aligned, %d failed",
-                model.num_gauss, len(alis), len(failed))
-    return MonoResult(model=model, alignments=alis, failed=failed, history=history)
+                model.num_gauss, len(res.alignments), len(failed))
+    return MonoResult(model=model, alignments=res.alignments, failed=failed, history=history)

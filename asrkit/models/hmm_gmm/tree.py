@@ -47,11 +47,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from asrkit.models.hmm_gmm.hmm_topology import Topology
 from asrkit.text.lexicon import PhoneSet
 
 if TYPE_CHECKING:
     from asrkit.models.hmm_gmm.align import Alignment
-    from asrkit.models.hmm_gmm.topology import Topology, TransitionModel
+    from asrkit.models.hmm_gmm.topology import TransitionModel
 
 __all__ = ["PDF_CLASS", "ContextDependency", "TreeBuildInfo", "TreeStats",
            "accumulate_tree_stats", "build_tree", "cluster_phones", "frame_contexts",
@@ -369,8 +370,6 @@ class ContextDependency:
             TypeError: ``source`` is neither.
         """
         if isinstance(source, PhoneSet):
-            from asrkit.models.hmm_gmm.topology import Topology
-
             topology = topology or Topology()
             emitting = (*source.silence, *source.nonsilence)
             phones = {p: source.phones[p] for p in emitting}

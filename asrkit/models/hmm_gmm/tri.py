@@ -35,20 +35,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asrkit.models.hmm_gmm.align import Alignment, Segment, align_viterbi
+from asrkit.models.hmm_gmm.align import Alignment, Segment
+from asrkit.models.hmm_gmm.em import (
+    EmOptions,
+    IterationStats,
+    TransformStep,
+    options_from,
+    run_em,
+    stack_frames,
+)
 from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
 from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
-from asrkit.models.hmm_gmm.lda_mllt import accumulate_mllt_stats, estimate_mllt
+from asrkit.models.hmm_gmm.lda_mllt import MlltStep, accumulate_lda_stats, estimate_lda
 from asrkit.models.hmm_gmm.model import AcousticModel
-from asrkit.models.hmm_gmm.mono import (
-    IterationStats,
-    MonoResult,
-    _accumulate,
-    _aligned_frames,
-    _em_update,
-    _stack_frames,
-)
+from asrkit.models.hmm_gmm.mono import MonoResult
 from asrkit.models.hmm_gmm.topology import TransitionModel
 from asrkit.models.hmm_gmm.tree import (
     TreeBuildInfo,
@@ -59,8 +60,8 @@ from asrkit.models.hmm_gmm.tree import (
 )
 from asrkit.text.lexicon import Lang
 
-__all__ = ["TRI_REALIGN_ITERS", "TriIterationStats", "TriResult", "convert_alignments",
-           "train_tri"]
+__all__ = ["TRI_REALIGN_ITERS", "LdaMlltOptions", "TriIterationStats", "TriOptions",
+           "TriResult", "convert_alignments", "train_lda_mllt", "train_tri"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +69,39 @@ TRI_REALIGN_ITERS = (10, 20, 30)
 """Iterations that realign first (``train_deltas.sh``'s ``realign_iters``)."""
 
 
+TriIterationStats = IterationStats
+"""One triphone training iteration (:class:`.em.IterationStats`, with ``num_leaves``)."""
+
+
 @dataclass(frozen=True)
-class TriIterationStats(IterationStats):
-    """One triphone training iteration: :class:`.mono.IterationStats` plus the tree size.
+class TriOptions(EmOptions):
+    """Options of :func:`train_tri`: :class:`.em.EmOptions` with ``train_deltas.sh``'s
+    defaults, plus the tree's and MLLT's (Kaldi's names in parentheses).
 
     Attributes:
-        num_leaves: pdfs (tied states) of the tree.
+        num_leaves: most leaves of the tree (``numleaves`` 2000).
+        tot_gauss: target total number of Gaussians (``totgauss`` 10000).
+        context_width: ``N`` (3: triphones).
+        central_position: ``P`` (1).
+        min_gain: smallest log-likelihood gain of a tree split (``build-tree --thresh``).
+        min_leaf_count: fewest frames on each side of a tree split.
+        cluster_thresh: leaf merging threshold (``build-tree --cluster-thresh``; -1: the
+            smallest split gain; 0: none).
+        tree_var_floor: variance floor of the tree objective (``acc-tree-stats --var-floor``).
+        mllt_iters: iterations that estimate and apply an MLLT transform first (after any
+            realignment; ``train_lda_mllt.sh``'s ``2 4 6 12``); the features must be
+            square-transformable (e.g. LDA output).
     """
 
-    num_leaves: int
+    num_leaves: int = 2000
+    tot_gauss: int = 10000
+    context_width: int = 3
+    central_position: int = 1
+    min_gain: float = 300.0
+    min_leaf_count: float = 10.0
+    cluster_thresh: float = -1.0
+    tree_var_floor: float = 0.01
+    mllt_iters: Collection[int] = ()
 
 
 @dataclass
@@ -88,12 +113,14 @@ class TriResult:
             ``model.tmodel.ctx``), on the training device.
         alignments: ``{utt: Alignment}`` with the final model.
         failed: ``{utt: reason}`` for utterances without a final alignment.
-        history: one :class:`TriIterationStats` per iteration ``1 .. num_iters-1``.
+        history: one :class:`.em.IterationStats` per iteration ``1 .. num_iters-1``.
         tree_info: what building the tree did (:class:`.tree.TreeBuildInfo`).
         questions: the phone-set questions the tree was built with.
         transform: with ``mllt_iters``, the ``(F, F)`` product of the MLLT matrices the
             features went through (apply it after the input features' own transform), else
             None.
+        spk_transforms: for SAT (:func:`.sat.train_sat`), ``{speaker: (F, F + 1)}`` the
+            speakers' complete fMLLR transforms of the input features, else None.
     """
 
     model: AcousticModel
@@ -103,6 +130,7 @@ class TriResult:
     tree_info: TreeBuildInfo | None = None
     questions: list[tuple[str, ...]] = field(default_factory=list)
     transform: torch.Tensor | None = None
+    spk_transforms: dict[str, torch.Tensor] | None = None
 
 
 def _tids(a: Alignment | torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -176,94 +204,9 @@ def _as_alignment(tm: TransitionModel, utt: str, tids: torch.Tensor,
                      float("nan"))
 
 
-def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
-              transcripts: Mapping[str, str | Sequence[str]], lang: Lang,
-              alignments: MonoResult | TriResult | Mapping[str, Alignment | torch.Tensor], *,
-              ali_model: AcousticModel | TransitionModel | None = None,
-              num_leaves: int = 2000, tot_gauss: int = 10000, num_iters: int = 35,
-              max_iter_inc: int = 25, realign_iters: Collection[int] = TRI_REALIGN_ITERS,
-              context_width: int = 3, central_position: int = 1,
-              questions: Sequence[Collection[str]] | None = None, min_gain: float = 300.0,
-              min_leaf_count: float = 10.0, cluster_thresh: float = -1.0,
-              tree_var_floor: float = 0.01, power: float = 0.25, sil_prob: float = 0.5,
-              all_prons: bool = True, beam: float = 10.0, retry_factor: float = 4.0,
-              acoustic_scale: float = 0.1, transition_scale: float = 0.1,
-              var_floor: float = 0.001, perturb: float = 0.2, min_count: float = 20.0,
-              final_align: bool = True, mllt_iters: Collection[int] = (),
-              device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32) -> TriResult:
-    """Train a context-dependent HMM-GMM from alignments (Kaldi ``steps/train_deltas.sh``; the
-    steps are in the module docstring). With ``mllt_iters`` (Kaldi ``train_lda_mllt.sh``'s
-    ``2 4 6 12``) the features are LDA-projected and an MLLT matrix is estimated at those
-    iterations, applied to the features and the model's means (:mod:`.lda_mllt`).
-
-    Args:
-        feats: ``{utt: (T, F) frames}`` (the features of the starting system, normally MFCC +
-            deltas with per-speaker CMN).
-        transcripts: ``{utt: words}`` (Kaldi ``text``).
-        lang: the lang of the starting system (:func:`asrkit.text.lexicon.make_lang`).
-        alignments: the starting alignments: a :class:`.mono.MonoResult` or
-            :class:`TriResult` (its alignments and model), or ``{utt: Alignment or (T,) tids}``
-            together with ``ali_model``.
-        ali_model: the model of a plain alignment mapping (Kaldi's ``ali_dir/final.mdl``).
-        num_leaves: most leaves of the tree (``numleaves``, Kaldi's e.g. 2000).
-        tot_gauss: target total number of Gaussians (``totgauss``).
-        num_iters: iterations; EM runs for ``x = 1 .. num_iters-1`` (Kaldi 35).
-        max_iter_inc: last iteration that raises the Gaussian target (Kaldi 25).
-        realign_iters: iterations that realign first (Kaldi ``10 20 30``).
-        context_width: ``N`` (3: triphones).
-        central_position: ``P`` (1).
-        questions: phone-set questions; None to cluster them from the statistics.
-        min_gain: smallest log-likelihood gain of a tree split (``build-tree --thresh``).
-        min_leaf_count: fewest frames on each side of a tree split.
-        cluster_thresh: leaf merging threshold (``build-tree --cluster-thresh``; -1: the
-            smallest split gain; 0: none).
-        tree_var_floor: variance floor of the tree objective (``acc-tree-stats --var-floor``).
-        power: mix-up allocation exponent (``train_deltas.sh`` 0.25).
-        sil_prob: optional-silence probability of the graphs.
-        all_prons: allow all pronunciations of a word (else the first).
-        beam: alignment beam (Kaldi 10).
-        retry_factor: retry beam = ``retry_factor * beam`` (Kaldi 40 = 4 x 10).
-        acoustic_scale: acoustic scale of the alignment.
-        transition_scale: HMM transition scale of the alignment.
-        var_floor: GMM variance floor.
-        perturb: mix-up mean offset in standard deviations.
-        min_count: mix-up: fewest frames per Gaussian.
-        final_align: realign with the final model (else the last alignments are returned).
-        mllt_iters: iterations that estimate and apply an MLLT transform first (after any
-            realignment); the features must be square-transformable (e.g. LDA output).
-        device: where the features, GMMs and alignment run.
-        dtype: GMM parameter dtype.
-
-    Returns:
-        :class:`TriResult`. Utterances that fail (no features, transcript or starting
-        alignment, graph errors, no path within the beams) are reported, never raised.
-
-    Raises:
-        ValueError: bad options, no starting model for a plain alignment mapping, no
-            utterance with features, transcript and alignment, or features of different
-            dimensions.
-    """
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be >= 1, got {num_iters}")
-    if max_iter_inc < 1:
-        raise ValueError(f"max_iter_inc must be >= 1, got {max_iter_inc}")
-    if hasattr(alignments, "alignments") and hasattr(alignments, "model"):
-        src_alis: Mapping = alignments.alignments
-        old_tm: TransitionModel = alignments.model.tmodel
-    elif isinstance(alignments, Mapping):
-        if ali_model is None:
-            raise ValueError("alignments given as a mapping need ali_model, the model they "
-                             "were made with")
-        src_alis = alignments
-        old_tm = ali_model.tmodel if isinstance(ali_model, AcousticModel) else ali_model
-    else:
-        raise ValueError(f"alignments must be a training result or a mapping, got "
-                         f"{type(alignments).__name__}")
-    device = torch.device(device)
-    xs, failed = usable_features(feats, transcripts)
-
-    # Tree statistics, questions, tree (acc-tree-stats, cluster-phones, build-tree).
+def _starting_alignments(xs: Mapping[str, torch.Tensor], src_alis: Mapping
+                         ) -> dict[str, Alignment | torch.Tensor]:
+    """The utterances' starting alignments whose length matches their features."""
     start: dict[str, Alignment | torch.Tensor] = {}
     for u in xs:
         a = src_alis.get(u)
@@ -277,38 +220,109 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
         start[u] = a
     if not start:
         raise ValueError("no utterance has features, a transcript and a starting alignment")
-    stats = accumulate_tree_stats(old_tm, xs, start, context_width=context_width,
-                                  central_position=central_position)
+    return start
+
+
+def _tree_model(old_tm: TransitionModel, xs: Mapping[str, torch.Tensor],
+                start: Mapping[str, Alignment | torch.Tensor], opts: TriOptions,
+                questions: Sequence[Collection[str]] | None, device: torch.device,
+                dtype: torch.dtype) -> tuple[AcousticModel, TreeBuildInfo, list]:
+    """``acc-tree-stats``, ``cluster-phones``, ``build-tree`` and ``gmm-init-model``: the
+    tree-based transition model with one Gaussian per pdf from the tree statistics."""
+    stats = accumulate_tree_stats(old_tm, xs, start, context_width=opts.context_width,
+                                  central_position=opts.central_position)
     if questions is None:
-        qs = cluster_phones(stats, var_floor=tree_var_floor)
+        qs = cluster_phones(stats, var_floor=opts.tree_var_floor)
     else:
         qs = sorted({tuple(sorted(q)) for q in questions})
-    ctx, tree_info = build_tree(stats, qs, num_leaves=num_leaves, min_gain=min_gain,
-                                min_count=min_leaf_count, cluster_thresh=cluster_thresh,
-                                var_floor=tree_var_floor)
-
-    # gmm-init-model: transition model over the tree, one Gaussian per pdf.
+    ctx, tree_info = build_tree(stats, qs, num_leaves=opts.num_leaves, min_gain=opts.min_gain,
+                                min_count=opts.min_leaf_count,
+                                cluster_thresh=opts.cluster_thresh,
+                                var_floor=opts.tree_var_floor)
     tmodel = TransitionModel(old_tm.phones, old_tm.phone_base, old_tm.base_phones,
                              old_tm.silence_bases, old_tm.topology, ctx=ctx)
     count, sx, sx2 = stats.sum_by_pdf(ctx)
     tot = count.sum()
     g_mean = sx.sum(0) / tot
-    g_var = (sx2.sum(0) / tot - g_mean * g_mean).clamp_min(var_floor)
+    g_var = (sx2.sum(0) / tot - g_mean * g_mean).clamp_min(opts.var_floor)
     has = count > 0
     safe = count.clamp_min(1e-300)[:, None]
     mean = torch.where(has[:, None], sx / safe, g_mean)
-    var = torch.where(has[:, None], (sx2 / safe - mean * mean).clamp_min(var_floor), g_var)
+    var = torch.where(has[:, None], (sx2 / safe - mean * mean).clamp_min(opts.var_floor), g_var)
     gmm = DiagGMM(torch.ones(ctx.num_pdfs, 1, dtype=dtype, device=device),
                   mean[:, None, :].to(device, dtype), var[:, None, :].to(device, dtype))
-    model = AcousticModel(tmodel, gmm)
     logger.info("triphone init: %d pdfs (%d without data), %d transition states, %d "
                 "utterances, %d frames", ctx.num_pdfs, int((~has).sum()), tmodel.num_tstates,
                 len(xs), sum(x.shape[0] for x in xs.values()))
+    return AcousticModel(tmodel, gmm), tree_info, list(qs)
+
+
+def _source(alignments, ali_model) -> tuple[Mapping, TransitionModel]:
+    """``(alignments mapping, their transition model)`` of :func:`train_tri`'s inputs."""
+    if hasattr(alignments, "alignments") and hasattr(alignments, "model"):
+        return alignments.alignments, alignments.model.tmodel
+    if isinstance(alignments, Mapping):
+        if ali_model is None:
+            raise ValueError("alignments given as a mapping need ali_model, the model they "
+                             "were made with")
+        return alignments, (ali_model.tmodel if isinstance(ali_model, AcousticModel)
+                            else ali_model)
+    raise ValueError(f"alignments must be a training result or a mapping, got "
+                     f"{type(alignments).__name__}")
+
+
+def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
+              transcripts: Mapping[str, str | Sequence[str]], lang: Lang,
+              alignments: MonoResult | TriResult | Mapping[str, Alignment | torch.Tensor],
+              options: TriOptions | None = None, *,
+              ali_model: AcousticModel | TransitionModel | None = None,
+              questions: Sequence[Collection[str]] | None = None,
+              steps: Sequence[TransformStep] = (), device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32, **overrides) -> TriResult:
+    """Train a context-dependent HMM-GMM from alignments (Kaldi ``steps/train_deltas.sh``; the
+    steps are in the module docstring). With ``mllt_iters`` (Kaldi ``train_lda_mllt.sh``'s
+    ``2 4 6 12``) the features are LDA-projected and an MLLT matrix is estimated at those
+    iterations, applied to the features and the model's means (:class:`.lda_mllt.MlltStep`).
+
+    Args:
+        feats: ``{utt: (T, F) frames}`` (the features of the starting system, normally MFCC +
+            deltas with per-speaker CMN).
+        transcripts: ``{utt: words}`` (Kaldi ``text``).
+        lang: the lang of the starting system (:func:`asrkit.text.lexicon.make_lang`).
+        alignments: the starting alignments: a :class:`.mono.MonoResult` or
+            :class:`TriResult` (its alignments and model), or ``{utt: Alignment or (T,) tids}``
+            together with ``ali_model``.
+        options: :class:`TriOptions` (default: Kaldi's ``train_deltas.sh 2000 10000``).
+        ali_model: the model of a plain alignment mapping (Kaldi's ``ali_dir/final.mdl``).
+        questions: phone-set questions; None to cluster them from the statistics.
+        steps: more feature-transform steps for the EM loop (SAT's
+            :class:`.fmllr.FmllrStep`), run after MLLT at their iterations.
+        device: where the features, GMMs and alignment run.
+        dtype: GMM parameter dtype.
+        **overrides: fields of :class:`TriOptions` to replace (``num_leaves=150``, ...).
+
+    Returns:
+        :class:`TriResult`. Utterances that fail (no features, transcript or starting
+        alignment, graph errors, no path within the beams) are reported, never raised.
+
+    Raises:
+        ValueError: bad options, no starting model for a plain alignment mapping, no
+            utterance with features, transcript and alignment, or features of different
+            dimensions.
+        TypeError: an unknown option.
+    """
+    opts = options_from(TriOptions, options, **overrides)
+    src_alis, old_tm = _source(alignments, ali_model)
+    device = torch.device(device)
+    xs, failed = usable_features(feats, transcripts)
+    start = _starting_alignments(xs, src_alis)
+    model, tree_info, qs = _tree_model(old_tm, xs, start, opts, questions, device, dtype)
+    tmodel = model.tmodel
 
     # convert-ali, compile-train-graphs.
     converted = convert_alignments(old_tm, tmodel, start)
     alis = {u: _as_alignment(tmodel, u, converted[u], start[u]) for u in converted}
-    compiler = GraphCompiler(lang, tmodel, sil_prob=sil_prob, all_prons=all_prons)
+    compiler = GraphCompiler(lang, tmodel, sil_prob=opts.sil_prob, all_prons=opts.all_prons)
     graphs: dict[str, UttGraph] = {}
     for u in list(xs):
         try:
@@ -322,71 +336,84 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
         raise ValueError("no utterance has a graph and a starting alignment")
     iter_failed = {u: "no starting alignment" for u in xs if u not in alis}
 
-    all_x, offsets, xs = _stack_frames(xs, device)
-
-    num_gauss_target = tmodel.num_pdfs
-    inc = max(0, (tot_gauss - tmodel.num_pdfs) // max_iter_inc)
-    realign_set = set(realign_iters)
-    mllt_set = set(mllt_iters)
-    transform = torch.eye(all_x.shape[1], dtype=all_x.dtype, device=all_x.device)
-    history: list[TriIterationStats] = []
-    plain_em = False
-    for x in range(1, num_iters):
-        realigned = x in realign_set
-        if realigned:
-            alis, iter_failed = align_viterbi(
-                model, [graphs[u] for u in xs], xs, beam=beam, retry_beam=retry_factor * beam,
-                acoustic_scale=acoustic_scale, transition_scale=transition_scale)
-            if not alis:
-                raise ValueError(f"iteration {x}: no utterance could be aligned")
-        if x in mllt_set:
-            frame_ids, tids = _aligned_frames(offsets, alis)
-            G, beta = accumulate_mllt_stats(model.gmm, all_x, model.tmodel.tid2pdf[tids],
-                                            frame_ids)
-            A, impr = estimate_mllt(G, beta)
-            A = A.to(all_x.device)
-            all_x.copy_(all_x @ A.T)  # in place: the per-utterance views follow
-            model = AcousticModel(model.tmodel, model.gmm.transform_means(A), model.meta)
-            transform = A @ transform
-            plain_em = False
-            logger.info("iter %d: MLLT applied (objective +%.4f per frame)", x, impr)
-        gstats, tcounts = _accumulate(model, all_x, offsets, alis)
-        model, info, next_plain = _em_update(
-            model, gstats, tcounts, num_gauss_target, var_floor=var_floor,
-            min_gaussian_occupancy=10.0, power=power, min_count=min_count, perturb=perturb)
-        new_gmm = model.gmm
-        h = TriIterationStats(iteration=x, avg_loglik=gstats.avg_loglik,
-                              num_frames=int(gstats.count), num_gauss=new_gmm.num_gauss,
-                              realigned=realigned, num_aligned=len(alis),
-                              num_failed=len(iter_failed), num_leaves=tmodel.num_pdfs)
-        if plain_em and not realigned and history and h.avg_loglik < history[-1].avg_loglik:
-            logger.warning("iter %d: avg loglik per frame fell from %.4f to %.4f after a plain "
-                           "EM update", x, history[-1].avg_loglik, h.avg_loglik)
-        plain_em = next_plain
-        history.append(h)
-        logger.info("iter %d: avg loglik per frame %.4f over %d frames (%d utts%s), %d leaves, "
-                    "%d Gaussians after update (target %d; %d removed, %d variances floored)%s",
-                    x, h.avg_loglik, h.num_frames, h.num_aligned,
-                    f", {h.num_failed} failed" if h.num_failed else "", h.num_leaves,
-                    h.num_gauss, num_gauss_target, info.num_removed, info.num_floored,
-                    ", realigned" if realigned else "")
-        if x <= max_iter_inc:
-            num_gauss_target += inc
-
-    if final_align:
-        alis, iter_failed = align_viterbi(
-            model, [graphs[u] for u in xs], xs, beam=beam, retry_beam=retry_factor * beam,
-            acoustic_scale=acoustic_scale, transition_scale=transition_scale)
-    failed.update(iter_failed)
-    model.meta.update({"type": "triphone", "context_width": context_width,
-                       "central_position": central_position, "num_leaves": num_leaves,
-                       "num_pdfs": tmodel.num_pdfs, "tot_gauss": tot_gauss,
-                       "num_iters": num_iters, "power": power, "sil_prob": sil_prob,
-                       "acoustic_scale": acoustic_scale, "transition_scale": transition_scale,
-                       "feat_dim": model.feat_dim,
+    all_x, offsets, xs = stack_frames(xs, device)
+    mllt = MlltStep(opts.mllt_iters)
+    res = run_em(model, all_x, offsets, xs, graphs, alis, opts, opts.tot_gauss,
+                 steps=[mllt, *steps], failed=iter_failed)
+    model, history = res.model, res.history
+    failed.update(res.failed)
+    model.meta.update({"type": "triphone", "context_width": opts.context_width,
+                       "central_position": opts.central_position,
+                       "num_leaves": opts.num_leaves, "num_pdfs": tmodel.num_pdfs,
+                       "tot_gauss": opts.tot_gauss, "num_iters": opts.num_iters,
+                       "power": opts.power, "sil_prob": opts.sil_prob,
+                       "acoustic_scale": opts.acoustic_scale,
+                       "transition_scale": opts.transition_scale, "feat_dim": model.feat_dim,
                        "final_avg_loglik": history[-1].avg_loglik if history else math.nan})
     logger.info("triphone training done: %d leaves, %d Gaussians, %d utterances aligned, %d "
-                "failed", tmodel.num_pdfs, model.num_gauss, len(alis), len(failed))
-    return TriResult(model=model, alignments=alis, failed=failed, history=history,
-                     tree_info=tree_info, questions=list(qs),
-                     transform=transform.cpu() if mllt_set else None)
+                "failed", tmodel.num_pdfs, model.num_gauss, len(res.alignments), len(failed))
+    transform = None
+    if opts.mllt_iters:
+        transform = (mllt.transform if mllt.transform is not None
+                     else torch.eye(all_x.shape[1], dtype=all_x.dtype)).cpu()
+    return TriResult(model=model, alignments=res.alignments, failed=failed, history=history,
+                     tree_info=tree_info, questions=qs, transform=transform)
+
+
+@dataclass(frozen=True)
+class LdaMlltOptions(TriOptions):
+    """Options of :func:`train_lda_mllt` (``train_lda_mllt.sh``): :class:`TriOptions` with
+    MLLT at ``2 4 6 12``, plus
+
+    Attributes:
+        splice: frames of context each side of the spliced input (``--left-context``, 3).
+        lda_dim: LDA output dimension (``--dim`` 40).
+    """
+
+    mllt_iters: Collection[int] = (2, 4, 6, 12)
+    splice: int = 3
+    lda_dim: int = 40
+
+
+def train_lda_mllt(spliced: Mapping[str, torch.Tensor],
+                   transcripts: Mapping[str, str | Sequence[str]], lang: Lang,
+                   alignments: MonoResult | TriResult | Mapping[str, Alignment | torch.Tensor],
+                   options: LdaMlltOptions | None = None, *,
+                   ali_model: AcousticModel | None = None,
+                   device: torch.device | str = "cpu", **overrides) -> TriResult:
+    """Train triphones on LDA+MLLT features (Kaldi ``steps/train_lda_mllt.sh``): LDA over the
+    starting system's pdfs (``acc-lda``, ``est-lda``), then :func:`train_tri` on the
+    projected frames with MLLT at ``mllt_iters``.
+
+    Args:
+        spliced: ``{utt: (T, F * (2 * splice + 1))}`` spliced CMN'd cepstra
+            (:func:`.lda_mllt.splice`).
+        transcripts: ``{utt: words}``.
+        lang: the lang dir's :class:`Lang`.
+        alignments: starting alignments (a training result, or a mapping with
+            ``ali_model``).
+        options: :class:`LdaMlltOptions`.
+        ali_model: the model of a plain alignment mapping.
+        device: where training runs.
+        **overrides: fields of :class:`LdaMlltOptions` to replace.
+
+    Returns:
+        :class:`TriResult` whose ``transform`` is the whole ``(lda_dim, F * (2 * splice +
+        1))`` feature transform (LDA, then the MLLT matrices).
+
+    Raises:
+        ValueError: as :func:`train_tri`.
+        TypeError: an unknown option.
+    """
+    opts = options_from(LdaMlltOptions, options, **overrides)
+    src_alis, old_tm = _source(alignments, ali_model)
+    num_pdfs = int(old_tm.num_pdfs)
+    lda = estimate_lda(accumulate_lda_stats(
+        spliced, {u: old_tm.tid2pdf[_tids(a)] for u, a in src_alis.items()}, num_pdfs),
+        opts.lda_dim)
+    projected = {u: x @ lda.T for u, x in spliced.items()}
+    tri_opts = TriOptions(**{f: getattr(opts, f) for f in TriOptions.__dataclass_fields__})
+    res = train_tri(projected, transcripts, lang, alignments, tri_opts, ali_model=ali_model,
+                    device=device)
+    res.transform = lda if res.transform is None else res.transform.to(lda) @ lda
+    return res
