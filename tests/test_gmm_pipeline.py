@@ -214,6 +214,12 @@ def test_decode_and_train_report_missing_inputs(system, tmp_path, capsys):
                  f"data.lang={system['root'] / 'lang'}", f"exp_dir={tmp_path / 'y'}",
                  "+model.stages.mono.bogus=1"]) == 2
     assert "unknown options ['bogus']" in capsys.readouterr().err
+    # a SAT stage needs LDA+MLLT (or SAT) features before it: refused before any training
+    assert main(["train", "model=hmm_gmm", f"data.train={system['train']}",
+                 f"data.lang={system['root'] / 'lang'}", f"exp_dir={tmp_path / 'z'}",
+                 "~model.stages.tri2"]) == 2
+    assert "a sat stage must follow an lda_mllt or sat stage" in capsys.readouterr().err
+    assert not (tmp_path / "z" / "mono").exists()
 
 
 def test_mkgraph_lists_lm_words_the_lexicon_lacks(system, tmp_path):

@@ -36,7 +36,8 @@ def _run(recipe: str, *args: str, timeout: int = 900) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-MONO_QUICK = ["~model.stages.tri1", "~model.stages.tri2", "model.stages.mono.num_iters=6",
+MONO_QUICK = ["~model.stages.tri1", "~model.stages.tri2", "~model.stages.tri3",
+              "model.stages.mono.num_iters=6",
               "model.stages.mono.max_iter_inc=4", "model.stages.mono.realign_iters=[1,2,4]",
               "model.stages.mono.max_gauss=200", "trainer.num_threads=2"]
 

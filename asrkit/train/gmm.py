@@ -181,6 +181,11 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
         if st.get("type") not in STAGE_TYPES:
             raise ValueError(f"model.stages.{name}.type must be one of {STAGE_TYPES}, got "
                              f"{st.get('type')!r}")
+    types = [st["type"] for st in stages.values()]
+    for name, kind, before in zip(list(stages)[1:], types[1:], types):
+        if kind == "sat" and before not in ("lda_mllt", "sat"):
+            raise ValueError(f"model.stages.{name}: a sat stage must follow an lda_mllt or sat "
+                             f"stage, not {before!r} (remove it with ~model.stages.{name})")
     if next(iter(stages.values()))["type"] != "mono":
         raise ValueError("the first HMM-GMM stage must be a monophone (type: mono) stage")
     if not cfg.data.get("lang"):
