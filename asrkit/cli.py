@@ -837,6 +837,28 @@ def _run_align(args) -> int:
     return 0
 
 
+def _add_fmllr_feats(sub) -> None:
+    p = sub.add_parser(
+        "fmllr-feats", help="write a SAT system's fMLLR-adapted features as a data dir (Kaldi "
+        "make_fmllr_feats.sh), the input of a hybrid network on SAT alignments",
+        description="Applies the sat stage's feature pipeline (CMN, splicing, LDA+MLLT) and each "
+        "speaker's fMLLR transform to the MFCC data dir; writes OUT/feats.scp, cmvn.ark, "
+        "utt2num_frames, feat_dim and copies of text, utt2spk, spk2utt.")
+    p.add_argument("model", type=Path, help="the sat stage dir (exp/<tag>/tri3) or its final.mdl")
+    p.add_argument("data_dir", type=Path, help="MFCC feature data dir (feats.scp, spk2utt)")
+    p.add_argument("trans", type=Path, help="trans.ark, or a dir holding one: the sat stage dir "
+                   "(training speakers), an asrkit decode or align dir of it (other speakers)")
+    p.add_argument("out", type=Path, help="feature data dir to write")
+
+
+def _run_fmllr_feats(args) -> int:
+    from asrkit.models.hmm_gmm.fmllr import write_fmllr_features
+
+    out, n = write_fmllr_features(args.model, args.data_dir, args.trans, args.out)
+    print(f"{out}: {n} utterances of fMLLR-adapted features")
+    return 0
+
+
 def _add_mkgraph(sub) -> None:
     p = sub.add_parser(
         "mkgraph", help="build a decoding graph: HCLG for HMM-GMM (Kaldi mkgraph.sh), TLG for "
@@ -1219,6 +1241,7 @@ _COMMANDS = {
     "train-lm": (_add_train_lm, _run_train_lm),
     "train": (_add_train, _run_train),
     "align": (_add_align, _run_align),
+    "fmllr-feats": (_add_fmllr_feats, _run_fmllr_feats),
     "mkgraph": (_add_mkgraph, _run_mkgraph),
     "decode": (_add_decode, _run_decode),
     "transcribe": (_add_transcribe, _run_transcribe),

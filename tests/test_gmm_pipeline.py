@@ -248,3 +248,46 @@ def test_read_lang_round_trip_and_mismatch(tmp_path):
     phones.write_text(phones.read_text().replace("A_B", "A_X"))
     with pytest.raises(LexiconError, match="phones.txt.*does not match"):
         read_lang(tmp_path / "lang")
+
+
+def test_fmllr_feats_writes_adapted_feature_dir(system, tmp_path, capsys):
+    import kaldiio
+    import numpy as np
+
+    from asrkit.features.cmvn import read_cmvn_stats
+    from asrkit.models.hmm_gmm import AcousticModel, load_features
+    from asrkit.models.hmm_gmm.fmllr import apply_fmllr, read_fmllr, write_fmllr
+    from asrkit.train.data import FeatureDataset
+
+    train, sat = system["train"], system["exp"] / "tri3"
+    out = tmp_path / "fmllr"
+    assert main(["fmllr-feats", str(sat), str(train), str(sat), str(out)]) == 0
+    feats = dict(kaldiio.load_scp_sequential(str(out / "feats.scp")))
+    spk_of = read_kaldi_map(train / "utt2spk")
+    assert sorted(feats) == sorted(spk_of)
+    assert list(read_kaldi_map(out / "feats.scp")) == sorted(spk_of)
+    # each utterance: the model's own features, then its speaker's transform
+    mdl = AcousticModel.load(sat / "final.mdl")
+    trans = read_fmllr(sat / "trans.ark")
+    utt = sorted(feats)[7]
+    x = load_features(train, mdl.meta["features"], utt_ids=[utt])[utt]
+    want = apply_fmllr(trans[spk_of[utt]], x).float().numpy()
+    assert np.allclose(feats[utt], want, atol=1e-4)
+    assert (out / "feat_dim").read_text().split() == ["20"]
+    frames = {u: int(n) for u, n in read_kaldi_map(out / "utt2num_frames").items()}
+    assert all(frames[u] == feats[u].shape[0] for u in feats)
+    stats = read_cmvn_stats(out / "cmvn.ark")
+    assert stats[0, -1] == sum(frames.values())
+    assert (out / "text").read_text() == (train / "text").read_text()
+    assert len(FeatureDataset(out)) == len(feats)
+    # a finished dir is left as it is
+    mtime = (out / "feats.ark").stat().st_mtime_ns
+    assert main(["fmllr-feats", str(sat), str(train), str(sat), str(out)]) == 0
+    assert (out / "feats.ark").stat().st_mtime_ns == mtime
+    # a speaker without a transform is named, nothing is written
+    write_fmllr(tmp_path / "part.ark", {s: w for s, w in trans.items() if s != "spk2"})
+    assert main(["fmllr-feats", str(sat), str(train), str(tmp_path / "part.ark"),
+                 str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "no transform for 1 of 4 speakers" in err and "spk2" in err
+    assert not (tmp_path / "bad" / "feats.scp").exists()

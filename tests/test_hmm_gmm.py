@@ -22,9 +22,9 @@ from asrkit.models.hmm_gmm import (
     DiagGMM,
     GmmStats,
     GraphCompiler,
-    GraphError,
     PhoneTopology,
     Topology,
+    TranscriptGraphError,
     TransitionModel,
     add_deltas,
     align_equal,
@@ -317,10 +317,10 @@ def test_graph_structure_optional_silence_and_oov():
     assert g.equal_path.numel() == 5 + 6 + 3 + 5  # silence at the ends, not between words
     assert gc.compile("u2", ["NOPE"]).words == ("<UNK>",)  # OOV mapped
     no_oov = _lang(oov_word=None)
-    with pytest.raises(GraphError, match="u3: word 'NOPE' is not in the lexicon"):
+    with pytest.raises(TranscriptGraphError, match="u3: word 'NOPE' is not in the lexicon"):
         GraphCompiler(no_oov, TransitionModel.from_phone_set(no_oov.phone_set)).compile(
             "u3", "AB NOPE")
-    with pytest.raises(GraphError, match="no path"):
+    with pytest.raises(TranscriptGraphError, match="no path"):
         GraphCompiler(lang, tm, sil_prob=0.0).compile("u4", "")
     assert GraphCompiler(lang, tm, sil_prob=1.0).compile("u5", "D").min_frames == 3 + 3 + 3
 

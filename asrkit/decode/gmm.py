@@ -57,7 +57,7 @@ from asrkit.decode.wfst import (
 from asrkit.decode.wfst.fstio import read_fst, write_fst
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.lm.ngram import read_arpa
-from asrkit.models.hmm_gmm import AcousticModel, Segment, write_ctm, write_failed
+from asrkit.models.hmm_gmm import AcousticModel, Segment, load_features, write_ctm, write_failed
 from asrkit.models.hmm_gmm.fmllr import (
     adapt_features,
     compose_fmllr,
@@ -215,7 +215,6 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     ``backend`` search (``asrkit``: :func:`decode_fst`; ``kaldi``:
     :class:`asrkit.decode.kaldi.KaldiFasterDecoder`, CPU, 1-best); ``transforms``:
     per-speaker fMLLR transforms applied to the features (``utt2spk`` of the data dir)."""
-    from asrkit.train.gmm import load_features
 
     if threads:
         torch.set_num_threads(threads)
@@ -452,7 +451,6 @@ def _fmllr_passes(mpath: Path, run: Callable[..., list[dict]], data_dir: Path, o
     Raises:
         FileNotFoundError: no ``final.alimdl`` beside ``final.mdl``.
     """
-    from asrkit.train.gmm import load_features
 
     alimdl = mpath.with_name("final.alimdl")
     if not alimdl.is_file():

@@ -348,7 +348,7 @@ class _GmmBackend:
 
     def _gmm_feats(self, x: torch.Tensor, stats: np.ndarray | None) -> torch.Tensor:
         from asrkit.models.hmm_gmm import gmm_features
-        from asrkit.models.hmm_gmm.lda_mllt import splice
+        from asrkit.models.hmm_gmm.features import splice
 
         o = self.fopts
         ctx = o.get("splice")

@@ -544,7 +544,7 @@ def align_hybrid_data_dir(exp: str | os.PathLike, lang_dir: str | os.PathLike,
     from asrkit.models.hmm_gmm import AcousticModel
     from asrkit.models.hmm_gmm.ali_io import write_alignment_dir
     from asrkit.models.hmm_gmm.align import align_viterbi
-    from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError
+    from asrkit.models.hmm_gmm.graph import GraphCompiler, TranscriptGraphError
     from asrkit.text.lexicon import read_lang
     from asrkit.train.checkpoint import pick_device
 
@@ -568,7 +568,7 @@ def align_hybrid_data_dir(exp: str | os.PathLike, lang_dir: str | os.PathLike,
                 continue
             try:
                 graphs.append(compiler.compile(u, text[u]))
-            except GraphError as e:
+            except TranscriptGraphError as e:
                 failed[u] = e.reason
                 continue
             scores[u] = scorer.loglik(feats[u])

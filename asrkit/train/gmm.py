@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -42,9 +42,10 @@ from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.hmm_gmm import (
     AcousticModel,
     GraphCompiler,
-    GraphError,
+    TranscriptGraphError,
     align_viterbi,
-    load_gmm_features,
+    feature_options,
+    load_features,
     read_int_vectors,
     train_mono,
     train_sat,
@@ -58,7 +59,6 @@ from asrkit.models.hmm_gmm.fmllr import (
     speaker_transforms,
     write_fmllr,
 )
-from asrkit.models.hmm_gmm.lda_mllt import splice
 from asrkit.models.hmm_gmm.mono import MonoOptions
 from asrkit.models.hmm_gmm.sat import SatOptions
 from asrkit.models.hmm_gmm.tri import LdaMlltOptions, TriOptions, train_lda_mllt
@@ -66,8 +66,7 @@ from asrkit.text.lexicon import Lang, find_oovs, read_lang
 from asrkit.train.checkpoint import pick_device
 from asrkit.train.expdir import copy_into_exp
 
-__all__ = ["STAGE_TYPES", "align_data_dir", "feature_options", "load_features",
-           "train_hmm_gmm"]
+__all__ = ["STAGE_TYPES", "align_data_dir", "train_hmm_gmm"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,55 +76,6 @@ triphone on deltas (``train_deltas.sh``), triphone on LDA+MLLT spliced features
 (``train_lda_mllt.sh``), speaker-adaptive training on fMLLR-adapted LDA+MLLT features
 (``train_sat.sh``; after an ``lda_mllt`` or ``sat`` stage)."""
 
-
-
-def feature_options(model_cfg: Mapping) -> dict:
-    """The feature options saved in a model's ``meta["features"]``: ``delta_order``,
-    ``delta_window``, ``norm_vars`` (per-speaker CMVN)."""
-    return {"delta_order": int(model_cfg.get("delta_order", 2)),
-            "delta_window": int(model_cfg.get("delta_window", 2)),
-            "norm_vars": bool(model_cfg.get("norm_vars", False)), "cmvn": "speaker"}
-
-
-def load_features(data_dir: str | os.PathLike, options: Mapping,
-                  utt_ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """GMM features of a feature data dir: ``{utt: (T, F * (delta_order + 1))}`` at 10 ms,
-    or with ``options["splice"]`` the CMN'd cepstra spliced over ``+-splice`` frames and
-    multiplied by ``options["transform"]`` (LDA+MLLT, ``(dim, F * (2 * splice + 1))``).
-
-    Args:
-        data_dir: a data dir with ``feats.scp`` (cepstra, ``asrkit features --type mfcc``)
-            and ``spk2utt``; ``cmvn_spk.scp`` is used when present, else per-speaker stats are
-            computed from the features.
-        options: :func:`feature_options` (``model.meta["features"]``).
-        utt_ids: only these utterances (default: all of ``feats.scp``).
-
-    Raises:
-        FileNotFoundError: ``feats.scp`` or ``spk2utt`` is missing.
-    """
-    d = Path(data_dir)
-    for name in ("feats.scp", "spk2utt"):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"{d / name} not found; expected a feature data dir "
-                                    "(asrkit features --type mfcc)")
-    cmvn = d / "cmvn_spk.scp"
-    splice_ctx = options.get("splice")
-    feats = load_gmm_features(d / "feats.scp", d / "spk2utt",
-                              cmvn_scp=cmvn if cmvn.is_file() else None,
-                              norm_vars=bool(options.get("norm_vars", False)),
-                              delta_order=0 if splice_ctx is not None
-                              else int(options.get("delta_order", 2)),
-                              delta_window=int(options.get("delta_window", 2)),
-                              utt_ids=utt_ids)
-    if splice_ctx is None:
-        return feats
-    transform = options.get("transform")
-    mat = None if transform is None else torch.as_tensor(transform, dtype=torch.float32)
-    out = {}
-    for u, x in feats.items():
-        y = splice(x, int(splice_ctx))
-        out[u] = y if mat is None else y @ mat.T
-    return out
 
 
 def _stage_options(name: str, stage: Mapping, cls: type):
@@ -363,7 +313,7 @@ def align_data_dir(model_path: str | os.PathLike, lang_dir: str | os.PathLike,
                              f"model {model.feat_dim}; expected the training features")
         try:
             graphs.append(compiler.compile(u, text[u]))
-        except GraphError as e:
+        except TranscriptGraphError as e:
             failed[u] = e.reason
             continue
         xs[u] = x.to(dev)

@@ -32,7 +32,7 @@ is read (``VmHWM``); ``setup MB`` is the RSS before it.
 
 Features: ``--data-dir`` (a feature data dir of the model's feature type; its utterances are
 concatenated, repeated as needed, to the length asked; HMM-GMM features through
-:func:`asrkit.train.gmm.load_features` with the model's options); without it, random
+:func:`asrkit.models.hmm_gmm.features.load_features` with the model's options); without it, random
 features of the model's dimension (normal, or drawn along the random walk for the
 synthetic GMM system). Prints a table and writes ``--out`` (JSON, atomically).
 """
@@ -199,7 +199,7 @@ def _gmm_setup(args: dict, frames: int, tmp: Path):
     am = AcousticModel.load(model_file(args["gmm_exp"]))
     graph = DecodingGraph.from_fst(read_fst(Path(args["gmm_graph"]) / "HCLG.fst"))
     if args["data_dir"]:
-        from asrkit.train.gmm import load_features
+        from asrkit.models.hmm_gmm.features import load_features
 
         feats = _concat_feats(list(load_features(args["data_dir"],
                                                  am.meta.get("features") or {}).values()),

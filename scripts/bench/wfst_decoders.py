@@ -155,7 +155,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
-    from asrkit.train.gmm import load_features
+    from asrkit.models.hmm_gmm.features import load_features
 
     mpath = model_file(args.model)
     gpath = args.graph / "HCLG.fst"

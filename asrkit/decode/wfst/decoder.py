@@ -848,35 +848,14 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
         loglikes = FrameScores.from_tensor(loglikes)
     else:
         dev = None  # the graph's
-    if not (beam > 0):
-        raise ValueError(f"beam must be > 0, got {beam}")
-    if not (isinstance(max_active, int) and max_active >= 1):
-        raise ValueError(f"max_active must be an integer >= 1, got {max_active!r}")
-    if not (isinstance(gc_threshold, int) and gc_threshold >= 1):
-        raise ValueError(f"gc_threshold must be an integer >= 1, got {gc_threshold!r}")
-    if not (isinstance(gc_frames, int) and gc_frames >= 1):
-        raise ValueError(f"gc_frames must be an integer >= 1, got {gc_frames!r}")
-    if not (isinstance(nbest, int) and nbest >= 1):
-        raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
-    if not (lattice_beam > 0):
-        raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
+    _check_search_options(beam=beam, max_active=max_active, gc_threshold=gc_threshold,
+                          gc_frames=gc_frames, nbest=nbest, lattice_beam=lattice_beam)
     if isinstance(graph, pynini.Fst):
         graph = DecodingGraph.from_fst(graph)
     dev = graph.device if dev is None else dev
     g = graph.to(dev)
-    T, S = loglikes.num_frames, loglikes.num_columns
-    tid2pdf = torch.as_tensor(tid2pdf, dtype=torch.int64).to(dev)
-    e_ilabel = g.ilabel[:g.num_emitting]
-    if e_ilabel.numel():
-        top = int(e_ilabel.max())
-        if top >= tid2pdf.numel():
-            raise ValueError(f"the graph has input label {top} but tid2pdf has only "
-                             f"{tid2pdf.numel()} entries; expected the transition model the "
-                             "graph was built with")
-    col = tid2pdf[e_ilabel]  # (E,) score column of each emitting arc
-    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= S):
-        raise ValueError(f"tid2pdf maps graph input labels to columns "
-                         f"{int(col.min())}..{int(col.max())}, but loglikes has {S} columns")
+    T = loglikes.num_frames
+    col = _emitting_columns(g, tid2pdf, loglikes.num_columns)
 
     if nbest > 1 and T > _LONG_LATTICE_FRAMES:
         logger.warning("n-best from a lattice of %d frames: the lattice grows with the "
@@ -919,6 +898,70 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
             next_gc = max(gc_threshold, 2 * held)
             next_gc_chunks = len(search.chunks) + gc_frames
 
+    return _best_path(g, search, lattice, states, costs, idx, num_active, acoustic_scale,
+                      nbest)
+
+
+def _frames(scores: FrameScores, dev: torch.device, acoustic_scale: float
+            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(t, (S,) float64 scores, (S,) float64 costs -acoustic_scale * scores)`` of each
+    frame, converted one block at a time."""
+    for t0, blk in scores.blocks():
+        blk = blk.detach().to(dev, torch.float64)
+        costs = blk * -acoustic_scale
+        for i in range(blk.shape[0]):
+            yield t0 + i, blk[i], costs[i]
+
+
+def _rank_first(hyps: list[tuple[list[int], float]], words: list[int], cost: float, n: int
+                ) -> list[tuple[list[int], float]]:
+    """Absolute costs of the lattice's n-best (``hyps``: costs relative to the best path),
+    the 1-best ``words`` first at exactly ``cost`` (it is first anyway but for ties)."""
+    rest = [(w, cost + max(rel, 0.0)) for w, rel in hyps if w != words]
+    return [(list(words), cost), *rest][:n]
+
+
+def _check_search_options(*, beam: float, max_active: int, gc_threshold: int, gc_frames: int,
+                          nbest: int, lattice_beam: float) -> None:
+    """The :func:`decode_fst` option checks (``ValueError`` naming the option)."""
+    if not (beam > 0):
+        raise ValueError(f"beam must be > 0, got {beam}")
+    for name, v in (("max_active", max_active), ("gc_threshold", gc_threshold),
+                    ("gc_frames", gc_frames), ("nbest", nbest)):
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if not (lattice_beam > 0):
+        raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
+
+
+def _emitting_columns(g: DecodingGraph, tid2pdf: torch.Tensor, num_columns: int
+                      ) -> torch.Tensor:
+    """``(E,)`` score column of each emitting arc of ``g``; ``ValueError`` when ``tid2pdf``
+    does not cover the graph's input labels or maps them outside ``num_columns``."""
+    tid2pdf = torch.as_tensor(tid2pdf, dtype=torch.int64).to(g.ilabel.device)
+    e_ilabel = g.ilabel[:g.num_emitting]
+    if e_ilabel.numel():
+        top = int(e_ilabel.max())
+        if top >= tid2pdf.numel():
+            raise ValueError(f"the graph has input label {top} but tid2pdf has only "
+                             f"{tid2pdf.numel()} entries; expected the transition model the "
+                             "graph was built with")
+    col = tid2pdf[e_ilabel]
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= num_columns):
+        raise ValueError(f"tid2pdf maps graph input labels to columns "
+                         f"{int(col.min())}..{int(col.max())}, but loglikes has "
+                         f"{num_columns} columns")
+    return col
+
+
+def _best_path(g: DecodingGraph, search: _Search, lattice: _Lattice | None,
+               states: torch.Tensor, costs: torch.Tensor, idx: torch.Tensor,
+               num_active: torch.Tensor, acoustic_scale: float, nbest: int) -> DecodeResult:
+    """The :class:`DecodeResult` of the search's surviving tokens after the last frame: the
+    best final token (else the best token, with a warning), its traced arcs, words and
+    costs, and the n-best list of the lattice when one was recorded."""
+    dev = costs.device
+    T = num_active.numel()
     total = costs + g.final[states]
     reached_final = bool(torch.isfinite(total).any())
     if reached_final:
@@ -951,22 +994,3 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
     return DecodeResult(words=words, tids=tids.cpu(), cost=cost, am_cost=am_cost,
                         lm_cost=lm_cost, reached_final=reached_final, num_active=num_active,
                         nbest=nbest_list)
-
-
-def _frames(scores: FrameScores, dev: torch.device, acoustic_scale: float
-            ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(t, (S,) float64 scores, (S,) float64 costs -acoustic_scale * scores)`` of each
-    frame, converted one block at a time."""
-    for t0, blk in scores.blocks():
-        blk = blk.detach().to(dev, torch.float64)
-        costs = blk * -acoustic_scale
-        for i in range(blk.shape[0]):
-            yield t0 + i, blk[i], costs[i]
-
-
-def _rank_first(hyps: list[tuple[list[int], float]], words: list[int], cost: float, n: int
-                ) -> list[tuple[list[int], float]]:
-    """Absolute costs of the lattice's n-best (``hyps``: costs relative to the best path),
-    the 1-best ``words`` first at exactly ``cost`` (it is first anyway but for ties)."""
-    rest = [(w, cost + max(rel, 0.0)) for w, rel in hyps if w != words]
-    return [(list(words), cost), *rest][:n]

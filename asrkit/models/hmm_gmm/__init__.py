@@ -53,17 +53,19 @@ from asrkit.models.hmm_gmm.em import EmOptions, EmResult, IterationStats, run_em
 from asrkit.models.hmm_gmm.features import (
     add_deltas,
     delta_filters,
+    feature_options,
     gmm_features,
+    load_features,
     load_gmm_features,
+    splice,
 )
 from asrkit.models.hmm_gmm.gmm import DiagGMM, GmmStats, GmmUpdateInfo, split_targets
-from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
+from asrkit.models.hmm_gmm.graph import GraphCompiler, TranscriptGraphError, UttGraph
 from asrkit.models.hmm_gmm.lda_mllt import (
     accumulate_lda_stats,
     accumulate_mllt_stats,
     estimate_lda,
     estimate_mllt,
-    splice,
 )
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.mono import REALIGN_ITERS, MonoOptions, MonoResult, train_mono
@@ -113,7 +115,6 @@ __all__ = [
     "GmmStats",
     "GmmUpdateInfo",
     "GraphCompiler",
-    "GraphError",
     "IterationStats",
     "LdaMlltOptions",
     "MonoOptions",
@@ -124,6 +125,7 @@ __all__ = [
     "SatResult",
     "Segment",
     "Topology",
+    "TranscriptGraphError",
     "TransitionModel",
     "TreeBuildInfo",
     "TreeStats",
@@ -144,9 +146,11 @@ __all__ = [
     "estimate_lda",
     "estimate_mllt",
     "estimate_si_model",
+    "feature_options",
     "frame_contexts",
     "gauss_loglik",
     "gmm_features",
+    "load_features",
     "load_gmm_features",
     "read_ctm",
     "read_int_vectors",

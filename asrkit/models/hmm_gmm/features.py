@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import kaldiio
 import numpy as np
@@ -23,7 +24,8 @@ from asrkit.features.cmvn import (
     read_cmvn_stats_per_speaker,
 )
 
-__all__ = ["add_deltas", "delta_filters", "gmm_features", "load_gmm_features"]
+__all__ = ["add_deltas", "delta_filters", "feature_options", "gmm_features", "load_features",
+           "load_gmm_features", "splice"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +231,78 @@ def usable_features(feats: Mapping[str, torch.Tensor | np.ndarray],
     if not xs:
         raise ValueError("no usable utterance (see the warnings for the reasons)")
     return xs, failed
+
+
+def splice(feats: torch.Tensor, context: int = 3) -> torch.Tensor:
+    """Stack frames ``t - context .. t + context`` (Kaldi ``splice-feats``; edge frames are
+    repeated).
+
+    Args:
+        feats: ``(T, F)`` frames.
+        context: frames on each side.
+
+    Returns:
+        ``(T, F * (2 * context + 1))``, oldest frame first.
+
+    Raises:
+        ValueError: ``feats`` not 2-D or ``context < 0``.
+    """
+    if feats.dim() != 2:
+        raise ValueError(f"feats must be (T, F), got shape {tuple(feats.shape)}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    t = feats.shape[0]
+    if t == 0:
+        return feats.new_zeros(0, feats.shape[1] * (2 * context + 1))
+    offs = torch.arange(-context, context + 1, device=feats.device)
+    idx = (torch.arange(t, device=feats.device)[:, None] + offs[None, :]).clamp(0, t - 1)
+    return feats[idx].reshape(t, -1)
+
+
+def feature_options(model_cfg: Mapping) -> dict:
+    """The feature options saved in a model's ``meta["features"]``: ``delta_order``,
+    ``delta_window``, ``norm_vars`` (per-speaker CMVN)."""
+    return {"delta_order": int(model_cfg.get("delta_order", 2)),
+            "delta_window": int(model_cfg.get("delta_window", 2)),
+            "norm_vars": bool(model_cfg.get("norm_vars", False)), "cmvn": "speaker"}
+
+
+def load_features(data_dir: str | os.PathLike, options: Mapping,
+                  utt_ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """GMM features of a feature data dir: ``{utt: (T, F * (delta_order + 1))}`` at 10 ms,
+    or with ``options["splice"]`` the CMN'd cepstra spliced over ``+-splice`` frames and
+    multiplied by ``options["transform"]`` (LDA+MLLT, ``(dim, F * (2 * splice + 1))``).
+
+    Args:
+        data_dir: a data dir with ``feats.scp`` (cepstra, ``asrkit features --type mfcc``)
+            and ``spk2utt``; ``cmvn_spk.scp`` is used when present, else per-speaker stats are
+            computed from the features.
+        options: :func:`feature_options` (``model.meta["features"]``).
+        utt_ids: only these utterances (default: all of ``feats.scp``).
+
+    Raises:
+        FileNotFoundError: ``feats.scp`` or ``spk2utt`` is missing.
+    """
+    d = Path(data_dir)
+    for name in ("feats.scp", "spk2utt"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name} not found; expected a feature data dir "
+                                    "(asrkit features --type mfcc)")
+    cmvn = d / "cmvn_spk.scp"
+    splice_ctx = options.get("splice")
+    feats = load_gmm_features(d / "feats.scp", d / "spk2utt",
+                              cmvn_scp=cmvn if cmvn.is_file() else None,
+                              norm_vars=bool(options.get("norm_vars", False)),
+                              delta_order=0 if splice_ctx is not None
+                              else int(options.get("delta_order", 2)),
+                              delta_window=int(options.get("delta_window", 2)),
+                              utt_ids=utt_ids)
+    if splice_ctx is None:
+        return feats
+    transform = options.get("transform")
+    mat = None if transform is None else torch.as_tensor(transform, dtype=torch.float32)
+    out = {}
+    for u, x in feats.items():
+        y = splice(x, int(splice_ctx))
+        out[u] = y if mat is None else y @ mat.T
+    return out

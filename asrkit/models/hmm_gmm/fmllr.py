@@ -25,9 +25,11 @@ from a first-pass decode. Transforms are stored as Kaldi ``trans.ark`` matrices 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ __all__ = [
     "silence_pdf_weights",
     "speaker_transforms",
     "write_fmllr",
+    "write_fmllr_features",
 ]
 
 logger = logging.getLogger(__name__)
@@ -430,3 +433,134 @@ class FmllrStep:
         logger.info("iter %d: fMLLR re-estimated for %d speakers (auxf +%.4f per frame)",
                     iteration, len(new), impr)
         return model
+
+
+_META_FILES = ("text", "utt2spk", "spk2utt", "wav.scp", "segments", "utt2dur", "reco2dur")
+_FMLLR_FEATS_INFO = "fmllr_feats.json"
+
+
+def _trans_file(trans: str | os.PathLike) -> Path:
+    p = Path(trans)
+    if p.is_dir():
+        p = p / "trans.ark"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no fMLLR transforms; expected a trans.ark or a dir holding "
+                                "one (a sat stage dir, an asrkit align or asrkit decode dir of a "
+                                "sat stage)")
+    return p
+
+
+def write_fmllr_features(model: str | os.PathLike, data_dir: str | os.PathLike,
+                         trans: str | os.PathLike, out_dir: str | os.PathLike, *,
+                         speakers_per_chunk: int = 16) -> tuple[Path, int]:
+    """Write a SAT system's fMLLR-adapted features as a feature data dir (Kaldi
+    ``steps/nnet/make_fmllr_feats.sh``), the input of a hybrid network trained on SAT
+    alignments (Kaldi's DNN-on-fMLLR recipe, ``local/nnet/run_dnn.sh``).
+
+    Each utterance's cepstra get the model's own feature pipeline (per-speaker CMN, splicing
+    and the LDA+MLLT matrix, :func:`~asrkit.models.hmm_gmm.features.load_features` with
+    ``meta["features"]``), then its speaker's ``(F, F + 1)`` transform: ``(T, F)`` frames at
+    10 ms, ``F`` the model's feature dimension (40 for Kaldi's sizes). Speakers are processed
+    ``speakers_per_chunk`` at a time, so the data never has to fit in memory.
+
+    Writes ``OUT/feats.ark`` + ``feats.scp``, ``utt2num_frames``, ``feat_dim``, global CMVN
+    stats ``cmvn.ark``, copies of ``text``, ``utt2spk``, ``spk2utt`` (and ``wav.scp``,
+    ``segments``, ``utt2dur`` when present) and ``fmllr_feats.json`` (model, transforms). Every
+    file is written atomically; a finished dir with the same inputs is left as it is.
+
+    Args:
+        model: the SAT stage's ``final.mdl`` (or its stage dir).
+        data_dir: the MFCC feature data dir the model was trained or decoded on
+            (``feats.scp``, ``spk2utt``, ``utt2spk``).
+        trans: ``trans.ark`` or a dir holding one: the stage dir for its training speakers,
+            an ``asrkit decode`` dir of the stage for test speakers (Kaldi's
+            ``--transform-dir``), an ``asrkit align`` dir.
+        out_dir: the feature data dir to write.
+        speakers_per_chunk: speakers loaded at a time.
+
+    Returns:
+        ``(out_dir, number of utterances written)``.
+
+    Raises:
+        FileNotFoundError: no model, data dir files or ``trans.ark``.
+        ValueError: a speaker of ``data_dir`` has no transform (named), or a transform's size
+            does not match the model's features.
+    """
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.features.cmvn import compute_cmvn_stats, write_ark, write_cmvn_stats, write_scp
+    from asrkit.fileio import atomic_write, is_done, mark_done
+    from asrkit.models.hmm_gmm.features import load_features
+
+    mp = Path(model)
+    mp = mp / "final.mdl" if mp.is_dir() else mp
+    if not mp.is_file():
+        raise FileNotFoundError(f"{mp}: no HMM-GMM model (final.mdl of a sat stage)")
+    d, out = Path(data_dir), Path(out_dir)
+    for name in ("feats.scp", "spk2utt", "utt2spk"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name} not found; expected the MFCC feature data dir "
+                                    "the model was trained on (asrkit features --type mfcc)")
+    tfile = _trans_file(trans)
+    info = {"model": str(mp.resolve()), "data_dir": str(d.resolve()),
+            "trans": str(tfile.resolve()), "model_mtime": mp.stat().st_mtime,
+            "trans_mtime": tfile.stat().st_mtime}
+    if is_done(out) and (out / _FMLLR_FEATS_INFO).is_file() and \
+            json.loads((out / _FMLLR_FEATS_INFO).read_text()) == info:
+        n = len(read_kaldi_map(out / "utt2num_frames"))
+        logger.info("%s: already written (%d utterances)", out, n)
+        return out, n
+    am = AcousticModel.load(mp)
+    opts = am.meta.get("features") or {}
+    dim = am.gmm.feat_dim
+    transforms = read_fmllr(tfile)
+    spk2utt = {s: v.split() for s, v in read_kaldi_map(d / "spk2utt").items()}
+    missing = sorted(set(spk2utt) - set(transforms))
+    if missing:
+        raise ValueError(f"{tfile}: no transform for {len(missing)} of {len(spk2utt)} speakers "
+                         f"of {d} ({', '.join(missing[:5])}); expected the trans.ark of these "
+                         "speakers (decode or align this data dir with the sat stage first)")
+    bad = sorted(s for s in spk2utt if tuple(transforms[s].shape) != (dim, dim + 1))
+    if bad:
+        raise ValueError(f"{tfile}: transform of {bad[0]} has shape "
+                         f"{tuple(transforms[bad[0]].shape)}, expected ({dim}, {dim + 1}) for "
+                         f"the {dim}-dim features of {mp}")
+    spk_of = {u: s for s, us in spk2utt.items() for u in us}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".done").unlink(missing_ok=True)
+    frames: dict[str, int] = {}
+    stats = np.zeros((2, dim + 1), dtype=np.float64)  # additive (count, sums, squares)
+
+    def records():
+        nonlocal stats
+        spks = list(spk2utt)
+        for i in range(0, len(spks), speakers_per_chunk):
+            utts = [u for s in spks[i:i + speakers_per_chunk] for u in spk2utt[s]]
+            feats = adapt_features(load_features(d, opts, utt_ids=utts), transforms, spk_of)
+            for u in utts:
+                if u not in feats:
+                    continue
+                x = feats.pop(u).float().numpy()
+                if not np.isfinite(x).all():
+                    raise ValueError(f"{u}: non-finite fMLLR-adapted features (speaker "
+                                     f"{spk_of[u]}, {tfile})")
+                frames[u] = x.shape[0]
+                stats = stats + compute_cmvn_stats([x])
+                yield u, x
+
+    entries = write_ark(out / "feats.ark", records())
+    order = sorted(entries, key=lambda u: u.encode("utf-8"))  # Kaldi's C-locale order
+    write_scp(out / "feats.scp", {u: entries[u] for u in order})
+    write_cmvn_stats(out / "cmvn.ark", stats)
+    with atomic_write(out / "utt2num_frames") as f:
+        f.writelines(f"{u} {frames[u]}\n" for u in order)
+    with atomic_write(out / "feat_dim") as f:
+        f.write(f"{dim}\n")
+    for name in _META_FILES:
+        if (d / name).is_file():
+            shutil.copyfile(d / name, out / name)
+    with atomic_write(out / _FMLLR_FEATS_INFO) as f:
+        json.dump(info, f, indent=1)
+    mark_done(out)
+    logger.info("%s: %d utterances of %d speakers, %d-dim fMLLR features", out, len(frames),
+                len(spk2utt), dim)
+    return out, len(frames)

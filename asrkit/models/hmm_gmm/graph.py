@@ -41,7 +41,7 @@ import torch
 from asrkit.models.hmm_gmm.topology import TransitionModel
 from asrkit.text.lexicon import Lang
 
-__all__ = ["GraphCompiler", "GraphError", "UttGraph"]
+__all__ = ["GraphCompiler", "TranscriptGraphError", "UttGraph"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ _START = -1
 
 class UtteranceError(ValueError):
     """A problem with one utterance; the message is ``<utt>: <reason>``. The base of
-    :class:`GraphError` and :class:`asrkit.models.hmm_gmm.align.AlignmentError`.
+    :class:`TranscriptGraphError` and :class:`asrkit.models.hmm_gmm.align.AlignmentError`.
 
     Attributes:
         utt_id: the utterance.
@@ -66,7 +66,7 @@ class UtteranceError(ValueError):
         return (type(self), (self.utt_id, self.reason))
 
 
-class GraphError(UtteranceError):
+class TranscriptGraphError(UtteranceError):
     """A transcript cannot be turned into a graph.
 
     The message has the form ``<utt>: <reason>``, e.g. ``utt1: word 'FOO' is not in the
@@ -188,7 +188,7 @@ class GraphCompiler:
                 in the lexicon become the lang's OOV word (Kaldi ``sym2int.pl --map-oov``).
 
         Raises:
-            GraphError: a word is not in the lexicon and the lang has no OOV word; the
+            TranscriptGraphError: a word is not in the lexicon and the lang has no OOV word; the
                 transcript is empty and ``sil_prob`` is 0 (no path has any frame).
         """
         words = transcript.split() if isinstance(transcript, str) else list(transcript)
@@ -196,7 +196,7 @@ class GraphCompiler:
         for w in words:
             if w not in self._prons:
                 if self.oov_word is None or self.oov_word not in self._prons:
-                    raise GraphError(utt_id, f"word {w!r} is not in the lexicon and the lang has "
+                    raise TranscriptGraphError(utt_id, f"word {w!r} is not in the lexicon and the lang has "
                                              "no OOV word")
                 logger.debug("%s: mapping OOV word %r to %r", utt_id, w, self.oov_word)
                 w = self.oov_word
@@ -270,7 +270,7 @@ class _Builder:
             frontier = new
         finals = [(o, lp) for o, lp in frontier if o != _START]
         if not finals or not self.occ_phone:
-            raise GraphError(utt_id, "empty transcript and no optional silence: the graph has "
+            raise TranscriptGraphError(utt_id, "empty transcript and no optional silence: the graph has "
                                      "no path")
         return self._expand(utt_id, words, finals, equal)
 

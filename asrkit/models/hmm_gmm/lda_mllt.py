@@ -27,6 +27,7 @@ from collections.abc import Collection, Mapping
 import torch
 
 from asrkit.models.hmm_gmm.em import aligned_frames
+from asrkit.models.hmm_gmm.features import splice
 from asrkit.models.hmm_gmm.gmm import _CHUNK_ELEMS, DiagGMM
 from asrkit.models.hmm_gmm.model import AcousticModel
 
@@ -34,32 +35,6 @@ __all__ = ["LdaStats", "MlltStep", "accumulate_lda_stats", "accumulate_mllt_stat
            "estimate_mllt", "splice"]
 
 logger = logging.getLogger(__name__)
-
-
-def splice(feats: torch.Tensor, context: int = 3) -> torch.Tensor:
-    """Stack frames ``t - context .. t + context`` (Kaldi ``splice-feats``; edge frames are
-    repeated).
-
-    Args:
-        feats: ``(T, F)`` frames.
-        context: frames on each side.
-
-    Returns:
-        ``(T, F * (2 * context + 1))``, oldest frame first.
-
-    Raises:
-        ValueError: ``feats`` not 2-D or ``context < 0``.
-    """
-    if feats.dim() != 2:
-        raise ValueError(f"feats must be (T, F), got shape {tuple(feats.shape)}")
-    if context < 0:
-        raise ValueError(f"context must be >= 0, got {context}")
-    t = feats.shape[0]
-    if t == 0:
-        return feats.new_zeros(0, feats.shape[1] * (2 * context + 1))
-    offs = torch.arange(-context, context + 1, device=feats.device)
-    idx = (torch.arange(t, device=feats.device)[:, None] + offs[None, :]).clamp(0, t - 1)
-    return feats[idx].reshape(t, -1)
 
 
 class LdaStats:

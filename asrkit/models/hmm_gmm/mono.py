@@ -34,7 +34,7 @@ from asrkit.models.hmm_gmm.align import Alignment, AlignmentError, align_equal
 from asrkit.models.hmm_gmm.em import EmOptions, IterationStats, options_from, run_em, stack_frames
 from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
-from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
+from asrkit.models.hmm_gmm.graph import GraphCompiler, TranscriptGraphError, UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.topology import Topology, TransitionModel
 from asrkit.text.lexicon import Lang
@@ -121,7 +121,7 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
     for u in list(xs):
         try:
             graphs[u] = compiler.compile(u, transcripts[u])
-        except GraphError as e:
+        except TranscriptGraphError as e:
             failed[u] = e.reason
             del xs[u]
             logger.warning("%s: skipped: %s", u, e.reason)

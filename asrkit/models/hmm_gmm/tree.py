@@ -931,200 +931,224 @@ def build_tree(stats: TreeStats, questions: Sequence[Collection[str]], *,
     """
     if num_leaves < 1:
         raise ValueError(f"num_leaves must be >= 1, got {num_leaves}")
-    nb = len(stats.base_phones)
-    n, p = stats.context_width, stats.central_position
-    f = stats.feat_dim
-    width = max(nb + 1, max(stats.num_pdf_classes))
-    index = {b: i + 1 for i, b in enumerate(stats.base_phones)}
-    qrows = []
-    for q in questions:
-        row = [False] * width
-        for b in q:
-            if b not in index:
-                raise ValueError(f"question {sorted(q)} has {b!r}, which is not a base phone")
-            row[index[b]] = True
-        if any(row) and row not in qrows:
-            qrows.append(row)
-    maxc = max(stats.num_pdf_classes)
-    crows = [[i <= c for i in range(width)] for c in range(maxc - 1)]
-    # Candidates per key: (key, column of entry_vals it reads, membership matrix, rows).
-    kinds = [(k, k, qrows) for k in range(n) if k != p and qrows]
-    if crows:
-        kinds.append((PDF_CLASS, n, crows))
-    mats = [torch.tensor(rows, dtype=torch.float64).reshape(-1, width) for _, _, rows in kinds]
-    z = torch.cat([stats.count[:, None], stats.sum_x, stats.sum_x2], 1)
-    # Per entry, the values the keys read: (E, n + 1), column n the pdf class.
-    entry_vals = torch.cat([stats.contexts, stats.pdf_class[:, None]], 1)
+    builder = _TreeBuilder(stats, questions, min_count, var_floor)
+    num_split_leaves, total_gain, smallest = builder.grow(num_leaves, min_gain)
+    thresh = cluster_thresh
+    if thresh < 0:
+        thresh = smallest if math.isfinite(smallest) else 0.0
+    groups_of, merged = builder.cluster(thresh)
+    ctx = builder.flatten(groups_of)
+    info = TreeBuildInfo(num_leaves=num_split_leaves, num_pdfs=ctx.num_pdfs,
+                         num_frames=stats.num_frames, loglik_gain=total_gain,
+                         smallest_split=smallest, cluster_thresh=max(thresh, 0.0),
+                         num_merged=merged, unseen_phones=tuple(builder.unseen))
+    logger.info("build-tree: %d leaves after splitting (gain %.4g per frame over %.0f frames, "
+                "smallest split %.4g); %d merged below %.4g -> %d pdfs", num_split_leaves,
+                total_gain / max(stats.num_frames, 1.0), stats.num_frames, smallest, merged,
+                thresh, ctx.num_pdfs)
+    return ctx, info
 
-    def ll_of(s: torch.Tensor) -> torch.Tensor:
-        return gauss_loglik(s[..., 0], s[..., 1:1 + f], s[..., 1 + f:], var_floor)
 
-    def best_split(node: _Node) -> None:
+class _TreeBuilder:
+    """The state of one :func:`build_tree` run: the candidate questions as membership
+    matrices, the roots (one per seen base phone), splitting, merging and the flat node
+    arrays of the finished :class:`ContextDependency`."""
+
+    def __init__(self, stats: TreeStats, questions: Sequence[Collection[str]],
+                 min_count: float, var_floor: float) -> None:
+        self.stats, self.min_count, self.var_floor = stats, min_count, var_floor
+        self.nb = nb = len(stats.base_phones)
+        n = stats.context_width
+        self.width = width = max(nb + 1, max(stats.num_pdf_classes))
+        index = {b: i + 1 for i, b in enumerate(stats.base_phones)}
+        qrows = []
+        for q in questions:
+            row = [False] * width
+            for b in q:
+                if b not in index:
+                    raise ValueError(f"question {sorted(q)} has {b!r}, which is not a base "
+                                     "phone")
+                row[index[b]] = True
+            if any(row) and row not in qrows:
+                qrows.append(row)
+        maxc = max(stats.num_pdf_classes)
+        crows = [[i <= c for i in range(width)] for c in range(maxc - 1)]
+        # Candidates per key: (key, column of entry_vals it reads, membership matrix, rows).
+        self.kinds = [(k, k, qrows) for k in range(n) if k != stats.central_position and qrows]
+        if crows:
+            self.kinds.append((PDF_CLASS, n, crows))
+        self.mats = [torch.tensor(rows, dtype=torch.float64).reshape(-1, width)
+                     for _, _, rows in self.kinds]
+        self.z = torch.cat([stats.count[:, None], stats.sum_x, stats.sum_x2], 1)
+        # Per entry, the values the keys read: (E, n + 1), column n the pdf class.
+        self.entry_vals = torch.cat([stats.contexts, stats.pdf_class[:, None]], 1)
+        self.roots: dict[int, _Node] = {}
+        self.unseen: list[str] = []
+
+    def ll_of(self, s: torch.Tensor) -> torch.Tensor:
+        f = self.stats.feat_dim
+        return gauss_loglik(s[..., 0], s[..., 1:1 + f], s[..., 1 + f:], self.var_floor)
+
+    def node(self, root: int, idx: torch.Tensor) -> _Node:
+        """A leaf over entries ``idx`` with its best split found."""
+        tot = self.z[idx].sum(0)
+        node = _Node(root, idx, tot, float(self.ll_of(tot)))
+        self.best_split(node)
+        return node
+
+    def best_split(self, node: _Node) -> None:
         """The best question of a leaf: the statistics summed per value of each key, then
         every question's "yes" statistics as one small matrix product."""
         node.split = None
-        if not kinds or node.idx.numel() < 2:
+        if not self.kinds or node.idx.numel() < 2:
             return
-        zi = z[node.idx]
-        vals = entry_vals[node.idx]
-        ys = torch.cat([mat @ torch.zeros(width, zi.shape[1], dtype=torch.float64).index_add_(
-            0, vals[:, col], zi) for (_, col, _), mat in zip(kinds, mats)])  # (Q, 1 + 2F)
+        zi = self.z[node.idx]
+        vals = self.entry_vals[node.idx]
+        ys = torch.cat([mat @ torch.zeros(self.width, zi.shape[1], dtype=torch.float64)
+                        .index_add_(0, vals[:, col], zi)
+                        for (_, col, _), mat in zip(self.kinds, self.mats)])  # (Q, 1 + 2F)
         ns = node.tot[None, :] - ys
-        ok = (ys[:, 0] >= max(min_count, 1e-9)) & (ns[:, 0] >= max(min_count, 1e-9))
+        floor = max(self.min_count, 1e-9)
+        ok = (ys[:, 0] >= floor) & (ns[:, 0] >= floor)
         if not bool(ok.any()):
             return
-        gain = ll_of(ys) + ll_of(ns) - node.ll
+        gain = self.ll_of(ys) + self.ll_of(ns) - node.ll
         gain = torch.where(ok, gain, torch.full_like(gain, -math.inf))
         q = int(gain.argmax())
-        for (key, col, rows), mat in zip(kinds, mats):
+        for (key, col, rows), mat in zip(self.kinds, self.mats):
             if q < mat.shape[0]:
                 break
             q -= mat.shape[0]
         mask = mat[q][vals[:, col]] > 0
         node.split = (float(gain.max()), key, rows[q], mask)
 
-    centre = stats.contexts[:, p]
-    roots: dict[int, _Node] = {}
-    heap: list[tuple[float, int, _Node]] = []
-    counter = 0
-    unseen: list[str] = []
-    leaves = 0
-    for v in range(1, nb + 1):
-        idx = (centre == v).nonzero().flatten()
-        if idx.numel() == 0:
-            unseen.append(stats.base_phones[v - 1])
-            leaves += stats.num_pdf_classes[v - 1]
-            continue
-        tot = z[idx].sum(0)
-        node = _Node(v, idx, tot, float(ll_of(tot)))
-        roots[v] = node
-        leaves += 1
-        best_split(node)
-        if node.split is not None:
-            heapq.heappush(heap, (-node.split[0], counter, node))
-            counter += 1
-    if unseen:
-        logger.warning("no tree statistics for base phone(s) %s: one pdf per state, without "
-                       "data", " ".join(unseen))
-    total_gain = 0.0
-    smallest = math.inf
-    while heap and leaves < num_leaves:
-        neg, _, node = heapq.heappop(heap)
-        gain = -neg
-        if gain <= min_gain:
-            break
-        assert node.split is not None
-        _, key, row, mask = node.split
-        node.key, node.qset = key, row
-        for side in (True, False):
-            idx = node.idx[mask if side else ~mask]
-            tot = z[idx].sum(0)
-            child = _Node(node.root, idx, tot, float(ll_of(tot)))
-            best_split(child)
-            if child.split is not None:
-                heapq.heappush(heap, (-child.split[0], counter, child))
+    def grow(self, num_leaves: int, min_gain: float) -> tuple[int, float, float]:
+        """Split the best leaf over all roots while there are fewer than ``num_leaves``
+        leaves and the gain exceeds ``min_gain``; returns ``(leaves, total gain, smallest
+        gain)``."""
+        stats = self.stats
+        centre = stats.contexts[:, stats.central_position]
+        heap: list[tuple[float, int, _Node]] = []
+        counter = 0
+        leaves = 0
+        for v in range(1, self.nb + 1):
+            idx = (centre == v).nonzero().flatten()
+            if idx.numel() == 0:
+                self.unseen.append(stats.base_phones[v - 1])
+                leaves += stats.num_pdf_classes[v - 1]
+                continue
+            node = self.roots[v] = self.node(v, idx)
+            leaves += 1
+            if node.split is not None:
+                heapq.heappush(heap, (-node.split[0], counter, node))
                 counter += 1
-            if side:
-                node.yes = child
-            else:
-                node.no = child
-        node.split = None
-        leaves += 1
-        total_gain += gain
-        smallest = min(smallest, gain)
-    num_split_leaves = leaves
+        if self.unseen:
+            logger.warning("no tree statistics for base phone(s) %s: one pdf per state, "
+                           "without data", " ".join(self.unseen))
+        total_gain = 0.0
+        smallest = math.inf
+        while heap and leaves < num_leaves:
+            neg, _, node = heapq.heappop(heap)
+            gain = -neg
+            if gain <= min_gain:
+                break
+            assert node.split is not None
+            _, key, row, mask = node.split
+            node.key, node.qset = key, row
+            node.yes = self.node(node.root, node.idx[mask])
+            node.no = self.node(node.root, node.idx[~mask])
+            for child in (node.yes, node.no):
+                if child.split is not None:
+                    heapq.heappush(heap, (-child.split[0], counter, child))
+                    counter += 1
+            node.split = None
+            leaves += 1
+            total_gain += gain
+            smallest = min(smallest, gain)
+        return leaves, total_gain, smallest
 
-    # Leaves of each root in tree order, then merging within the root.
-    thresh = cluster_thresh
-    if thresh < 0:
-        thresh = smallest if math.isfinite(smallest) else 0.0
-    merged = 0
-    groups_of: dict[int, list[list[_Node]]] = {}
-    for v, root in roots.items():
-        order: list[_Node] = []
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            if node.key == _LEAF:
-                node.order = len(order)
-                order.append(node)
-            else:
-                assert node.yes is not None and node.no is not None
-                stack += [node.no, node.yes]
-        groups = [[leaf] for leaf in order]
-        if thresh > 0 and len(order) > 1:
-            groups = _merge_leaves(order, thresh, ll_of)
-            merged += len(order) - len(groups)
-        groups_of[v] = groups
-
-    # Pdf numbering and the flat node arrays.
-    keys: list[int] = []
-    sets: list[list[bool]] = []
-    yes_l: list[int] = []
-    no_l: list[int] = []
-    pdf_l: list[int] = []
-    root_ids = [-1] * (nb + 1)
-    next_pdf = 0
-
-    def add_node(key: int, row: list[bool] | None, pdf: int) -> int:
-        keys.append(key)
-        sets.append(row if row is not None else [False] * width)
-        yes_l.append(-1)
-        no_l.append(-1)
-        pdf_l.append(pdf)
-        return len(keys) - 1
-
-    def first_class(group: list[_Node]) -> tuple[int, int]:
-        """Sort key of a pdf within its root: lowest pdf class, then tree order."""
-        return (min(int(stats.pdf_class[g.idx].min()) for g in group),
-                min(g.order for g in group))
-
-    for v in range(1, nb + 1):
-        nc = stats.num_pdf_classes[v - 1]
-        if v not in roots:
-            # Unseen: a chain of pdf-class questions, one pdf per class (as the monophone tree).
-            root_ids[v] = len(keys)
-            for c in range(nc):
-                if c < nc - 1:
-                    here = add_node(PDF_CLASS, [i <= c for i in range(width)], -1)
-                    leaf = add_node(_LEAF, None, next_pdf)
-                    yes_l[here] = leaf
-                    no_l[here] = len(keys)
+    def cluster(self, thresh: float) -> tuple[dict[int, list[list[_Node]]], int]:
+        """Leaves of each root in tree order, merged within the root below ``thresh``;
+        returns ``({root: groups of leaves}, number merged)``."""
+        merged = 0
+        groups_of: dict[int, list[list[_Node]]] = {}
+        for v, root in self.roots.items():
+            order: list[_Node] = []
+            stack = [root]
+            while stack:
+                node = stack.pop()
+                if node.key == _LEAF:
+                    node.order = len(order)
+                    order.append(node)
                 else:
-                    add_node(_LEAF, None, next_pdf)
+                    assert node.yes is not None and node.no is not None
+                    stack += [node.no, node.yes]
+            groups = [[leaf] for leaf in order]
+            if thresh > 0 and len(order) > 1:
+                groups = _merge_leaves(order, thresh, self.ll_of)
+                merged += len(order) - len(groups)
+            groups_of[v] = groups
+        return groups_of, merged
+
+    def flatten(self, groups_of: dict[int, list[list[_Node]]]) -> ContextDependency:
+        """Number the pdfs (root by root, within a root by lowest pdf class, then tree order)
+        and write the tree as flat node arrays."""
+        stats, width = self.stats, self.width
+        keys: list[int] = []
+        sets: list[list[bool]] = []
+        yes_l: list[int] = []
+        no_l: list[int] = []
+        pdf_l: list[int] = []
+        root_ids = [-1] * (self.nb + 1)
+        next_pdf = 0
+
+        def add_node(key: int, row: list[bool] | None, pdf: int) -> int:
+            keys.append(key)
+            sets.append(row if row is not None else [False] * width)
+            yes_l.append(-1)
+            no_l.append(-1)
+            pdf_l.append(pdf)
+            return len(keys) - 1
+
+        def first_class(group: list[_Node]) -> tuple[int, int]:
+            """Sort key of a pdf within its root: lowest pdf class, then tree order."""
+            return (min(int(stats.pdf_class[g.idx].min()) for g in group),
+                    min(g.order for g in group))
+
+        for v in range(1, self.nb + 1):
+            nc = stats.num_pdf_classes[v - 1]
+            root_ids[v] = len(keys)
+            if v not in self.roots:
+                # Unseen: a chain of pdf-class questions, one pdf per class (as the monophone
+                # tree).
+                for c in range(nc):
+                    if c < nc - 1:
+                        here = add_node(PDF_CLASS, [i <= c for i in range(width)], -1)
+                        yes_l[here] = add_node(_LEAF, None, next_pdf)
+                        no_l[here] = len(keys)
+                    else:
+                        add_node(_LEAF, None, next_pdf)
+                    next_pdf += 1
+                continue
+            for group in sorted(groups_of[v], key=first_class):
+                for leaf in group:
+                    leaf.pdf = next_pdf
                 next_pdf += 1
-            continue
-
-        for group in sorted(groups_of[v], key=first_class):
-            for leaf in group:
-                leaf.pdf = next_pdf
-            next_pdf += 1
-
-        root_ids[v] = len(keys)
-        todo: list[tuple[_Node, int, bool]] = [(roots[v], -1, True)]
-        while todo:  # pre-order, yes before no
-            node, parent, is_yes = todo.pop()
-            if node.key == _LEAF:
-                here = add_node(_LEAF, None, node.pdf)
-            else:
-                assert node.yes is not None and node.no is not None
-                here = add_node(node.key, node.qset, -1)
-                todo += [(node.no, here, False), (node.yes, here, True)]
-            if parent >= 0:
-                (yes_l if is_yes else no_l)[parent] = here
-    ctx = ContextDependency(n, p, stats.base_phones, list(stats.phone_to_base),
-                            stats.num_pdf_classes, root_ids, keys,
-                            torch.tensor(sets, dtype=torch.bool).reshape(-1, width), yes_l, no_l,
-                            pdf_l)
-    info = TreeBuildInfo(num_leaves=num_split_leaves, num_pdfs=ctx.num_pdfs,
-                         num_frames=stats.num_frames, loglik_gain=total_gain,
-                         smallest_split=smallest, cluster_thresh=max(thresh, 0.0),
-                         num_merged=merged, unseen_phones=tuple(unseen))
-    logger.info("build-tree: %d leaves after splitting (gain %.4g per frame over %.0f frames, "
-                "smallest split %.4g); %d merged below %.4g -> %d pdfs", num_split_leaves,
-                total_gain / max(stats.num_frames, 1.0), stats.num_frames, smallest, merged,
-                thresh, ctx.num_pdfs)
-    return ctx, info
+            todo: list[tuple[_Node, int, bool]] = [(self.roots[v], -1, True)]
+            while todo:  # pre-order, yes before no
+                node, parent, is_yes = todo.pop()
+                if node.key == _LEAF:
+                    here = add_node(_LEAF, None, node.pdf)
+                else:
+                    assert node.yes is not None and node.no is not None
+                    here = add_node(node.key, node.qset, -1)
+                    todo += [(node.no, here, False), (node.yes, here, True)]
+                if parent >= 0:
+                    (yes_l if is_yes else no_l)[parent] = here
+        return ContextDependency(stats.context_width, stats.central_position, stats.base_phones,
+                                 list(stats.phone_to_base), stats.num_pdf_classes, root_ids,
+                                 keys, torch.tensor(sets, dtype=torch.bool).reshape(-1, width),
+                                 yes_l, no_l, pdf_l)
 
 
 def _merge_leaves(leaves: list[_Node], thresh: float, ll_of) -> list[list[_Node]]:

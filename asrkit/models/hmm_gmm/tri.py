@@ -46,7 +46,7 @@ from asrkit.models.hmm_gmm.em import (
 )
 from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
-from asrkit.models.hmm_gmm.graph import GraphCompiler, GraphError, UttGraph
+from asrkit.models.hmm_gmm.graph import GraphCompiler, TranscriptGraphError, UttGraph
 from asrkit.models.hmm_gmm.lda_mllt import MlltStep, accumulate_lda_stats, estimate_lda
 from asrkit.models.hmm_gmm.model import AcousticModel
 from asrkit.models.hmm_gmm.mono import MonoResult
@@ -327,7 +327,7 @@ def train_tri(feats: Mapping[str, torch.Tensor | np.ndarray],
     for u in list(xs):
         try:
             graphs[u] = compiler.compile(u, transcripts[u])
-        except GraphError as e:
+        except TranscriptGraphError as e:
             failed[u] = e.reason
             logger.warning("%s: skipped: %s", u, e.reason)
             del xs[u]
