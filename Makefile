@@ -28,7 +28,7 @@ demo: install
 
 test: install
 	$(PY) scripts/check_install.py
-	PATH="$(BIN):$$PATH" $(PY) -m pytest -q -ra
+	PATH="$(BIN):$$PATH" $(PY) -m pytest -q -ra --durations=15
 
 lint: install
 	$(BIN)/ruff check asrkit tests scripts

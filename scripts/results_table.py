@@ -26,7 +26,9 @@ HMM-GMM stage the training time is cumulative over the stages it was built from 
 (``decode_dev_<graph>_acwt<A>``, with A read from ``decode_<set>_<graph>/acwt``). For a neural
 experiment METHOD is the decode directory's suffix (``decode_dev_<METHOD>``, or the dev
 directory named in ``decode_<set>_<METHOD>/dev_best`` when a setting such as the LM weight of
-``tlg_<lm>`` was tuned on dev); a missing dev decode shows as "-".
+``tlg_<lm>`` was tuned on dev); a missing dev decode shows as "-". A hybrid DNN-HMM
+(``model=hybrid``) exp dir takes the graph name like a GMM stage (``exp/gmm_hybrid_tri3:
+graph_kn3``); its LM comes from the graph its ``decode_summary.json`` names (the GMM stage's).
 
 Raises:
     SystemExit: when a needed file is missing (its path is printed).
@@ -98,6 +100,15 @@ def _optional_wer(path: Path) -> str:
     return f"{json.loads(path.read_text(encoding='utf-8'))['wer']['rate']:.1f}"
 
 
+def _is_hybrid(path: Path) -> bool:
+    """Whether ``path`` is a ``model=hybrid`` experiment dir (its config names family hybrid)."""
+    cfg = path / "config.yaml"
+    if not cfg.is_file():
+        return False
+    model = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model") or {}
+    return model.get("family") == "hybrid"
+
+
 def compare_row(spec: str, parts: list[str], dev_set: str = "dev",
                 rescored: list[str] | None = None) -> str:
     """One row of the ``--compare`` table for ``EXP[:METHOD]`` or ``EXP/STAGE:GRAPH``: dev WER,
@@ -108,7 +119,23 @@ def compare_row(spec: str, parts: list[str], dev_set: str = "dev",
     part = parts[0]
     exp, _, suffix = spec.partition(":")
     path = Path(exp)
-    if (path / "final.mdl").is_file():  # an HMM-GMM stage
+    if _is_hybrid(path):  # a model=hybrid exp dir decoded with its GMM's graph
+        if not suffix:
+            sys.exit(f"results_table: {spec}: a hybrid exp dir needs :GRAPH (e.g. :graph_kn3)")
+        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        summ = _load_json(path / "train_summary.json")
+        seconds = summ["train_seconds"]
+        dec = path / f"decode_{part}_{suffix}"
+        best = dec / "dev_best"
+        dev = _optional_wer(path / best.read_text().strip() / "score.json") \
+            if best.is_file() else "-"
+        graph = Path(_load_json(dec / "decode_summary.json")["graph"]).parent
+        ginfo = _load_json(graph / "graph.json")
+        system = (f"{path.name}: hybrid DNN-HMM, {cfg['model']['encoder']} "
+                  f"({summ['num_params'] / 1e6:.2f} M params, {summ['epochs']} epochs) on "
+                  f"{cfg['data']['alignment']} alignments")
+        decoding = f"HCLG of {graph.parent.name}, {Path(ginfo['lm']).name} ({ginfo['lm_order']}-gram)"
+    elif (path / "final.mdl").is_file():  # an HMM-GMM stage
         if not suffix:
             sys.exit(f"results_table: {spec}: an HMM-GMM stage needs :GRAPH (e.g. :graph_kn3)")
         summ = _load_json(path / "train_summary.json")

@@ -129,11 +129,25 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
     assert (sat / "trans.ark").stat().st_size > 0
     assert "== exp/gmm/tri1 graph_kn3: dev WER" in res.stdout
 
-    # A rerun trains and decodes nothing again.
+    # A rerun trains and decodes no GMM again; with --hybrid tri3 it adds the hybrid DNN-HMM
+    # rung: fMLLR features of every set (tri3 is SAT), a (tiny, one-epoch) TDNN on tri3's
+    # alignments, decoded through tri3's KN3 graph.
     mdl = exp / "tri2" / "final.mdl"
     text = exp / "tri2" / "decode_test_graph_kn3" / "text"
     before = (mdl.stat().st_mtime_ns, text.stat().st_mtime_ns)
-    res2 = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    hyb = ["--hybrid", "tri3", "--hybrid-acwt", "0.2", "--hybrid-opts",
+           ("trainer.max_epochs=1 model.tdnn.hidden_dim=32 model.tdnn.layers=[[3,1],[3,1]] "
+            "trainer.num_threads=2 trainer.plot=false trainer.tensorboard=false")]
+    res2 = subprocess.run(cmd[:-len(GMM_QUICK) - 1] + hyb + cmd[-len(GMM_QUICK) - 1:], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
     assert res2.returncode == 0, res2.stderr[-3000:]
     assert (mdl.stat().st_mtime_ns, text.stat().st_mtime_ns) == before
+    for part in ("train", "dev", "test"):
+        feats = tmp_path / "dump" / "fmllr_tri3" / part
+        assert read_kaldi_map(feats / "utt2num_frames") == read_kaldi_map(
+            tmp_path / "dump" / "mfcc" / part / "utt2num_frames")
+    hexp = tmp_path / "exp" / "gmm_hybrid_tri3"
+    assert (hexp / "decode_test_graph_kn3" / "acwt").read_text().strip() == "0.2"
+    hyp = read_kaldi_map(hexp / "decode_test_graph_kn3" / "text", allow_empty_value=True)
+    assert len(hyp) == 130 and sum(bool(v) for v in hyp.values()) > 65
+    assert "== exp/gmm_hybrid_tri3 graph_kn3: dev WER" in res2.stdout

@@ -497,6 +497,44 @@ def test_train_mono_reports_and_skips_bad_utterances(mono):
     assert all(h.num_failed == 1 for h in res.history)  # spk0-short in every pass
 
 
+def test_boost_silence_raises_silence_likelihoods_in_every_em_alignment(mono, monkeypatch):
+    """Kaldi gmm-boost-silence: silence pdfs' log-likelihoods rise by log(boost), the others
+    are untouched, and the EM loop aligns with the boosted model."""
+    from asrkit.models.hmm_gmm.em import EmOptions, boost_silence
+
+    res, feats, texts, _, lang = mono
+    model = res.model
+    assert boost_silence(model, 1.0) is model
+    boosted = boost_silence(model, 4.0)
+    x = feats["spk0-utt00"]
+    diff = boosted.gmm.loglik(x) - model.gmm.loglik(x)
+    tm = model.tmodel
+    sil = torch.tensor([b in tm.silence_bases for b in tm.pdf_base])
+    assert bool(sil.any()) and bool((~sil).any())
+    assert torch.allclose(diff[:, sil], torch.full_like(diff[:, sil], math.log(4.0)), atol=1e-3)
+    assert torch.allclose(diff[:, ~sil], torch.zeros_like(diff[:, ~sil]), atol=1e-3)
+    with pytest.raises(ValueError, match="boost must be > 0"):
+        boost_silence(model, 0.0)
+    with pytest.raises(ValueError, match="boost_silence must be > 0"):
+        EmOptions(boost_silence=-1.0)
+    # every alignment of the EM loop (realignments and the final one) uses the boosted model
+    from asrkit.models.hmm_gmm import em
+
+    seen = []
+
+    def spy(m, *args, **kwargs):
+        seen.append(m.gmm.weights.sum(1))
+        return align_viterbi(m, *args, **kwargs)
+
+    monkeypatch.setattr(em, "align_viterbi", spy)
+    train_mono(feats, texts, lang, num_iters=3, max_gauss=30, max_iter_inc=2,
+               realign_iters=(1, 2), boost_silence=1.25)
+    assert len(seen) == 3
+    for w in seen:
+        assert torch.allclose(w[sil], torch.full_like(w[sil], 1.25))
+        assert torch.allclose(w[~sil], torch.ones_like(w[~sil]))
+
+
 def test_model_save_load_round_trip(mono, tmp_path):
     res, feats, *_ = mono
     model = res.model

@@ -165,3 +165,35 @@ def test_compare_rescored_columns(tmp_path, capsys):
     assert lines[1].count("---") == lines[0].count("|") - 1
     assert lines[2].endswith("| 20.0 | 9.0 | 50.0 min | 0.0200 (cpu) | 15.6 | 18.0 |")
     assert lines[3].endswith("(cpu, 1 thr) | - | - |")  # ctc_greedy: not rescored
+
+
+def test_compare_row_of_a_hybrid_reads_its_gmm_graph(tmp_path, capsys, monkeypatch):
+    """A model=hybrid exp dir: its own training summary and decodes, the graph (and so the
+    LM) of the GMM stage whose HCLG it decoded with, named in decode_summary.json."""
+    mod = _load()
+    monkeypatch.chdir(tmp_path)
+    graph = Path("exp/gmm/tri3/graph_kn3")
+    graph.mkdir(parents=True)
+    (graph / "graph.json").write_text(json.dumps(
+        {"lm": "data/lm/kn3.arpa", "lm_order": 3, "sizes": {"HCLG": [10, 30]}}))
+    hyb = Path("exp/gmm_hybrid_tri3")
+    (hyb / "final.mdl").parent.mkdir(parents=True)
+    (hyb / "final.mdl").write_bytes(b"")
+    (hyb / "config.yaml").write_text(json.dumps(
+        {"model": {"family": "hybrid", "encoder": "tdnn"}, "data": {"alignment": "exp/gmm/tri3"}}))
+    (hyb / "train_summary.json").write_text(json.dumps(
+        {"num_params": 2350222, "epochs": 30, "train_seconds": 900.0}))
+    test, dev = hyb / "decode_test_graph_kn3", hyb / "decode_dev_graph_kn3_acwt0.15"
+    for d, wer in ((test, 4.01), (dev, 2.85)):
+        d.mkdir()
+        (d / "score.json").write_text(json.dumps({"wer": {"rate": wer}, "cer": {"rate": 3.0}}))
+    (test / "dev_best").write_text(dev.name + "\n")
+    (test / "decode_summary.json").write_text(json.dumps(
+        {"rtf": 0.0757, "device": "cpu", "threads": 1, "graph": str(graph / "HCLG.fst")}))
+    assert mod.main(["--compare", f"{hyb}:graph_kn3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ("| gmm_hybrid_tri3: hybrid DNN-HMM, tdnn (2.35 M params, 30 epochs) on "
+                        "exp/gmm/tri3 alignments | HCLG of tri3, kn3.arpa (3-gram) | 2.9 | 4.0 | "
+                        "3.0 | 15.0 min | 0.0757 (cpu, 1 thr) |")
+    with pytest.raises(SystemExit, match="needs :GRAPH"):
+        mod.main(["--compare", str(hyb)])

@@ -10,7 +10,9 @@
 #   stage 3  train     asrkit train conf=<conf> -> exp/<tag>
 #   stage 4  decode    HMM-GMM: mkgraph per stage and LM, dev at each --acwt, test at the best;
 #                      neural: --decode-method on dev/test; TLG per --ctc-lms, weight tuned on dev;
-#                      both: n-best lists rescored with each --rescore-lms LM (weight from dev)
+#                      both: n-best lists rescored with each --rescore-lms LM (weight from dev);
+#                      HMM-GMM with --hybrid S: then a hybrid DNN-HMM trained on S's alignments
+#                      and decoded through S's graph (hybrid_system below)
 #   stage 5  score     asrkit score -> score.txt; exp/RESULTS.md: every system decoded (table)
 #
 # Each --conf file is one system: it trains HMM-GMM when it names model hmm_gmm (or with
@@ -30,6 +32,7 @@ stage=0 stop_stage=5 tag= work_dir= nj=2 avg=1 method=ctc_greedy beam=10 ctc_wei
 vocab_size=${vocab_size:-150} token_type=bpe speed_perturb=
 acwts=${acwts:-"0.067 0.083 0.1 0.125"} gmm_lms=${gmm_lms:-kn3} ctc_lms=${ctc_lms:-}
 gmm_decode= lm_weights=${lm_weights:-"0.2 0.3 0.5 0.8"} overrides=() launcher=
+hybrid=${hybrid:-} hybrid_acwts=${hybrid_acwts:-"0.1 0.15 0.2 0.25"} hybrid_opts=${hybrid_opts:-}
 rescore_lms=${rescore_lms:-} rescore_weights=${rescore_weights:-"0.6 0.8 1.0 1.2"} nbest=${nbest:-50}
 dev_set=${dev_set:-dev} test_sets=${test_sets:-test}  # data/<set>; settings are tuned on dev_set
 
@@ -53,6 +56,12 @@ ${recipe_usage:-}
   --gmm-lms "L ..." HMM-GMM: LMs to build graphs with ("$gmm_lms"; kn3 = Kneser-Ney 3-gram of
                     data/train/text, others from the recipe)
   --gmm-decode "S ..." HMM-GMM: stages to build graphs for and decode (default: all trained)
+  --hybrid "S ..."  HMM-GMM: after decoding, train a hybrid DNN-HMM (model=hybrid) on each
+                    stage S's alignments (fMLLR features when S is SAT, 40-dim fbank otherwise),
+                    decode it with S's graph of the first --gmm-lms LM (default: none)
+  --hybrid-acwt "A ..." acoustic scales tried on dev for the hybrid ("$hybrid_acwts")
+  --hybrid-opts "K=V ..." Hydra overrides for the hybrid's training, e.g.
+                    "trainer.max_epochs=30 model.encoder=conformer" (default: none)
   --ctc-lms "L ..." neural CTC: also decode over a TLG graph of each LM, weight tuned on dev
   --lm-weights "W ..." LM weights tried on dev for --ctc-lms ("$lm_weights")
   --rescore-lms "L ..." second pass: rescore the --nbest lists of each graph's decoding with
@@ -90,6 +99,7 @@ asr_parse() {
       --ctc-lms) ctc_lms=$2 ;; --gmm-decode) gmm_decode=$2 ;; --lm-weights) lm_weights=$2 ;;
       --launcher) launcher=$2 ;; --rescore-lms) rescore_lms=$2 ;;
       --rescore-weights) rescore_weights=$2 ;; --nbest) nbest=$2 ;;
+      --hybrid) hybrid=$2 ;; --hybrid-acwt) hybrid_acwts=$2 ;; --hybrid-opts) hybrid_opts=$2 ;;
       -h|--help) asr_usage; exit 0 ;;
       --) shift; overrides=("$@"); return ;;
       *) echo "$0: unknown option $1" >&2; asr_usage >&2; exit 1 ;;
@@ -238,6 +248,56 @@ gmm_system() {  # the HMM-GMM path of one config: $1 conf, $2 exp dir
       rescore_then_test "$exp/$st" "graph_$lm" "$lm" dump/mfcc "$graph" acwt --nj "$nj"
     done
   done
+  for st in $hybrid; do hybrid_system "$exp" "$st"; done
+}
+
+# hybrid_system GMM_EXP S (stage 4, after the GMM decodes; --hybrid S): Kaldi's DNN-HMM rung.
+# Aligns $dev_set with GMM_EXP/S (GMM_EXP/S/ali_<dev_set>), writes the network's input
+# features: fMLLR-adapted when S is a SAT stage (Kaldi nnet1's DNN on fMLLR features, as
+# steps/nnet/make_fmllr_feats.sh: train with the training speakers' transforms, dev and test
+# with those of S's decodes at the dev-best acwt; dump/fmllr_S/<set>), else 40-dim fbank
+# (dump/fbank40/<set>); trains GMM_EXP_hybrid_S (asrkit train model=hybrid, frame CE on S's
+# pdf alignments; resumes from its checkpoints) and decodes it through S's graph of the first
+# --gmm-lms LM, acwt tuned on dev over --hybrid-acwt, test once.
+hybrid_system() {
+  local gmm=$1/$2 hexp=${1}_hybrid_$2 lm=${gmm_lms%% *} feats part trans ali
+  local graph=$1/$2/graph_${gmm_lms%% *} first_test=${test_sets%% *} opts
+  run_stage 4 || return 0
+  if [ ! -f "$gmm/.done" ] || [ ! -f "$graph/HCLG.fst" ]; then
+    echo "$0: --hybrid $2: needs the trained stage $gmm and its graph $graph (stages 3-4)" >&2
+    exit 1
+  fi
+  ali=$gmm/ali_$dev_set
+  if stale "$ali/pdf_ali.txt" "$gmm/final.mdl"; then
+    log 4 "aligning $dev_set with $gmm (hybrid dev targets)"
+    asrkit align "$gmm" data/lang "dump/mfcc/$dev_set" "$ali"
+  fi
+  if [ -f "$gmm/trans.ark" ]; then  # SAT: fMLLR features
+    feats=dump/fmllr_$2
+    for part in train $dev_set $test_sets; do
+      case $part in
+        train) trans=$gmm ;;
+        "$dev_set") trans=$gmm/$(cat "$gmm/decode_${first_test}_graph_$lm/dev_best") ;;
+        *) trans=$gmm/decode_${part}_graph_$lm ;;
+      esac
+      log 4 "fMLLR features of $part ($trans)"
+      asrkit fmllr-feats "$gmm" "dump/mfcc/$part" "$trans" "$feats/$part"
+    done
+  else
+    feats=dump/fbank40
+    for part in train $dev_set $test_sets; do
+      [ -f "$feats/$part/feats.scp" ] && continue
+      log 4 "fbank features (40 bins) for $part"
+      asrkit features "data/$part" "$feats/$part" --type fbank --num-mel-bins 40 --nj "$nj"
+    done
+  fi
+  log 4 "training $hexp (hybrid DNN-HMM on the alignments of $gmm, $feats)"
+  read -r -a opts <<< "$hybrid_opts"
+  ${launcher:-asrkit} ${launcher:+-m asrkit.cli} train model=hybrid exp_dir="$hexp" \
+    data.train="$feats/train" data.dev="$feats/$dev_set" data.alignment="$gmm" \
+    data.dev_alignment="$ali" ${opts[@]+"${opts[@]}"}
+  tune_then_test "$hexp" "$graph/HCLG.fst" "$feats" --acwt "$hybrid_acwts" "graph_$lm" \
+    "$hexp/checkpoints/last.pt" --nj "$nj"
 }
 
 nnet_system() {  # the neural path of one config: $1 conf, $2 exp dir

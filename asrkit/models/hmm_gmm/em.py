@@ -6,7 +6,9 @@ alignment for the monophone; tree, ``gmm-init-model`` and ``convert-ali`` for th
 and then calls :func:`run_em`, which for each iteration ``x``:
 
 1. realigns with the current model when ``x`` is in ``realign_iters``
-   (``gmm-align-compiled``; the first realignment may use a narrower beam);
+   (``gmm-align-compiled``; the first realignment may use a narrower beam; with
+   ``boost_silence`` > 1 the silence pdfs' likelihoods are boosted for the alignment only,
+   Kaldi's ``gmm-boost-silence``, :func:`boost_silence`);
 2. runs the stage's feature-transform steps scheduled at ``x`` (:class:`TransformStep`:
    MLLT for LDA+MLLT, per-speaker fMLLR for SAT), which change the frames and the model;
 3. accumulates statistics of the alignments (``gmm-acc-stats-ali``);
@@ -34,12 +36,12 @@ from typing import Protocol
 import torch
 
 from asrkit.models.hmm_gmm.align import Alignment, align_viterbi
-from asrkit.models.hmm_gmm.gmm import GmmStats
+from asrkit.models.hmm_gmm.gmm import DiagGMM, GmmStats
 from asrkit.models.hmm_gmm.graph import UttGraph
 from asrkit.models.hmm_gmm.model import AcousticModel
 
 __all__ = ["EmOptions", "EmResult", "IterationStats", "TransformStep", "aligned_frames",
-           "options_from", "run_em", "stack_frames"]
+           "boost_silence", "options_from", "run_em", "stack_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class EmOptions:
         perturb: mix-up mean offset in standard deviations.
         min_count: mix-up: fewest frames per Gaussian (``--min-count`` 20).
         final_align: realign with the final model (else the last alignments are returned).
+        boost_silence: factor on the silence pdfs' likelihoods in every alignment of the loop
+            (``--boost-silence``; 1.0 = off; Kaldi recipes often use 1.25).
     """
 
     num_iters: int = 35
@@ -79,12 +83,15 @@ class EmOptions:
     perturb: float = 0.2
     min_count: float = 20.0
     final_align: bool = True
+    boost_silence: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_iters < 1:
             raise ValueError(f"num_iters must be >= 1, got {self.num_iters}")
         if self.max_iter_inc < 1:
             raise ValueError(f"max_iter_inc must be >= 1, got {self.max_iter_inc}")
+        if not self.boost_silence > 0:
+            raise ValueError(f"boost_silence must be > 0, got {self.boost_silence}")
 
     def align_kwargs(self, beam: float | None = None) -> dict:
         """Keyword arguments of :func:`.align.align_viterbi` (``beam`` overrides)."""
@@ -92,6 +99,27 @@ class EmOptions:
         return {"beam": b, "retry_beam": self.retry_factor * b,
                 "acoustic_scale": self.acoustic_scale,
                 "transition_scale": self.transition_scale}
+
+
+def boost_silence(model: AcousticModel, boost: float) -> AcousticModel:
+    """``model`` with the mixture weights of every silence pdf multiplied by ``boost`` (Kaldi
+    ``gmm-boost-silence``): their log-likelihoods rise by ``log(boost)``, so alignments favour
+    silence. Silence pdfs are those of the silence base phones (``tmodel.silence_bases``).
+
+    Returns ``model`` itself when ``boost`` is 1; else a new model sharing means and variances
+    (for aligning only: its weights no longer sum to 1).
+
+    Raises:
+        ValueError: ``boost`` is not positive.
+    """
+    if not boost > 0:
+        raise ValueError(f"boost must be > 0, got {boost}")
+    if boost == 1.0:
+        return model
+    tm, g = model.tmodel, model.gmm
+    sil = torch.tensor([b in tm.silence_bases for b in tm.pdf_base], device=g.weights.device)
+    weights = torch.where(sil[:, None], g.weights * boost, g.weights)
+    return AcousticModel(tm, DiagGMM(weights, g.means, g.variances), model.meta)
 
 
 def options_from(cls: type, options=None, **overrides):
@@ -256,8 +284,8 @@ def run_em(model: AcousticModel, frames: torch.Tensor, offsets: Mapping[str, int
     for x in range(first_iter, opts.num_iters):
         realigned = x > 0 and x in realign_set
         if realigned:
-            alis, iter_failed = align_viterbi(model, utt_graphs, views,
-                                              **opts.align_kwargs(cur_beam))
+            alis, iter_failed = align_viterbi(boost_silence(model, opts.boost_silence),
+                                              utt_graphs, views, **opts.align_kwargs(cur_beam))
             cur_beam = opts.beam
             if not alis:
                 raise ValueError(f"iteration {x}: no utterance could be aligned")
@@ -286,5 +314,6 @@ def run_em(model: AcousticModel, frames: torch.Tensor, offsets: Mapping[str, int
         if 1 <= x <= opts.max_iter_inc:
             num_gauss_target += inc
     if opts.final_align:
-        alis, iter_failed = align_viterbi(model, utt_graphs, views, **opts.align_kwargs())
+        alis, iter_failed = align_viterbi(boost_silence(model, opts.boost_silence), utt_graphs,
+                                          views, **opts.align_kwargs())
     return EmResult(model, alis, iter_failed, history)
