@@ -623,3 +623,12 @@ def test_gmm_features_with_per_speaker_cmvn(tmp_path):
     # speaker means are removed
     both = torch.cat([out["s0-u0"], out["s0-u2"]])[:, :13]
     assert both.mean(0).abs().max() < 1e-4
+    # utt_ids: the same features, CMVN over all of the speaker's utterances, and only the
+    # speakers of those utterances read (s0's features are never loaded)
+    (tmp_path / "s0.ark").write_bytes(b"")
+    (tmp_path / "feats_s0_broken.scp").write_text(
+        "".join(f"{u} {tmp_path}/s0.ark:0\n" for u in ("s0-u0", "s0-u2"))
+        + "".join(line + "\n" for line in scp.read_text().splitlines() if line.startswith("s1")))
+    one = load_gmm_features(tmp_path / "feats_s0_broken.scp", spk2utt, utt_ids=["s1-u3"])
+    assert list(one) == ["s1-u3"]
+    torch.testing.assert_close(one["s1-u3"], out["s1-u3"])

@@ -260,8 +260,8 @@ gmm_system() {  # the HMM-GMM path of one config: $1 conf, $2 exp dir
 # pdf alignments; resumes from its checkpoints) and decodes it through S's graph of the first
 # --gmm-lms LM, acwt tuned on dev over --hybrid-acwt, test once.
 hybrid_system() {
-  local gmm=$1/$2 hexp=${1}_hybrid_$2 lm=${gmm_lms%% *} feats part trans ali
-  local graph=$1/$2/graph_${gmm_lms%% *} first_test=${test_sets%% *} opts
+  local gmm=$1/$2 hexp=${1}_hybrid_$2 lm=${gmm_lms%% *} feats part trans ali opts
+  local graph=$gmm/graph_$lm first_test=${test_sets%% *}
   run_stage 4 || return 0
   if [ ! -f "$gmm/.done" ] || [ ! -f "$graph/HCLG.fst" ]; then
     echo "$0: --hybrid $2: needs the trained stage $gmm and its graph $graph (stages 3-4)" >&2

@@ -123,21 +123,21 @@ def gmm_features(mfcc: torch.Tensor | np.ndarray, cmvn_stats: np.ndarray | None 
     return add_deltas(x, delta_order, delta_window)
 
 
-def _utt2spk(spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike) -> dict[str, str]:
+def _spk2utt(spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike
+             ) -> dict[str, Sequence[str]]:
     if isinstance(spk2utt, Mapping):
-        items = spk2utt.items()
-    else:
-        items = []
-        with open(spk2utt, encoding="utf-8") as f:
-            for no, line in enumerate(f, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) < 2:
-                    raise ValueError(f"{spk2utt}:{no}: expected 'spk utt1 [utt2 ...]', got "
-                                     f"{line.rstrip()!r}")
-                items.append((fields[0], fields[1:]))
-    return {u: spk for spk, utts in items for u in utts}
+        return dict(spk2utt)
+    out: dict[str, Sequence[str]] = {}
+    with open(spk2utt, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"{spk2utt}:{no}: expected 'spk utt1 [utt2 ...]', got "
+                                 f"{line.rstrip()!r}")
+            out[fields[0]] = fields[1:]
+    return out
 
 
 def load_gmm_features(feats_scp: str | os.PathLike,
@@ -152,7 +152,8 @@ def load_gmm_features(feats_scp: str | os.PathLike,
             :func:`asrkit.features.compute.compute_features` with MFCC).
         spk2utt: ``{speaker: [utts]}`` or a ``spk2utt`` file.
         cmvn_scp: per-speaker stats (Kaldi ``cmvn.scp``); None computes them from
-            ``feats_scp`` (:func:`asrkit.features.cmvn.compute_cmvn_stats_per_speaker`).
+            ``feats_scp`` (:func:`asrkit.features.cmvn.compute_cmvn_stats_per_speaker`), with
+            ``utt_ids`` only for the speakers of those utterances (all of their utterances).
         norm_vars: also normalise variances.
         delta_order: number of delta orders.
         delta_window: delta window.
@@ -165,13 +166,19 @@ def load_gmm_features(feats_scp: str | os.PathLike,
     Raises:
         ValueError: malformed ``spk2utt``; see also the CMVN helpers.
     """
-    utt2spk = _utt2spk(spk2utt)
-    if cmvn_scp is not None:
-        stats = read_cmvn_stats_per_speaker(cmvn_scp)
-    else:
-        stats = compute_cmvn_stats_per_speaker(feats_scp, spk2utt)
+    spk_utts = _spk2utt(spk2utt)
+    utt2spk = {u: spk for spk, utts in spk_utts.items() for u in utts}
     feats = kaldiio.load_scp(str(feats_scp))
     wanted = list(feats) if utt_ids is None else list(utt_ids)
+    if cmvn_scp is not None:
+        stats = read_cmvn_stats_per_speaker(cmvn_scp)
+    elif utt_ids is None:
+        stats = compute_cmvn_stats_per_speaker(feats_scp, spk_utts)
+    else:  # only the speakers of these utterances (a decode job, a chunk of speakers)
+        need = {utt2spk.get(u) for u in wanted}
+        spk_utts = {spk: us for spk, us in spk_utts.items() if spk in need}
+        has_feats = any(u in feats for us in spk_utts.values() for u in us)
+        stats = compute_cmvn_stats_per_speaker(feats_scp, spk_utts) if has_feats else {}
     out: dict[str, torch.Tensor] = {}
     for utt in wanted:
         spk = utt2spk.get(utt)

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -435,7 +434,6 @@ class FmllrStep:
         return model
 
 
-_META_FILES = ("text", "utt2spk", "spk2utt", "wav.scp", "segments", "utt2dur", "reco2dur")
 _FMLLR_FEATS_INFO = "fmllr_feats.json"
 
 
@@ -448,6 +446,31 @@ def _trans_file(trans: str | os.PathLike) -> Path:
                                 "one (a sat stage dir, an asrkit align or asrkit decode dir of a "
                                 "sat stage)")
     return p
+
+
+def _write_subset_meta(src: Path, out: Path, utts: set[str]) -> None:
+    """``src``'s per-utterance files restricted to ``utts``, sorted and atomic, into ``out``:
+    ``utt2spk`` and ``spk2utt`` from it; ``text``, ``utt2dur``, ``segments`` and ``wav.scp``
+    (its recordings of the kept segments, or its kept utterances) when present."""
+    from asrkit.data.datadir import read_kaldi_map, spk2utt_from_utt2spk, write_kaldi_map
+
+    def kept(name: str, keys: set[str]) -> dict[str, str]:
+        m = read_kaldi_map(src / name, allow_empty_value=True)
+        return {k: v for k, v in m.items() if k in keys}
+
+    utt2spk = kept("utt2spk", utts)
+    write_kaldi_map(out / "utt2spk", utt2spk)
+    write_kaldi_map(out / "spk2utt", spk2utt_from_utt2spk(utt2spk))
+    for name in ("text", "utt2dur"):
+        if (src / name).is_file():
+            write_kaldi_map(out / name, kept(name, utts))
+    recordings = utts
+    if (src / "segments").is_file():
+        segments = kept("segments", utts)
+        write_kaldi_map(out / "segments", segments)
+        recordings = {v.split()[0] for v in segments.values()}
+    if (src / "wav.scp").is_file():
+        write_kaldi_map(out / "wav.scp", kept("wav.scp", recordings))
 
 
 def write_fmllr_features(model: str | os.PathLike, data_dir: str | os.PathLike,
@@ -464,9 +487,10 @@ def write_fmllr_features(model: str | os.PathLike, data_dir: str | os.PathLike,
     ``speakers_per_chunk`` at a time, so the data never has to fit in memory.
 
     Writes ``OUT/feats.ark`` + ``feats.scp``, ``utt2num_frames``, ``feat_dim``, global CMVN
-    stats ``cmvn.ark``, copies of ``text``, ``utt2spk``, ``spk2utt`` (and ``wav.scp``,
-    ``segments``, ``utt2dur`` when present) and ``fmllr_feats.json`` (model, transforms). Every
-    file is written atomically; a finished dir with the same inputs is left as it is.
+    stats ``cmvn.ark``, the data dir's ``utt2spk``, ``spk2utt`` and, when present, ``text``,
+    ``utt2dur``, ``segments``, ``wav.scp`` restricted to the utterances written, and
+    ``fmllr_feats.json`` (model, transforms). Every file is written atomically; a finished dir with the same inputs is left
+    as it is.
 
     Args:
         model: the SAT stage's ``final.mdl`` (or its stage dir).
@@ -486,7 +510,7 @@ def write_fmllr_features(model: str | os.PathLike, data_dir: str | os.PathLike,
         ValueError: a speaker of ``data_dir`` has no transform (named), or a transform's size
             does not match the model's features.
     """
-    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.data.datadir import read_kaldi_map, write_kaldi_map
     from asrkit.features.cmvn import compute_cmvn_stats, write_ark, write_cmvn_stats, write_scp
     from asrkit.fileio import atomic_write, is_done, mark_done
     from asrkit.models.hmm_gmm.features import load_features
@@ -551,16 +575,17 @@ def write_fmllr_features(model: str | os.PathLike, data_dir: str | os.PathLike,
     order = sorted(entries, key=lambda u: u.encode("utf-8"))  # Kaldi's C-locale order
     write_scp(out / "feats.scp", {u: entries[u] for u in order})
     write_cmvn_stats(out / "cmvn.ark", stats)
-    with atomic_write(out / "utt2num_frames") as f:
-        f.writelines(f"{u} {frames[u]}\n" for u in order)
+    write_kaldi_map(out / "utt2num_frames", frames)
     with atomic_write(out / "feat_dim") as f:
         f.write(f"{dim}\n")
-    for name in _META_FILES:
-        if (d / name).is_file():
-            shutil.copyfile(d / name, out / name)
+    _write_subset_meta(d, out, set(order))
     with atomic_write(out / _FMLLR_FEATS_INFO) as f:
         json.dump(info, f, indent=1)
     mark_done(out)
+    num_utts = sum(len(us) for us in spk2utt.values())
+    if len(frames) < num_utts:
+        logger.warning("%s: %d of %d utterances of %s have no features (not in feats.scp); "
+                       "left out", out, num_utts - len(frames), num_utts, d)
     logger.info("%s: %d utterances of %d speakers, %d-dim fMLLR features", out, len(frames),
                 len(spk2utt), dim)
     return out, len(frames)
