@@ -31,6 +31,7 @@ __all__ = [
     "compute_cmvn_stats_per_speaker",
     "read_cmvn_stats",
     "read_cmvn_stats_per_speaker",
+    "read_spk2utt",
     "write_ark",
     "write_cmvn_stats",
     "write_cmvn_stats_per_speaker",
@@ -154,8 +155,13 @@ def read_cmvn_stats(path: str | os.PathLike) -> np.ndarray:
     return _check_stats(kaldiio.load_mat(str(path)), str(path))
 
 
-def _read_spk2utt(spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike
-                  ) -> dict[str, list[str]]:
+def read_spk2utt(spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike
+                 ) -> dict[str, list[str]]:
+    """``{speaker: [utts]}`` from a Kaldi ``spk2utt`` file (or a copy of a mapping).
+
+    Raises:
+        ValueError: a line without an utterance (``path:line`` named).
+    """
     if isinstance(spk2utt, Mapping):
         return {spk: list(utts) for spk, utts in spk2utt.items()}
     out: dict[str, list[str]] = {}
@@ -191,7 +197,7 @@ def compute_cmvn_stats_per_speaker(
     """
     feats = kaldiio.load_scp(str(feats_scp))
     out: dict[str, np.ndarray] = {}
-    for spk, utts in _read_spk2utt(spk2utt).items():
+    for spk, utts in read_spk2utt(spk2utt).items():
         present = [u for u in utts if u in feats]
         for u in utts:
             if u not in feats:

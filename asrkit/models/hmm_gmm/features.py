@@ -22,6 +22,7 @@ from asrkit.features.cmvn import (
     apply_cmvn,
     compute_cmvn_stats_per_speaker,
     read_cmvn_stats_per_speaker,
+    read_spk2utt,
 )
 
 __all__ = ["add_deltas", "delta_filters", "feature_options", "gmm_features", "load_features",
@@ -123,23 +124,6 @@ def gmm_features(mfcc: torch.Tensor | np.ndarray, cmvn_stats: np.ndarray | None 
     return add_deltas(x, delta_order, delta_window)
 
 
-def _spk2utt(spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike
-             ) -> dict[str, Sequence[str]]:
-    if isinstance(spk2utt, Mapping):
-        return dict(spk2utt)
-    out: dict[str, Sequence[str]] = {}
-    with open(spk2utt, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 2:
-                raise ValueError(f"{spk2utt}:{no}: expected 'spk utt1 [utt2 ...]', got "
-                                 f"{line.rstrip()!r}")
-            out[fields[0]] = fields[1:]
-    return out
-
-
 def load_gmm_features(feats_scp: str | os.PathLike,
                       spk2utt: Mapping[str, Sequence[str]] | str | os.PathLike, *,
                       cmvn_scp: str | os.PathLike | None = None, norm_vars: bool = False,
@@ -166,7 +150,7 @@ def load_gmm_features(feats_scp: str | os.PathLike,
     Raises:
         ValueError: malformed ``spk2utt``; see also the CMVN helpers.
     """
-    spk_utts = _spk2utt(spk2utt)
+    spk_utts = read_spk2utt(spk2utt)
     utt2spk = {u: spk for spk, utts in spk_utts.items() for u in utts}
     feats = kaldiio.load_scp(str(feats_scp))
     wanted = list(feats) if utt_ids is None else list(utt_ids)
