@@ -1034,6 +1034,10 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    "--method wfst and HMM-GMM: any N >= 1, the N best distinct word "
                    "sequences of a lattice, score -(graph cost + acoustic scale x acoustic "
                    "cost)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="HMM-GMM and hybrid, asrkit backend, 1-best: utterances of similar "
+                   "length searched together through the graph (same output, several times "
+                   "faster per core; 1: one at a time; default %(default)s)")
     p.add_argument("--fmllr-passes", type=int, default=2,
                    help="HMM-GMM SAT models (sat stage): adapted passes after the speaker-"
                         "independent one (Kaldi decode_fmllr.sh: 2; 1 is faster)")
@@ -1088,7 +1092,7 @@ def _run_decode(args) -> int:
                                       device="cpu" if args.device == "auto" else args.device,
                                       nbest=args.nbest, lattice_beam=args.lattice_beam,
                                       backend=args.backend, fmllr_passes=args.fmllr_passes,
-                                      progress=bar.update)
+                                      batch_size=args.batch_size, progress=bar.update)
         print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
         if rep.nbest is not None:
             print(f"{rep.nbest}: {args.nbest}-best lists")

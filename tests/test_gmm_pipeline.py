@@ -153,6 +153,13 @@ def test_mkgraph_decode_score_recognise_held_out_utterances(system, capsys):
     # (all jobs merged) starts with it, scores descending.
     assert main(["decode", str(exp / "tri1"), str(test), "--out", str(root / "dec1")]) == 0
     assert (root / "dec1" / "text").read_text() == (out / "text").read_text()
+    # The batched search (default --batch-size 16) and one utterance at a time: same output.
+    assert summary["batch_size"] == 16
+    assert main(["decode", str(exp / "tri1"), str(test), "--batch-size", "1",
+                 "--out", str(root / "dec_b1")]) == 0
+    for name in ("text", "ctm"):
+        assert (root / "dec_b1" / name).read_text() == (out / name).read_text()
+    assert json.loads((root / "dec_b1" / "decode_summary.json").read_text())["batch_size"] == 1
     assert main(["decode", str(exp / "tri1"), str(test), "--nj", "2", "--nbest", "3",
                  "--out", str(root / "dec3")]) == 0
     assert (root / "dec3" / "text").read_text() == (out / "text").read_text()

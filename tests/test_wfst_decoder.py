@@ -27,6 +27,7 @@ from asrkit.decode.wfst import (
     arpa_to_fst,
     compose_context,
     decode_fst,
+    decode_fst_batch,
     disambig_ids,
     make_context_fst,
     make_h_fst,
@@ -432,6 +433,56 @@ def test_beam_and_max_active_pruning(hclg, graph, tm):
         # The reported cost is the traced path's.
         assert r.lm_cost + 0.1 * r.am_cost == pytest.approx(r.cost)
 
+
+
+def _same_result(a, b) -> bool:
+    return (a.words == b.words and a.cost == b.cost and a.am_cost == b.am_cost
+            and a.lm_cost == b.lm_cost and a.reached_final == b.reached_final
+            and torch.equal(a.tids, b.tids) and torch.equal(a.num_active, b.num_active))
+
+
+@pytest.mark.parametrize("beam,max_active,gc", [(13.0, 7000, 10**6), (2.0, 7000, 10**6),
+                                                (13.0, 5, 10**6), (1.0, 1, 10**6),
+                                                (math.inf, 10**9, 1), (13.0, 12, 1)])
+def test_batch_search_equals_one_at_a_time(graph, tm, lang, beam, max_active, gc):
+    """decode_fst_batch gives each utterance exactly decode_fst's result: per-utterance beam
+    and max_active (a batch-wide beam or top-k would change the survivors), lengths that
+    differ (each finished at its own last frame), backpointer compaction every frame."""
+    gen = torch.Generator().manual_seed(11)
+    lls = [torch.randn(T, tm.num_pdfs, generator=gen) * 3.0 for T in (17, 40, 3, 40, 25, 9)]
+    # one utterance with a real sentence in it
+    lls.append(_peaked(_alignment(tm, Mono(tm), _phones(lang, "AH_S K_B AE_I T_E"), [3]),
+                       tm.num_pdfs))
+    opts = {"beam": beam, "max_active": max_active, "gc_threshold": gc, "acoustic_scale": 0.3}
+    one = [decode_fst(graph, x, tm.tid2pdf, **opts) for x in lls]
+    batch = decode_fst_batch(graph, lls, tm.tid2pdf, **opts)
+    assert len(batch) == len(lls)
+    for a, b in zip(one, batch):
+        assert _same_result(a, b), (a, b)
+    if beam > 2.0 and max_active > 20:  # not pruned to death
+        assert batch[-1].words == _words(lang, "A CAT")
+    if max_active < 20:  # the per-utterance cap was binding
+        assert max(int(r.num_active.max()) for r in batch) == max_active
+    # a batch of one is the same search
+    assert _same_result(decode_fst_batch(graph, lls[1:2], tm.tid2pdf, **opts)[0], one[1])
+
+
+def test_batch_search_edge_cases(graph, tm):
+    """A dead utterance fails alone; no frames and too few frames as decode_fst."""
+    dead = torch.zeros(6, tm.num_pdfs)
+    dead[3] = -math.inf
+    ok = torch.randn(8, tm.num_pdfs, generator=torch.Generator().manual_seed(1))
+    res = decode_fst_batch(graph, [ok, dead, torch.zeros(0, tm.num_pdfs),
+                                   torch.zeros(2, tm.num_pdfs)], tm.tid2pdf)
+    assert _same_result(res[0], decode_fst(graph, ok, tm.tid2pdf))
+    assert isinstance(res[1], DecodingError) and "frame 3: no token survived" in str(res[1])
+    assert res[2].reached_final and res[2].words == [] and res[2].tids.shape == (0,)
+    assert not res[3].reached_final and res[3].tids.shape == (2,)
+    assert decode_fst_batch(graph, [], tm.tid2pdf) == []
+    with pytest.raises(ValueError, match="same number of columns"):
+        decode_fst_batch(graph, [ok, ok[:, :-1]], tm.tid2pdf)
+    with pytest.raises(ValueError, match="max_active"):
+        decode_fst_batch(graph, [ok], tm.tid2pdf, max_active=0)
 
 def test_lm_resolves_homophones(graph, tm, lang):
     """O and OH sound the same (OW_S); G prefers <s> O and DOG OH."""

@@ -6,14 +6,16 @@ Usage:
     python scripts/bench/wfst_decoders.py --model EXP/tri2 --graph EXP/tri2/graph_kn3 \\
         --data-dir dump/mfcc/test [--acwt 0.083] [--beam 13] [--max-active 7000] \\
         [--lm data/lm/kn3.arpa] [--dict AN4/etc/an4.dic] [--no-pocketsphinx] \\
-        [--out bench_results/wfst_decoders.json]
+        [--batch-size 16] [--out bench_results/wfst_decoders.json]
 
 ``--data-dir`` is a feature data dir (``feats.scp`` of the model's features, ``text``,
 ``wav.scp``; ``utt2dur`` for the audio seconds). All decoders run in this process with
-``torch.set_num_threads(1)`` (set ``OMP_NUM_THREADS=1`` too), one utterance at a time:
+``torch.set_num_threads(1)`` (set ``OMP_NUM_THREADS=1`` too):
 
-* ``asrkit``: :func:`asrkit.decode.wfst.decode_fst` over ``HCLG.fst``
-  (:class:`~asrkit.decode.wfst.DecodingGraph` converted once, not timed);
+* ``asrkit_1``: :func:`asrkit.decode.wfst.decode_fst` over ``HCLG.fst``, one utterance at
+  a time (:class:`~asrkit.decode.wfst.DecodingGraph` converted once, not timed);
+* ``asrkit``: :func:`asrkit.decode.wfst.decode_fst_batch`, the utterances sorted by length
+  in batches of ``--batch-size`` (16), as ``asrkit decode`` runs it by default;
 * ``kaldi``: :class:`asrkit.decode.kaldi.KaldiFasterDecoder` (Kaldi's C++ ``FasterDecoder``
   from ``kaldi-decoder``; the graph read once, not timed), the same model, graph,
   ``--acwt``, ``--beam``, ``--max-active``;
@@ -30,7 +32,7 @@ its RTF; the search alone in its own column. Pocketsphinx's time is its whole de
 the samples (its MFCC front end and GMM scoring included; reading the wav files excluded).
 WER with :func:`asrkit.score.score_texts` against the data dir's ``text``. Prints a
 markdown table and writes JSON (atomically) to ``--out``; also how many 1-best word sequences
-and alignments of kaldi equal asrkit's. Needs the kaldi and bench extras
+and alignments of kaldi and of the one-at-a-time search equal the batched search's. Needs the kaldi and bench extras
 (``pip install -e '.[kaldi,bench]'``).
 """
 
@@ -51,7 +53,7 @@ import torch
 from asrkit.data.datadir import read_kaldi_map
 from asrkit.decode.gmm import model_file
 from asrkit.decode.kaldi import KaldiFasterDecoder
-from asrkit.decode.wfst import DecodingGraph, decode_fst
+from asrkit.decode.wfst import DecodingGraph, decode_fst, decode_fst_batch
 from asrkit.decode.wfst.fstio import read_fst
 from asrkit.fileio import atomic_write
 from asrkit.models.hmm_gmm import AcousticModel
@@ -95,13 +97,18 @@ class _Clock:
         self.wall = time.perf_counter() - self._wall
 
 
-def _wfst(name: str, search, loglikes: dict, ll: _Clock, words: dict, audio: float):
+def _wfst(name: str, search, loglikes: dict, ll: _Clock, words: dict, audio: float,
+          batch_size: int = 1):
+    """Run ``search`` (a list of (T, S) scores -> a list of results) over ``loglikes`` in
+    batches of ``batch_size`` utterances sorted by length."""
     hyps, tids = {}, {}
+    order = sorted(loglikes, key=lambda u: loglikes[u].shape[0])
     with _Clock() as c:
-        for u, x in loglikes.items():
-            r = search(x)
-            hyps[u] = " ".join(words[w] for w in r.words)
-            tids[u] = r.tids
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            for u, r in zip(batch, search([loglikes[u] for u in batch])):
+                hyps[u] = " ".join(words[w] for w in r.words)
+                tids[u] = r.tids
     logger.info("%s: search %.2f s CPU, %.2f s wall", name, c.cpu, c.wall)
     return hyps, tids, {"search_cpu_seconds": c.cpu, "decode_cpu_seconds": c.cpu + ll.cpu,
                         "decode_wall_seconds": c.wall + ll.wall,
@@ -145,6 +152,8 @@ def main() -> int:
     ap.add_argument("--acwt", type=float, default=0.1)
     ap.add_argument("--beam", type=float, default=13.0)
     ap.add_argument("--max-active", type=int, default=7000)
+    ap.add_argument("--batch-size", type=int, default=16,
+                    help="utterances per batch of the batched asrkit search")
     ap.add_argument("--lm", type=Path, help="pocketsphinx's ARPA LM (default: the graph's)")
     ap.add_argument("--dict", type=Path, help="pocketsphinx's dictionary (default: "
                     "$AN4_DIR/etc/an4.dic)")
@@ -177,16 +186,20 @@ def main() -> int:
 
     graph = DecodingGraph.from_fst(read_fst(gpath))
     tid2pdf = am.tmodel.tid2pdf
-    ours, ours_tids, t = _wfst("asrkit", lambda ll: decode_fst(graph, ll, tid2pdf, **opts),
-                               loglikes, ll_clock, words, audio)
+    ours, ours_tids, t = _wfst(
+        "asrkit", lambda lls: decode_fst_batch(graph, lls, tid2pdf, **opts), loglikes,
+        ll_clock, words, audio, args.batch_size)
+    t["batch_size"] = args.batch_size
     results["asrkit"] = t
+    hyps = {"asrkit": ours}
     kaldi_dec = KaldiFasterDecoder(gpath, tid2pdf, **opts)
-    kaldi, kaldi_tids, t = _wfst("kaldi", kaldi_dec.decode, loglikes, ll_clock, words, audio)
-    results["kaldi"] = t
-    results["kaldi"]["same_words_as_asrkit"] = sum(kaldi[u] == ours[u] for u in utts)
-    results["kaldi"]["same_alignment_as_asrkit"] = sum(
-        torch.equal(kaldi_tids[u], ours_tids[u]) for u in utts)
-    hyps = {"asrkit": ours, "kaldi": kaldi}
+    for name, search in (("asrkit_1", lambda lls: [decode_fst(graph, lls[0], tid2pdf, **opts)]),
+                         ("kaldi", lambda lls: [kaldi_dec.decode(lls[0])])):
+        hyps[name], other_tids, results[name] = _wfst(name, search, loglikes, ll_clock, words,
+                                                      audio)
+        results[name]["same_words_as_asrkit"] = sum(hyps[name][u] == ours[u] for u in utts)
+        results[name]["same_alignment_as_asrkit"] = sum(
+            torch.equal(other_tids[u], ours_tids[u]) for u in utts)
     if not args.no_pocketsphinx:
         lm = args.lm or _graph_lm(args.graph)
         dic = args.dict or _an4_dict()
@@ -215,9 +228,10 @@ def main() -> int:
         srtf = f"{r['rtf_search']:.4f}" if "rtf_search" in r else "-"
         print(f"| {name} | {r['wer']:.2f} | {r['rtf']:.4f} | {srtf} | "
               f"{r['decode_cpu_seconds']:.2f} | {r['decode_wall_seconds']:.2f} | {audio:.1f} |")
-    print(f"\nkaldi vs asrkit: same words {results['kaldi']['same_words_as_asrkit']}/"
-          f"{len(utts)}, same alignment {results['kaldi']['same_alignment_as_asrkit']}/"
-          f"{len(utts)}")
+    for name in ("asrkit_1", "kaldi"):
+        print(f"{name} vs asrkit (batch {args.batch_size}): same words "
+              f"{results[name]['same_words_as_asrkit']}/{len(utts)}, same alignment "
+              f"{results[name]['same_alignment_as_asrkit']}/{len(utts)}")
     out = {"model": str(mpath), "graph": str(gpath), "data_dir": str(args.data_dir),
            "acwt": args.acwt, "beam": args.beam, "max_active": args.max_active,
            "num_utts": len(utts), "audio_seconds": audio,

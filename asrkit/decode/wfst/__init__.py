@@ -11,7 +11,8 @@ being the ids of the lang directory's ``phones.txt`` and ``words.txt``.
   ``H`` (:func:`make_h_fst`), self-loops (:func:`add_self_loops`) and ``HCLG``
   (:func:`make_hclg`, Kaldi's ``mkgraph.sh``).
 * :mod:`~asrkit.decode.wfst.decoder`: Viterbi beam search over ``HCLG`` vectorised in torch
-  (:func:`decode_fst`, :class:`DecodingGraph`).
+  (:func:`decode_fst`; :func:`decode_fst_batch` for many short utterances at once;
+  :class:`DecodingGraph`).
 * :mod:`~asrkit.decode.wfst.tlg`: ``TLG`` for CTC models (EESEN): the token FST ``T``
   (:func:`make_ctc_token_fst`), the sentencepiece-piece lexicon (:func:`make_piece_lexicon`),
   ``TLG`` (:func:`make_tlg`), the graph dir (:func:`make_tlg_graph`) and the search over CTC
@@ -25,6 +26,7 @@ from asrkit.decode.wfst.decoder import (
     DecodingGraph,
     FrameScores,
     decode_fst,
+    decode_fst_batch,
 )
 from asrkit.decode.wfst.fstio import read_fst, read_symbols, symbol_table, write_fst
 from asrkit.decode.wfst.graph import (
@@ -88,6 +90,7 @@ __all__ = [
     "decode_ctc_wfst",
     "decode_ctc_wfst_batch",
     "decode_fst",
+    "decode_fst_batch",
     "determinize_star",
     "disambig_ids",
     "make_context_fst",

@@ -40,6 +40,14 @@ graph state:
    an hour, measured by ``scripts/bench/long_decode_memory.py`` against the search without
    it).
 
+**Batches** (:func:`decode_fst_batch`): the per-frame cost is dominated by the fixed cost
+of its small torch calls, so several utterances are searched as one token set, token state
+``u * N + s`` for utterance ``u``; every reduction that prunes (the beam, ``max_active``,
+the closure's beam) is taken per utterance, and ``max_active`` keeps the cheapest tokens in
+their original order with ties to the earlier one (in both functions), so each utterance
+gets exactly the result of searching it alone. Each utterance is traced back at its own
+last frame and its tokens then leave the search.
+
 The scores can come as one ``(T, S)`` tensor or as :class:`FrameScores`, which computes them
 ``block_frames`` frames at a time (e.g. GMM log-likelihoods of a long utterance, or CTC
 posteriors with priors and a blank penalty applied): only one block is converted to float64
@@ -80,14 +88,15 @@ import itertools
 import logging
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pynini
 import torch
 
-__all__ = ["DecodeResult", "DecodingError", "DecodingGraph", "FrameScores", "decode_fst"]
+__all__ = ["DecodeResult", "DecodingError", "DecodingGraph", "FrameScores", "decode_fst",
+           "decode_fst_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -611,13 +620,21 @@ class _Search:
     """The token sets of one utterance and their backpointer chunks."""
 
     def __init__(self, g: DecodingGraph, beam: float, max_active: int,
-                 lattice: _Lattice | None = None):
+                 lattice: _Lattice | None = None, batch: int = 1, *,
+                 gc_threshold: int = 1_000_000, gc_frames: int = 1000):
         self.g = g
+        # compaction schedule (decode_fst's gc_threshold and gc_frames; collect())
+        self.gc_threshold, self.gc_frames = gc_threshold, gc_frames
+        self._held, self._next_gc, self._next_gc_chunks = 0, gc_threshold, gc_frames
         self.lat = lattice
         self.beam = beam
         self.max_active = max_active
+        # batch > 1 (decode_fst_batch): token states are ``u * N + s`` for utterance u, the
+        # beam and max_active hold per utterance, and no partial traceback (the paths of
+        # different utterances never merge)
+        self.batch = batch
         dev = g.device
-        n = g.num_states
+        n = g.num_states * batch
         self.e_sizes = g.e_offsets[1:] - g.e_offsets[:-1]
         self.c_sizes = g.c_offsets[1:] - g.c_offsets[:-1]
         self.has_closure = self.c_sizes > 0
@@ -648,6 +665,45 @@ class _Search:
             self._nan = torch.full((size,), math.nan, dtype=torch.float64, device=self.dev)
         return self._minus[:n], self._nan[:n]
 
+    def split(self, st: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(graph states, utterance offsets u * N)`` of token states ``st``; the offsets are
+        None when the batch is 1 (the states are the graph states)."""
+        if self.batch == 1:
+            return st, None
+        local = torch.remainder(st, self.g.num_states)
+        return local, st - local
+
+    def utt_best(self, ut: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` cheapest ``cost`` per utterance ``ut`` (``inf`` where none)."""
+        best = torch.full((self.batch,), math.inf, dtype=cost.dtype, device=cost.device)
+        return best.scatter_reduce_(0, ut, cost, "amin")
+
+    def within_beam(self, ut: torch.Tensor | None, cost: torch.Tensor, best: float | None
+                    ) -> torch.Tensor:
+        """Indices of the ``cost`` entries at most ``beam`` above the best of their
+        utterance (``ut``: per-entry utterance, None for a batch of 1 with ``best`` its
+        best); an utterance whose best is ``inf`` keeps nothing."""
+        if ut is None:
+            return _where(cost <= best + self.beam)
+        if not math.isfinite(self.beam):
+            return _where(cost < math.inf)
+        limit = (self.utt_best(ut, cost) + self.beam).nan_to_num_(posinf=-math.inf)
+        return _where(cost <= _take(limit, ut))
+
+    def top_per_utt(self, ut: torch.Tensor, cost: torch.Tensor) -> torch.Tensor | None:
+        """Indices (ascending) of the ``max_active`` cheapest entries of each utterance
+        ``ut``, ties to the earlier entry, or None when no utterance has more (Kaldi's
+        ``GetCutoff`` per utterance)."""
+        counts = torch.bincount(ut, minlength=self.batch)
+        if int(counts.max()) <= self.max_active:
+            return None
+        order = torch.argsort(cost, stable=True)
+        order = _take(order, torch.argsort(_take(ut, order), stable=True))
+        starts = counts.cumsum(0) - counts
+        rank = self.iota(ut.numel()) - _take(starts, _take(ut, order))
+        # in the tokens' order, as for a batch of 1, so that ties break the same way
+        return torch.sort(_take(order, _where(rank < self.max_active))).values
+
     def best_per_dst(self, dst: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
         """Index of the cheapest candidate per destination (one per distinct ``dst``)."""
         best = self.buf_cost
@@ -668,18 +724,26 @@ class _Search:
         The closure candidates and the tokens compete in one :meth:`best_per_dst`, the
         tokens last so that they win ties (a closure entry must be cheaper to replace one)."""
         g = self.g
-        fr = _where(_take(self.has_closure, st))
+        local, base = self.split(st)
+        fr = _where(_take(self.has_closure, local))
         if not fr.numel():
             return None
-        tok, c = _expand(g.c_offsets, self.c_sizes, _take(st, fr), self.iota)
+        tok, c = _expand(g.c_offsets, self.c_sizes, _take(local, fr), self.iota)
         parent = _take(fr, tok)
         cost = _take(co, parent) + _take(g.c_weight, c)
-        co_best = float(co.min())
-        ok = _where(cost <= co_best + self.beam)
+        if base is None:
+            co_best = float(co.min())
+            ok = self.within_beam(None, cost, co_best)
+        else:  # each utterance's own best token bounds its closure candidates
+            ut = _take(base, parent) // g.num_states
+            best = self.utt_best(base // g.num_states, co)
+            ok = _where(cost <= _take(best, ut) + self.beam)
         if not ok.numel():
             return None
         parent, c, cost = _take(parent, ok), _take(c, ok), _take(cost, ok)
         dst = _take(g.c_dst, c)
+        if base is not None:
+            dst = dst + _take(base, parent)
         if self.lat is not None:
             self.lat.closure(_take(st, parent), c, cost, co_best, self.best_per_dst(dst, cost))
         k = c.numel()
@@ -712,18 +776,42 @@ class _Search:
             active, a_st, a_co = self.iota(n), st, co
         else:
             st, co, prev, arc, ll, same, active, a_st, a_co = grown
-        lo, hi = torch.aminmax(a_co)
-        best = float(lo)
-        if float(hi) > best + self.beam:
-            within = _where(a_co <= best + self.beam)
-            active, a_st, a_co = _take(active, within), _take(a_st, within), _take(a_co, within)
-        if active.numel() > self.max_active:
-            top = torch.topk(a_co, self.max_active, largest=False, sorted=False).indices
-            active, a_st, a_co = _take(active, top), _take(a_st, top), _take(a_co, top)
+        if self.batch == 1:
+            lo, hi = torch.aminmax(a_co)
+            best = float(lo)
+            if float(hi) > best + self.beam:
+                within = _where(a_co <= best + self.beam)
+                active, a_st, a_co = (_take(active, within), _take(a_st, within),
+                                      _take(a_co, within))
+            if active.numel() > self.max_active:
+                top = torch.argsort(a_co, stable=True)[:self.max_active]
+                top = torch.sort(top).values  # the tokens' order, so ties break the same
+                active, a_st, a_co = _take(active, top), _take(a_st, top), _take(a_co, top)
+        else:
+            ut = a_st // self.g.num_states
+            within = self.within_beam(ut, a_co, None)
+            if within.numel() < a_co.numel():
+                active, a_st, a_co, ut = (_take(active, within), _take(a_st, within),
+                                          _take(a_co, within), _take(ut, within))
+            top = self.top_per_utt(ut, a_co) if a_co.numel() > self.max_active else None
+            if top is not None:
+                active, a_st, a_co = _take(active, top), _take(a_st, top), _take(a_co, top)
         # The chunk keeps the pruned tokens too (compacting it here cost more than the
         # search around it); gc() drops them with the rest of the unreachable entries.
         self.chunks.append(_Chunk(prev, same, arc, ll))
         return a_st, a_co, active
+
+    def collect(self, active_idx: torch.Tensor) -> torch.Tensor:
+        """After each frame: :meth:`gc` when more than ``gc_threshold`` entries (and twice
+        as many as after the last compaction) are held, or ``gc_frames`` chunks were stored
+        since; returns the active tokens' (new) indices."""
+        self._held += self.chunks[-1].arc.numel()
+        if self._held > self._next_gc or len(self.chunks) > self._next_gc_chunks:
+            active_idx = self.gc(active_idx)
+            self._held = sum(ch.arc.numel() for ch in self.chunks)
+            self._next_gc = max(self.gc_threshold, 2 * self._held)
+            self._next_gc_chunks = len(self.chunks) + self.gc_frames
+        return active_idx
 
     def gc(self, active_idx: torch.Tensor) -> torch.Tensor:
         """Compact the chunks, newest first, to the entries reachable from the active tokens,
@@ -746,7 +834,7 @@ class _Search:
                 p = self.chunks[c + 1].prev
                 self.chunks[c + 1].prev = torch.where(p >= 0, _take(remap, p.clamp_min(0)), p)
             needed = torch.unique(_take(ch.prev, _where(ch.prev >= 0)))
-            if c > 0 and needed.numel() == 1:  # every kept path goes through one entry
+            if c > 0 and needed.numel() == 1 and self.batch == 1:  # all paths through one entry
                 self._flush(c, int(needed[0]))
                 break
         return active_idx
@@ -862,14 +950,14 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
                        "utterance (only the 1-best search is bounded); segment long "
                        "recordings for n-best lists", T)
     lattice = _Lattice(g, float(lattice_beam), col) if nbest > 1 else None
-    search = _Search(g, float(beam), max_active, lattice)
+    search = _Search(g, float(beam), max_active, lattice, gc_threshold=gc_threshold,
+                     gc_frames=gc_frames)
     e_weight = g.weight[:g.num_emitting]
     z = torch.zeros(1, dtype=torch.int64, device=dev)
     states, costs, idx = search.frame(
         torch.tensor([g.start], device=dev), torch.zeros(1, dtype=torch.float64, device=dev),
         z - 1, z - 1, torch.full((1,), math.nan, dtype=torch.float64, device=dev))
     num_active = torch.zeros(T, dtype=torch.int64)
-    held, next_gc, next_gc_chunks = 0, gc_threshold, gc_frames
     for t, lls_t, scores_t in _frames(loglikes, dev, acoustic_scale):
         tok, arc = _expand(g.e_offsets, search.e_sizes, states, search.iota)
         cost = (_take(costs, tok) + _take(e_weight, arc)
@@ -891,15 +979,127 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
         states, costs, idx = search.frame(dst, cost, _take(idx, tok), arc,
                                           _take(lls_t, _take(col, arc)))
         num_active[t] = states.numel()
-        held += search.chunks[-1].arc.numel()
-        if held > next_gc or len(search.chunks) > next_gc_chunks:
-            idx = search.gc(idx)
-            held = sum(ch.arc.numel() for ch in search.chunks)
-            next_gc = max(gc_threshold, 2 * held)
-            next_gc_chunks = len(search.chunks) + gc_frames
+        idx = search.collect(idx)
 
     return _best_path(g, search, lattice, states, costs, idx, num_active, acoustic_scale,
                       nbest)
+
+
+def decode_fst_batch(graph: pynini.Fst | DecodingGraph, loglikes: Sequence[torch.Tensor],
+                     tid2pdf: torch.Tensor, *, acoustic_scale: float = 0.1,
+                     beam: float = 13.0, max_active: int = 7000,
+                     gc_threshold: int = 1_000_000, gc_frames: int = 1000
+                     ) -> list[DecodeResult | DecodingError]:
+    """:func:`decode_fst` (1-best) of several utterances at once: one search over the union
+    of their token sets, so that each torch call of a frame serves every utterance. The
+    per-frame work of the search is dominated by the fixed cost of its ~100 small torch
+    calls, not by the tokens they process, so ``B`` utterances take little more time per
+    frame than one.
+
+    Each utterance is searched exactly as by :func:`decode_fst` with the same options: its
+    own beam (relative to its best token), its own ``max_active`` and its own graph states
+    (token state ``u * N + s``), so the results are the same (up to the choice between
+    exactly tied paths). Utterances may differ in length; each is finished at its last
+    frame and its tokens leave the search. Sorting utterances by length before batching
+    them keeps the batch full.
+
+    Args:
+        graph: as for :func:`decode_fst`.
+        loglikes: ``B`` tensors ``(T_b, S)`` of per-frame scores (10 ms frames), the same
+            ``S`` for all, on one device (where the search runs). Held whole: use
+            :func:`decode_fst` with :class:`FrameScores` for long recordings.
+        tid2pdf, acoustic_scale, beam, max_active, gc_threshold, gc_frames: as for
+            :func:`decode_fst` (no partial traceback here: batches of long utterances keep
+            every frame's backpointer chunk until they end).
+
+    Returns:
+        ``B`` results in input order: a :class:`DecodeResult` (``nbest`` None), or the
+        :class:`DecodingError` of an utterance whose tokens all died (the others go on).
+
+    Raises:
+        ValueError: bad shapes or options, as for :func:`decode_fst`, or scores with
+            different column counts or devices.
+    """
+    _check_search_options(beam=beam, max_active=max_active, gc_threshold=gc_threshold,
+                          gc_frames=gc_frames, nbest=1, lattice_beam=1.0)
+    B = len(loglikes)
+    if not B:
+        return []
+    if any(x.dim() != 2 for x in loglikes):
+        raise ValueError(f"expected (T, S) scores, got shapes {[tuple(x.shape) for x in loglikes]}")
+    S, dev = loglikes[0].shape[1], loglikes[0].device
+    if any(x.shape[1] != S or x.device != dev for x in loglikes):
+        raise ValueError("all utterances' scores need the same number of columns and device")
+    if isinstance(graph, pynini.Fst):
+        graph = DecodingGraph.from_fst(graph)
+    g = graph.to(dev)
+    N = g.num_states
+    col = _emitting_columns(g, tid2pdf, S)
+    lens = [x.shape[0] for x in loglikes]
+    T = max(lens)
+    scores = torch.zeros(T, B, S, dtype=loglikes[0].dtype, device=dev)
+    for b, x in enumerate(loglikes):
+        scores[:lens[b], b] = x.detach()
+    ending: dict[int, list[int]] = {}
+    for b, n in enumerate(lens):
+        ending.setdefault(n - 1, []).append(b)
+    results: list[DecodeResult | DecodingError | None] = [None] * B
+
+    search = _Search(g, float(beam), max_active, None, batch=B,
+                     gc_threshold=gc_threshold, gc_frames=gc_frames)
+    e_weight = g.weight[:g.num_emitting]
+    base = torch.arange(B, device=dev) * N
+    minus = torch.full((B,), -1, dtype=torch.int64, device=dev)
+    states, costs, idx = search.frame(
+        base + g.start, torch.zeros(B, dtype=torch.float64, device=dev), minus, minus,
+        torch.full((B,), math.nan, dtype=torch.float64, device=dev))
+    num_active = torch.zeros(T, B, dtype=torch.int64)
+
+    def finish(t: int, ut: torch.Tensor) -> None:
+        """Trace the utterances ending at frame ``t`` (-1: those without frames) and set
+        the error of those without tokens; their tokens leave the search."""
+        nonlocal states, costs, idx
+        done = ending.pop(t, [])
+        dead = [] if t < 0 else [b for b in _where(num_active[t] == 0).tolist()
+                                 if results[b] is None and lens[b] > t]
+        for b in dead:
+            results[b] = DecodingError(f"frame {t}: no token survived (every arc from the "
+                                       "active states costs inf or NaN: -inf or NaN "
+                                       "log-likelihoods, or a graph state without arcs?)")
+        for b in done:
+            if results[b] is None:
+                mine = _where(ut == b)
+                results[b] = _best_path(g, search, None, _take(states, mine) - b * N,
+                                        _take(costs, mine), _take(idx, mine),
+                                        num_active[:t + 1, b].clone(), acoustic_scale, 1)
+        if done or dead:
+            keep = _where(torch.isin(ut, torch.tensor(done + dead, device=dev), invert=True))
+            states, costs, idx = _take(states, keep), _take(costs, keep), _take(idx, keep)
+
+    finish(-1, states // N)
+    for t in range(T):
+        if not states.numel():
+            break
+        sc = scores[t].reshape(-1)
+        local = torch.remainder(states, N)
+        tok, arc = _expand(g.e_offsets, search.e_sizes, local, search.iota)
+        off = _take(states - local, tok)
+        ll = _take(sc, off // N * S + _take(col, arc)).to(torch.float64)
+        cost = _take(costs, tok) + _take(e_weight, arc) + ll * -acoustic_scale
+        ok = search.within_beam(off // N, cost, None)
+        if ok.numel() < cost.numel():
+            tok, arc, cost, off, ll = (_take(tok, ok), _take(arc, ok), _take(cost, ok),
+                                       _take(off, ok), _take(ll, ok))
+        sel = search.best_per_dst(_take(g.e_dst, arc) + off, cost)
+        tok, arc, cost, off, ll = (_take(tok, sel), _take(arc, sel), _take(cost, sel),
+                                   _take(off, sel), _take(ll, sel))
+        states, costs, idx = search.frame(_take(g.e_dst, arc) + off, cost, _take(idx, tok),
+                                          arc, ll)
+        ut = states // N
+        num_active[t] = torch.bincount(ut, minlength=B).cpu()
+        finish(t, ut)
+        idx = search.collect(idx)
+    return results  # type: ignore[return-value]
 
 
 def _frames(scores: FrameScores, dev: torch.device, acoustic_scale: float
