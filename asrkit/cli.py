@@ -1038,6 +1038,9 @@ given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
                    help="HMM-GMM and hybrid, asrkit backend, 1-best: utterances of similar "
                    "length searched together through the graph (same output, several times "
                    "faster per core; 1: one at a time; default %(default)s)")
+    p.add_argument("--word-ins-penalty", type=float, default=0.0,
+                   help="HMM-GMM and hybrid: graph cost added per output word (Kaldi's "
+                   "scoring sweeps 0.0 0.5 1.0; default %(default)s)")
     p.add_argument("--fmllr-passes", type=int, default=2,
                    help="HMM-GMM SAT models (sat stage): adapted passes after the speaker-"
                         "independent one (Kaldi decode_fmllr.sh: 2; 1 is faster)")
@@ -1092,7 +1095,9 @@ def _run_decode(args) -> int:
                                       device="cpu" if args.device == "auto" else args.device,
                                       nbest=args.nbest, lattice_beam=args.lattice_beam,
                                       backend=args.backend, fmllr_passes=args.fmllr_passes,
-                                      batch_size=args.batch_size, progress=bar.update)
+                                      batch_size=args.batch_size,
+                                      word_ins_penalty=args.word_ins_penalty,
+                                      progress=bar.update)
         print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
         if rep.nbest is not None:
             print(f"{rep.nbest}: {args.nbest}-best lists")

@@ -154,7 +154,7 @@ def test_mkgraph_decode_score_recognise_held_out_utterances(system, capsys):
     assert main(["decode", str(exp / "tri1"), str(test), "--out", str(root / "dec1")]) == 0
     assert (root / "dec1" / "text").read_text() == (out / "text").read_text()
     # The batched search (default --batch-size 16) and one utterance at a time: same output.
-    assert summary["batch_size"] == 16
+    assert summary["batch_size"] == 16 and summary["word_ins_penalty"] == 0.0
     assert main(["decode", str(exp / "tri1"), str(test), "--batch-size", "1",
                  "--out", str(root / "dec_b1")]) == 0
     for name in ("text", "ctm"):

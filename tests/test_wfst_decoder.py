@@ -467,6 +467,23 @@ def test_batch_search_equals_one_at_a_time(graph, tm, lang, beam, max_active, gc
     assert _same_result(decode_fst_batch(graph, lls[1:2], tm.tid2pdf, **opts)[0], one[1])
 
 
+
+def test_word_insertion_penalty(hclg, tm, lang):
+    """Every word costs the penalty more (Kaldi's lattice-add-penalty); a large one trades
+    words away, a negative one adds them."""
+    ll = _peaked(_alignment(tm, Mono(tm), _phones(lang, "AH_S K_B AE_I T_E"), [3]),
+                 tm.num_pdfs)
+    base = decode_fst(DecodingGraph.from_fst(hclg[0]), ll, tm.tid2pdf)
+    small = decode_fst(DecodingGraph.from_fst(hclg[0], 0.01), ll, tm.tid2pdf)
+    assert small.words == base.words == _words(lang, "A CAT")
+    assert small.cost == pytest.approx(base.cost + 0.01 * len(base.words))
+    assert small.am_cost == pytest.approx(base.am_cost)
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(60, tm.num_pdfs, generator=gen)
+    counts = [len(decode_fst(DecodingGraph.from_fst(hclg[0], p), noise, tm.tid2pdf,
+                             acoustic_scale=1.0).words) for p in (-20.0, 0.0, 20.0)]
+    assert counts[0] > counts[1] >= counts[2], counts
+
 def test_batch_search_edge_cases(graph, tm):
     """A dead utterance fails alone; no frames and too few frames as decode_fst."""
     dead = torch.zeros(6, tm.num_pdfs)

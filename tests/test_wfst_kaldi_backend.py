@@ -108,6 +108,10 @@ def test_errors(hclg, tm, tmp_path):  # noqa: F811
 def test_driver_rejects_bad_backend_options(tmp_path):
     with pytest.raises(ValueError, match="unknown backend"):
         decode_gmm_data_dir(tmp_path, tmp_path, tmp_path, backend="flashlight")
+    with pytest.raises(ValueError, match="word_ins_penalty needs the asrkit backend"):
+        decode_gmm_data_dir(tmp_path, tmp_path, tmp_path, backend="kaldi", word_ins_penalty=0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        decode_gmm_data_dir(tmp_path, tmp_path, tmp_path, batch_size=0)
     if kaldi_decoder_available():
         with pytest.raises(ValueError, match="nbest > 1 needs the asrkit backend"):
             decode_gmm_data_dir(tmp_path, tmp_path, tmp_path, backend="kaldi", nbest=2)

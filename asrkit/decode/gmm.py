@@ -234,6 +234,7 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     if backend == "kaldi":
         from asrkit.decode.kaldi import KaldiFasterDecoder
 
+        opts.pop("word_ins_penalty")  # 0 (checked by decode_gmm_data_dir)
         kaldi = KaldiFasterDecoder(graph_path, am.tmodel.tid2pdf,
                                    acoustic_scale=opts["acoustic_scale"], beam=opts["beam"],
                                    max_active=opts["max_active"])
@@ -242,7 +243,8 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
             return [_or_error(kaldi.decode, x) for x in scores]
         batch_size = 1
     else:
-        graph = DecodingGraph.from_fst(read_fst(graph_path)).to(dev)
+        graph = DecodingGraph.from_fst(read_fst(graph_path), opts.pop("word_ins_penalty")
+                                       ).to(dev)
         tid2pdf = am.tmodel.tid2pdf.to(dev)
         if opts["nbest"] > 1:
             batch_size = 1
@@ -335,7 +337,7 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                         max_active: int = 7000, nj: int = 1, device: str | None = "cpu",
                         nbest: int = 1, lattice_beam: float = 8.0, backend: str = "asrkit",
                         fmllr_passes: int = 2, fmllr_silence_weight: float = 0.01,
-                        batch_size: int = 16,
+                        batch_size: int = 16, word_ins_penalty: float = 0.0,
                         progress: Callable[[int], None] | None = None) -> DecodeReport:
     """Decode a feature data dir with an HMM-GMM model and a graph dir (Kaldi
     ``steps/decode.sh`` 1-best; outputs in the module docstring).
@@ -373,6 +375,9 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             together (:func:`asrkit.decode.wfst.decode_fst_batch`; the same output as one
             at a time, several times faster per core), at most
             :data:`MAX_BATCH_STATES` // graph states; 1 searches one at a time.
+        word_ins_penalty: graph cost added per output word (Kaldi's scoring
+            ``--word-ins-penalty``, swept over 0.0 / 0.5 / 1.0 beside the LM weight by its
+            ``score.sh``); ``asrkit`` backend only.
         progress: called with the number of utterances of each finished job.
 
     Returns:
@@ -381,7 +386,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
 
     Raises:
         FileNotFoundError: a missing model, graph or data file.
-        ValueError: ``nj < 1``, ``batch_size < 1``, ``nbest < 1``, ``lattice_beam <= 0``, an unknown
+        ValueError: ``nj < 1``, ``batch_size < 1``, ``nbest < 1``, a word insertion
+            penalty with the ``kaldi`` backend, ``lattice_beam <= 0``, an unknown
             ``backend`` or ``nbest > 1`` with ``kaldi``, or features of another dimension
             than the model's.
         ImportError: ``backend="kaldi"`` without kaldi-decoder/kaldifst (the message names
@@ -398,6 +404,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
     if backend not in ("asrkit", "kaldi"):
         raise ValueError(f"unknown backend {backend!r}; choose asrkit or kaldi")
     if backend == "kaldi":
+        if word_ins_penalty:
+            raise ValueError("word_ins_penalty needs the asrkit backend")
         if nbest > 1:
             raise ValueError("nbest > 1 needs the asrkit backend (Kaldi's FasterDecoder "
                              "keeps no lattice)")
@@ -414,7 +422,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         "cpu" if device in (None, "auto") else device)
     utts = list(read_kaldi_map(data_dir / "feats.scp"))
     opts = {"acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
-            "nbest": nbest, "lattice_beam": lattice_beam, "batch_size": batch_size}
+            "nbest": nbest, "lattice_beam": lattice_beam, "batch_size": batch_size,
+            "word_ins_penalty": word_ins_penalty}
     fmllr = not is_hybrid_exp(mpath.parent) and bool(
         (AcousticModel.load(mpath).meta.get("features") or {}).get("fmllr"))
     if fmllr and fmllr_passes < 1:
@@ -459,6 +468,7 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                    "acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
                    "nbest": nbest, "lattice_beam": lattice_beam if nbest > 1 else None,
                    "batch_size": batch_size if backend == "asrkit" and nbest == 1 else 1,
+                   "word_ins_penalty": word_ins_penalty,
                    "fmllr_passes": fmllr_passes if fmllr else None,
                    "nj": nj, "num_utts": len(hyps), "num_failed": len(failed),
                    "audio_seconds": round(audio, 3), "wall_seconds": round(search_seconds, 3),

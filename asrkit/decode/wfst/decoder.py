@@ -215,8 +215,15 @@ class DecodingGraph:
         return self.e_dst.device
 
     @classmethod
-    def from_fst(cls, fst: pynini.Fst) -> DecodingGraph:
+    def from_fst(cls, fst: pynini.Fst, word_ins_penalty: float = 0.0) -> DecodingGraph:
         """Convert a tropical FST (e.g. ``HCLG``) once; the FST is not modified.
+
+        Args:
+            fst: the graph.
+            word_ins_penalty: cost added to every arc with an output label (a word), before
+                the epsilon closure is computed, so that a path's cost grows by this much per
+                word (Kaldi's ``lattice-add-penalty --word-ins-penalty``, which its scoring
+                scripts sweep over 0.0, 0.5, 1.0; positive values mean fewer insertions).
 
         Raises:
             ValueError: ``fst`` has no start state, is not tropical (``standard``), or has
@@ -238,6 +245,8 @@ class DecodingGraph:
         ilab = torch.from_numpy(arcs["i"].astype(np.int64))
         olab = torch.from_numpy(arcs["o"].astype(np.int64))
         wt = torch.from_numpy(arcs["w"].astype(np.float64))
+        if word_ins_penalty:
+            wt = wt + word_ins_penalty * (olab != 0).to(torch.float64)
         emitting = ilab != 0
         # Emitting arcs first, each group sorted (stably) by source state.
         key = src + (~emitting).to(torch.int64) * n
