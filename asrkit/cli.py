@@ -713,8 +713,8 @@ def _run_train_lm(args) -> int:
     if args.tokenizer and vocab is not None:
         raise ValueError("--vocab and --tokenizer exclude each other (a token LM's vocabulary "
                          "is the tokenizer's)")
+    from asrkit.exp.expdir import resolve_tokenizer
     from asrkit.text.tokenizer import Tokenizer, read_transcripts
-    from asrkit.train.expdir import resolve_tokenizer
 
     tok = Tokenizer(resolve_tokenizer(args.tokenizer)) if args.tokenizer else None
 
@@ -895,7 +895,7 @@ def _run_mkgraph(args) -> int:
 
         if len(args.paths) != 3:
             raise ValueError("mkgraph --ctc takes TOKENIZER LM OUT")
-        from asrkit.train.expdir import resolve_tokenizer
+        from asrkit.exp.expdir import resolve_tokenizer
 
         tokenizer, lm, out = args.paths
         out = make_tlg_graph(resolve_tokenizer(tokenizer), lm, out, topology=args.topology)

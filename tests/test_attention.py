@@ -574,11 +574,11 @@ def test_tiny_hybrid_learns_and_decodes(name, synth_batch):
 def test_dev_wer_of_attention_only_model_uses_the_decoder(tmp_path, monkeypatch):
     """With ctc_weight = 0 the CTC layer is untrained, so evaluate() scores greedy attention
     decoding; with ctc_weight > 0 it scores greedy CTC."""
+    from asrkit.data.dataset import FeatureDataset
     from asrkit.decode.ctc import ctc_greedy
     from asrkit.score import score_texts
     from asrkit.text.tokenizer import Tokenizer, train_tokenizer
     from asrkit.train import loop
-    from asrkit.train.data import FeatureDataset
     from tests.synth import make_feature_dir
 
     d = make_feature_dir(tmp_path / "dev", n_utts=6, seed=3)

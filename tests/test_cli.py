@@ -101,6 +101,22 @@ def test_parser_builds_without_heavy_imports():
     assert p.parse_args(["features", "d", "o"]).nj == 1
 
 
+def test_decoding_imports_nothing_from_training():
+    """asrkit.decode (every module) and the LM and model layers load no asrkit.train module:
+    the experiment dir (checkpoints, model loading) lives below both, in asrkit.exp."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, asrkit.decode, asrkit.lm, asrkit.models\n"
+            "for pkg in (asrkit.decode, asrkit.lm, asrkit.models):\n"
+            "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        importlib.import_module(m.name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('asrkit.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_prep_librispeech_download_from_local_mirror_then_features(tmp_path, capsys,
                                                                    data_write_audio):
     """The LibriSpeech layout via --download from a file:// mirror, then the feature stage."""

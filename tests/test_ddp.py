@@ -27,9 +27,9 @@ import torch
 import torch.multiprocessing as mp
 
 from asrkit.cli import compose_train_config
+from asrkit.data.dataset import frame_batches, shard_batches
+from asrkit.exp.checkpoint import epoch_checkpoints, load_checkpoint, read_metrics
 from asrkit.models.transformer import TransformerCTC
-from asrkit.train.checkpoint import epoch_checkpoints, load_checkpoint, read_metrics
-from asrkit.train.data import frame_batches, shard_batches
 from asrkit.train.ddp import DistInfo, distributed, env_info, wrap_model
 from asrkit.train.loop import train
 from tests.test_train_engine import FIXED_FRAMES, SGD, TINY, make_fixed_dir

@@ -1,5 +1,5 @@
 """Experiments that can move: the tokenizer (and CMVN stats) live inside the experiment dir,
-so a moved experiment decodes from any working directory (asrkit/train/expdir.py)."""
+so a moved experiment decodes from any working directory (asrkit/exp/expdir.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from asrkit.cli import main
 from asrkit.data.datadir import read_kaldi_map
+from asrkit.exp.expdir import exp_tokenizer_path, resolve_tokenizer
 from asrkit.lm.neural import load_lm
 from asrkit.text.tokenizer import train_tokenizer
-from asrkit.train.expdir import exp_tokenizer_path, resolve_tokenizer
 from tests.synth import make_feature_dir, make_text_file
 
 torch.set_num_threads(1)

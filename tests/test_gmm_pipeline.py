@@ -261,10 +261,10 @@ def test_fmllr_feats_writes_adapted_feature_dir(system, tmp_path, capsys):
     import kaldiio
     import numpy as np
 
+    from asrkit.data.dataset import FeatureDataset
     from asrkit.features.cmvn import read_cmvn_stats
     from asrkit.models.hmm_gmm import AcousticModel, load_features
     from asrkit.models.hmm_gmm.fmllr import apply_fmllr, read_fmllr, write_fmllr
-    from asrkit.train.data import FeatureDataset
 
     train, sat = system["train"], system["exp"] / "tri3"
     out = tmp_path / "fmllr"

@@ -17,6 +17,7 @@ from synth import PHONE_LEXICON, make_phone_feature_dir
 
 from asrkit.cli import main
 from asrkit.data.datadir import read_kaldi_map
+from asrkit.exp.checkpoint import load_checkpoint
 from asrkit.features.cmvn import compute_cmvn_stats, write_cmvn_stats
 from asrkit.models.hmm_gmm import AcousticModel, read_int_vectors, write_int_vectors
 from asrkit.models.hybrid import (
@@ -27,7 +28,6 @@ from asrkit.models.hybrid import (
     pdf_counts,
 )
 from asrkit.score import score_files
-from asrkit.train.checkpoint import load_checkpoint
 
 _STAGES = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "hmm_gmm.yaml").stages
 GMM_OPTS = ["model.stages.mono.num_iters=10", "model.stages.mono.max_gauss=40",

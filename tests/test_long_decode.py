@@ -17,6 +17,7 @@ from asrkit.cli import compose_train_config
 from asrkit.decode.chunked import chunked_ctc_log_probs, plan_windows
 from asrkit.decode.run import LongUtteranceError, decode_data_dir
 from asrkit.decode.wfst import make_tlg_graph
+from asrkit.exp.checkpoint import instantiate_model, save_checkpoint
 from asrkit.features.cmvn import compute_cmvn_stats, read_cmvn_stats, write_cmvn_stats
 from asrkit.lm.ngram import estimate_ngram, write_arpa
 from asrkit.models.cnn import CNNCTC
@@ -25,7 +26,6 @@ from asrkit.models.lstm import LSTMCTC
 from asrkit.models.pretrained import PretrainedEncoderCTC
 from asrkit.models.transformer import TransformerCTC
 from asrkit.text.tokenizer import Tokenizer, train_tokenizer
-from asrkit.train.checkpoint import instantiate_model, save_checkpoint
 from tests.synth import _write_feature_files, make_feature_dir
 from tests.test_pretrained_encoder import NO_DROPOUT
 from tests.test_pretrained_encoder import TINY as TINY_W2V

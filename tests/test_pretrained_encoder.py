@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from asrkit.cli import compose_train_config
 from asrkit.data.datadir import read_kaldi_map, spk2utt_from_utt2spk, write_kaldi_map
 from asrkit.decode.run import decode_data_dir
+from asrkit.exp.checkpoint import load_checkpoint, load_model
 from asrkit.features.compute import FeatureConfig, compute_features, extract
 from asrkit.models.pretrained import (
     PretrainedEncoderCTC,
@@ -32,7 +33,6 @@ from asrkit.models.pretrained import (
     span_mask,
 )
 from asrkit.text.tokenizer import Tokenizer, train_tokenizer
-from asrkit.train.checkpoint import load_checkpoint, load_model
 from asrkit.train.loop import train
 
 torch.set_num_threads(1)

@@ -11,9 +11,9 @@ import torch
 
 from asrkit.cli import compose_train_config, main
 from asrkit.decode.run import decode_data_dir
+from asrkit.exp.checkpoint import average_checkpoints, epoch_checkpoints, load_checkpoint
 from asrkit.score import score_files
 from asrkit.text.tokenizer import train_tokenizer
-from asrkit.train.checkpoint import average_checkpoints, epoch_checkpoints, load_checkpoint
 from asrkit.train.loop import train
 from tests.synth import make_feature_dir
 
@@ -76,7 +76,7 @@ def test_train_learns_writes_experiment_and_decodes(synth, tmp_path):
 
 
 def test_average_checkpoints_is_mean(tmp_path):
-    from asrkit.train.checkpoint import save_checkpoint
+    from asrkit.exp.checkpoint import save_checkpoint
 
     a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
     b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
@@ -149,8 +149,8 @@ def test_killed_mid_epoch_resumes_to_the_same_model(synth, tmp_path):
 def test_max_steps_stops_mid_epoch_resumably(synth, tmp_path):
     """trainer.max_steps ends training after that many updates, mid-epoch included; the
     saved position resumes to the same model as a run without the cap."""
+    from asrkit.data.dataset import FeatureDataset, frame_batches
     from asrkit.text.tokenizer import Tokenizer
-    from asrkit.train.data import FeatureDataset, frame_batches
 
     quiet = ["data.max_frames=400", "trainer.save_every_batches=0", "trainer.plot=false",
              "trainer.tensorboard=false", "trainer.max_epochs=2"]
@@ -184,7 +184,7 @@ def test_max_steps_stops_mid_epoch_resumably(synth, tmp_path):
 
 def test_dev_subset_keeps_evenly_spaced_utterances(tmp_path):
     """``data.dev_max_utts``: the per-epoch dev pass on n utterances spread over the set."""
-    from asrkit.train.data import FeatureDataset
+    from asrkit.data.dataset import FeatureDataset
     from asrkit.train.loop import _thin_dataset
     from tests.synth import make_feature_dir
 

@@ -1,4 +1,4 @@
-"""FeatureDataset's compact index and kept-open ark files (asrkit.train.data)."""
+"""FeatureDataset's compact index and kept-open ark files (asrkit.data.dataset)."""
 
 import pickle
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from asrkit.data.dataset import FeatureDataset, PackedTokens, collate
 from asrkit.text.tokenizer import Tokenizer, train_tokenizer
-from asrkit.train.data import FeatureDataset, PackedTokens, collate
 from tests.synth import make_feature_dir
 
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from asrkit.cli import compose_train_config
-from asrkit.text.tokenizer import train_tokenizer
-from asrkit.train.checkpoint import (
+from asrkit.exp.checkpoint import (
     average_checkpoints,
     epoch_checkpoints,
     load_checkpoint,
@@ -23,6 +22,7 @@ from asrkit.train.checkpoint import (
     read_metrics,
     select_checkpoints,
 )
+from asrkit.text.tokenizer import train_tokenizer
 from asrkit.train.loop import EarlyStopping, train
 from tests.synth import make_feature_dir
 

@@ -41,15 +41,15 @@ from pathlib import Path
 import torch
 
 from asrkit.data.datadir import read_kaldi_map, write_kaldi_map
+from asrkit.data.dataset import FeatureDataset, collate, frame_batches
 from asrkit.decode.attention import attention_beam_search, joint_ctc_attention_beam_search
 from asrkit.decode.chunked import chunked_ctc_log_probs
 from asrkit.decode.ctc import ctc_greedy, ctc_prefix_beam_search_batch
 from asrkit.decode.nbest import write_or_clear_nbest
+from asrkit.exp.checkpoint import load_model, pick_device
+from asrkit.exp.expdir import load_exp_tokenizer
 from asrkit.fileio import atomic_write, stage_log
 from asrkit.text.tokenizer import Tokenizer
-from asrkit.train.checkpoint import load_model, pick_device
-from asrkit.train.data import FeatureDataset, collate, frame_batches
-from asrkit.train.expdir import load_exp_tokenizer
 
 logger = logging.getLogger(__name__)
 

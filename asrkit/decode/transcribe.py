@@ -475,7 +475,7 @@ class Transcriber:
             ValueError: bad options (see :class:`asrkit.decode.search.CtcModelSearch`).
         """
         from asrkit.decode.gmm import is_gmm_exp, model_file
-        from asrkit.train.checkpoint import pick_device
+        from asrkit.exp.checkpoint import pick_device
 
         exp = Path(exp)
         if is_gmm_exp(exp):
@@ -502,8 +502,8 @@ class Transcriber:
             logger.info("HMM-GMM %s, graph %s", mpath, Path(graph) if graph else stage_dir / "graph")
             return cls(backend, **kwargs)
         from asrkit.decode.search import CtcModelSearch
-        from asrkit.train.checkpoint import load_model
-        from asrkit.train.expdir import load_exp_tokenizer
+        from asrkit.exp.checkpoint import load_model
+        from asrkit.exp.expdir import load_exp_tokenizer
 
         dev = pick_device(device)
         model, cfg = load_model(exp, checkpoint=checkpoint, avg=avg, device=dev)

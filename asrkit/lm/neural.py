@@ -4,7 +4,7 @@ Experiment layout (``exp_dir``), like the acoustic models':
 
 * ``config.yaml``        the resolved config plus ``vocab_size`` and ``exp_files``
 * ``tokenizer/<name>.model`` a copy of ``data.tokenizer``, so the LM works after a move
-  (:mod:`asrkit.train.expdir`)
+  (:mod:`asrkit.exp.expdir`)
 * ``checkpoints/last.pt`` model, optimiser, epoch, metrics (resume point, every epoch)
 * ``checkpoints/best.pt`` the model weights with the best dev perplexity (or the last epoch's
   when there is no dev set)
@@ -30,11 +30,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from asrkit.exp.checkpoint import load_checkpoint, pick_device, save_checkpoint
+from asrkit.exp.expdir import EXP_FILES_KEY, TOKENIZER_DIR, copy_into_exp, load_exp_tokenizer
 from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.lm import TokenLM
 from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer, read_transcripts
-from asrkit.train.checkpoint import load_checkpoint, pick_device, save_checkpoint
-from asrkit.train.expdir import EXP_FILES_KEY, TOKENIZER_DIR, copy_into_exp, load_exp_tokenizer
 
 __all__ = ["NeuralSentenceLM", "load_lm", "train_lm"]
 
@@ -189,7 +189,7 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
 def load_lm(exp_dir: str | os.PathLike, device: str | torch.device = "cpu"
             ) -> tuple[TokenLM, Tokenizer]:
     """The best checkpoint of a trained LM experiment and its tokenizer (the experiment's
-    copy, :func:`asrkit.train.expdir.exp_tokenizer_path`).
+    copy, :func:`asrkit.exp.expdir.exp_tokenizer_path`).
 
     Raises:
         FileNotFoundError: no ``config.yaml``, ``checkpoints/best.pt`` or tokenizer.

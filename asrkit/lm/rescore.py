@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from asrkit.decode.nbest import NBest
-from asrkit.train.checkpoint import pick_device
+from asrkit.exp.checkpoint import pick_device
 
 __all__ = ["HFCausalLM", "NgramSentenceLM", "load_sentence_lm", "rescore_nbest"]
 

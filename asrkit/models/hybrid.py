@@ -367,9 +367,9 @@ def prepare_training(cfg, exp_dir: Path | None) -> dict:
         ValueError: ``data.alignment`` not set.
         FileNotFoundError, ValueError: as :func:`load_frame_targets`.
     """
+    from asrkit.exp.expdir import copy_into_exp
     from asrkit.fileio import atomic_write
     from asrkit.models.hmm_gmm import AcousticModel
-    from asrkit.train.expdir import copy_into_exp
 
     dc = cfg.data
     if not dc.get("alignment"):
@@ -455,14 +455,14 @@ class HybridScorer:
     def load(cls, exp: str | os.PathLike, device: str | torch.device = "cpu", *,
              avg: int = 1, select: str = "best", metric: str = "dev_loss") -> HybridScorer:
         """The model of a hybrid experiment (``select``/``avg`` as
-        :func:`asrkit.train.checkpoint.load_model`; ``best`` falls back to ``last`` when no
+        :func:`asrkit.exp.checkpoint.load_model`; ``best`` falls back to ``last`` when no
         checkpoint has ``metric``) and the transition model of its ``final.mdl``.
 
         Raises:
             FileNotFoundError: no ``config.yaml``, checkpoint or ``final.mdl``.
         """
+        from asrkit.exp.checkpoint import load_model
         from asrkit.models.hmm_gmm import AcousticModel
-        from asrkit.train.checkpoint import load_model
 
         p = Path(exp)
         d = p.parent if p.is_file() else p
@@ -540,13 +540,13 @@ def align_hybrid_data_dir(exp: str | os.PathLike, lang_dir: str | os.PathLike,
         FileNotFoundError: missing experiment, lang or data files.
     """
     from asrkit.data.datadir import read_kaldi_map
+    from asrkit.exp.checkpoint import pick_device
     from asrkit.fileio import stage_log
     from asrkit.models.hmm_gmm import AcousticModel
     from asrkit.models.hmm_gmm.ali_io import write_alignment_dir
     from asrkit.models.hmm_gmm.align import align_viterbi
     from asrkit.models.hmm_gmm.graph import GraphCompiler, TranscriptGraphError
     from asrkit.text.lexicon import read_lang
-    from asrkit.train.checkpoint import pick_device
 
     out = Path(out_dir)
     dev = pick_device(device)

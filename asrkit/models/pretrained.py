@@ -42,7 +42,7 @@ naming the file and keys. A fairseq checkpoint must first be converted
 
 The file is read when the model is built with ``pretrained`` set, i.e. when training starts.
 A resumed run and a trained experiment do not need it:
-:func:`asrkit.train.checkpoint.instantiate_model` builds the model with ``pretrained=None``
+:func:`asrkit.exp.checkpoint.instantiate_model` builds the model with ``pretrained=None``
 when a checkpoint will supply every weight, so resuming and decoding work after the
 pretrained file is gone.
 

@@ -21,7 +21,7 @@ are saved in the model's ``meta["features"]`` so decoding and alignment use the 
 
 A stage dir needs nothing outside it to decode after a move (``final.mdl`` holds the model and
 its feature options; a graph dir holds ``HCLG.fst`` and ``words.txt``); the lang dir is an
-argument of ``asrkit mkgraph`` and ``asrkit align``, as in Kaldi (:mod:`asrkit.train.expdir`).
+argument of ``asrkit mkgraph`` and ``asrkit align``, as in Kaldi (:mod:`asrkit.exp.expdir`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asrkit.data.datadir import read_kaldi_map
+from asrkit.exp.checkpoint import pick_device
+from asrkit.exp.expdir import copy_into_exp
 from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.hmm_gmm import (
     AcousticModel,
@@ -63,8 +65,6 @@ from asrkit.models.hmm_gmm.mono import MonoOptions
 from asrkit.models.hmm_gmm.sat import SatOptions
 from asrkit.models.hmm_gmm.tri import LdaMlltOptions, TriOptions, train_lda_mllt
 from asrkit.text.lexicon import Lang, find_oovs, read_lang
-from asrkit.train.checkpoint import pick_device
-from asrkit.train.expdir import copy_into_exp
 
 __all__ = ["STAGE_TYPES", "align_data_dir", "train_hmm_gmm"]
 

@@ -6,7 +6,7 @@
   ``exp_files``, the copies below (paths relative to ``exp_dir``);
 - ``tokenizer/<name>.model`` and ``cmvn.ark``: copies of ``data.tokenizer`` and of the
   training features' CMVN stats, so the experiment decodes after a move
-  (:mod:`asrkit.train.expdir`; the model holds the CMVN stats as buffers too);
+  (:mod:`asrkit.exp.expdir`; the model holds the CMVN stats as buffers too);
 - ``train.log``: parameter count, loss and learning rate every ``trainer.log_interval``
   batches, and per epoch train loss, dev loss and dev WER, frames/second and peak memory;
 - ``metrics.jsonl``: one JSON object per epoch (``epoch``, ``train_loss``, ``dev_loss``,
@@ -38,7 +38,7 @@ the cap to continue.
 
 Checkpoint retention (``trainer.keep_checkpoints`` = N, 0 keeps all): the last N epoch
 checkpoints plus, for each metric in ``trainer.keep_best_by`` (``dev_loss``, ``dev_wer``), the
-N best epochs by it; :func:`asrkit.train.checkpoint.load_model` (``select="best"``) averages
+N best epochs by it; :func:`asrkit.exp.checkpoint.load_model` (``select="best"``) averages
 the best ones. Early stopping (``trainer.early_stop.metric`` = ``dev_loss``/``dev_wer``) ends
 training after ``patience`` epochs in a row without an improvement larger than ``min_delta``.
 
@@ -49,7 +49,7 @@ the scheduler scales every group's lr alike (it keeps each group's own base lr),
 holds. Other models give all their parameters to one group. The lr logged is group 0's.
 
 Data-parallel training: launched under ``torchrun`` (``WORLD_SIZE > 1``), each process trains
-on its shard of every epoch's batches (:func:`asrkit.train.data.shard_batches`) with the model
+on its shard of every epoch's batches (:func:`asrkit.data.dataset.shard_batches`) with the model
 wrapped in ``DistributedDataParallel`` (:mod:`asrkit.train.ddp`); rank 0 alone writes
 ``exp_dir`` and evaluates the dev set while the other ranks wait on a barrier. DDP averages
 the ranks' gradients; as the loss is a per-utterance mean within each rank's batch, one update
@@ -77,13 +77,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from asrkit.data.dataset import FeatureDataset, collate, frame_batches, shard_batches
 from asrkit.decode.attention import attention_greedy
 from asrkit.decode.ctc import ctc_greedy
-from asrkit.features.cmvn import read_cmvn_stats
-from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
-from asrkit.score import score_texts
-from asrkit.text.tokenizer import Tokenizer
-from asrkit.train.checkpoint import (
+from asrkit.exp.checkpoint import (
     METRICS,
     epoch_checkpoints,
     instantiate_model,
@@ -92,7 +89,11 @@ from asrkit.train.checkpoint import (
     read_metrics,
     save_checkpoint,
 )
-from asrkit.train.data import FeatureDataset, collate, frame_batches, shard_batches
+from asrkit.exp.expdir import EXP_FILES_KEY, TOKENIZER_DIR, copy_into_exp
+from asrkit.features.cmvn import read_cmvn_stats
+from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
+from asrkit.score import score_texts
+from asrkit.text.tokenizer import Tokenizer
 from asrkit.train.ddp import (
     DistInfo,
     all_gather_object,
@@ -103,7 +104,6 @@ from asrkit.train.ddp import (
     distributed,
     wrap_model,
 )
-from asrkit.train.expdir import EXP_FILES_KEY, TOKENIZER_DIR, copy_into_exp
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     if main:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved["model_dims"] = dims
-        # the experiment carries its tokenizer and CMVN stats (asrkit.train.expdir)
+        # the experiment carries its tokenizer and CMVN stats (asrkit.exp.expdir)
         resolved[EXP_FILES_KEY] = {
             "cmvn": copy_into_exp(train_dir / "cmvn.ark", exp_dir, "cmvn.ark")}
         if hybrid is None:

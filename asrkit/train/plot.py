@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from asrkit.exp.checkpoint import read_metrics
 from asrkit.fileio import atomic_write
-from asrkit.train.checkpoint import read_metrics
 
 __all__ = ["PNG_NAME", "main", "plot_training_curves"]
 

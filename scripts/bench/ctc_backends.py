@@ -14,7 +14,7 @@ test sentences, spiky CTC posteriors of its pieces (1-2 frames per piece, 1-3 bl
 between, noise on every frame, and in 20% of the pieces a confusable token almost as likely as
 the right one). The word trigram (interpolated Kneser-Ney, ``asrkit.lm.ngram``) is estimated on
 the training sentences unless ``--lm`` gives an ARPA file. With ``--exp`` and ``--data``, the
-posteriors are those of a trained experiment (``asrkit.train.checkpoint.load_model``, the last
+posteriors are those of a trained experiment (``asrkit.exp.checkpoint.load_model``, the last
 checkpoint) on a feature data dir, as ``asrkit decode`` computes them, and ``--lm`` is optional.
 
 Backends, all on one CPU thread, over the same posteriors (decoder construction not timed):
@@ -123,10 +123,10 @@ def from_experiment(args) -> tuple[Tokenizer, list[str], list[torch.Tensor], lis
     """Tokenizer, utterance ids, posteriors and references (None without ``text``) of a
     trained experiment on a feature data dir."""
     from asrkit.data.datadir import read_kaldi_map
+    from asrkit.data.dataset import FeatureDataset, collate, frame_batches
     from asrkit.decode.run import pick_device
-    from asrkit.train.checkpoint import load_model
-    from asrkit.train.data import FeatureDataset, collate, frame_batches
-    from asrkit.train.expdir import load_exp_tokenizer
+    from asrkit.exp.checkpoint import load_model
+    from asrkit.exp.expdir import load_exp_tokenizer
 
     dev = pick_device(args.device)
     model, cfg = load_model(args.exp, device=dev)

@@ -20,7 +20,7 @@ each as a subprocess of the real CLI, one at a time, under ``nice``:
   feature dir without the stage, for a machine too busy to compute it in time: ×1's
   matrices written again, ``N`` times, under the new ids (a real ark of ``N``× the size;
   fbank has no dither, so the stage would write the same numbers);
-* dataset index: a small Python process that builds :class:`asrkit.train.data.FeatureDataset`
+* dataset index: a small Python process that builds :class:`asrkit.data.dataset.FeatureDataset`
   (with the tokenizer) for ``OUT/fbank/xN`` under ``tracemalloc``: the bytes it keeps per
   utterance, extrapolated to LibriSpeech 960 h (281,241 utterances); ``--probe-index``
   measures the same on other feature dirs (e.g. LibriSpeech transcripts, longer than AN4's);
@@ -85,7 +85,7 @@ sys.exit(main())
 INDEX_PROBE = r'''
 import gc, json, sys, time, tracemalloc
 from asrkit.text.tokenizer import Tokenizer
-from asrkit.train.data import FeatureDataset
+from asrkit.data.dataset import FeatureDataset
 tok = Tokenizer(sys.argv[2])
 gc.collect()
 tracemalloc.start()

@@ -87,7 +87,7 @@ def _neural_setup(args: dict, frames: int):
     from asrkit.models.transformer import TransformerCTC
 
     if args["exp"]:
-        from asrkit.train.checkpoint import load_model
+        from asrkit.exp.checkpoint import load_model
 
         model, cfg = load_model(args["exp"])
         vocab = cfg["model_dims"]["vocab_size"]
@@ -100,7 +100,7 @@ def _neural_setup(args: dict, frames: int):
         with torch.no_grad():
             model.ctc_out.weight.mul_(20.0)
     if args["data_dir"]:
-        from asrkit.train.data import FeatureDataset
+        from asrkit.data.dataset import FeatureDataset
 
         ds = FeatureDataset(args["data_dir"], None, max_frames=10**9)
         feats = _concat_feats([ds[i][1] for i in range(len(ds))], frames)
