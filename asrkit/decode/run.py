@@ -49,12 +49,13 @@ from asrkit.decode.nbest import write_or_clear_nbest
 from asrkit.exp.checkpoint import load_model, pick_device
 from asrkit.exp.expdir import load_exp_tokenizer
 from asrkit.fileio import atomic_write, stage_log
+from asrkit.lm.fusion import fusion_scorer
 from asrkit.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ATTENTION_METHODS", "METHODS", "DecodeReport", "LongUtteranceError",
-           "decode_data_dir", "fusion_scorer", "pick_device"]
+           "decode_data_dir", "pick_device"]
 
 METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst")
 ATTENTION_METHODS = ("attention_beam", "joint_ctc_attention")
@@ -99,39 +100,6 @@ def _distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
             if len(out) == n:
                 break
     return out
-
-
-def fusion_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *,
-                  word_bonus: float = 0.0):
-    """The shallow-fusion scorer for an LM path (:mod:`asrkit.lm.fusion`): an ``asrkit
-    train-lm`` neural LM directory (:class:`~asrkit.lm.fusion.NeuralTokenScorer`), or an ARPA
-    file over the tokenizer's pieces (:class:`~asrkit.lm.fusion.TokenNgramScorer`) or over
-    words (:class:`~asrkit.lm.fusion.WordNgramScorer`, with ``word_bonus``).
-
-    Raises:
-        ValueError: a neural LM with another vocabulary size, or ``word_bonus`` with a token
-            n-gram.
-        FileNotFoundError, asrkit.lm.ngram.ArpaError: unreadable files.
-    """
-    if Path(lm).is_dir():
-        from asrkit.lm.fusion import NeuralTokenScorer
-        from asrkit.lm.neural import load_lm
-
-        lm_model, lm_tok = load_lm(lm, device)
-        if lm_tok.vocab_size != tok.vocab_size:
-            raise ValueError(f"the LM {lm} has {lm_tok.vocab_size} tokens, the acoustic "
-                             f"model {tok.vocab_size}; train it with the same tokenizer")
-        return NeuralTokenScorer(lm_model)
-    from asrkit.lm.fusion import TokenNgramScorer, WordNgramScorer, is_token_lm
-    from asrkit.lm.ngram import read_arpa
-
-    ngram = read_arpa(lm)
-    pieces = tok.pieces(list(range(tok.vocab_size)))
-    if is_token_lm(ngram):  # asrkit train-lm ngram --tokenizer
-        if word_bonus:
-            raise ValueError(f"word_bonus applies to word n-grams; {lm} is over tokens")
-        return TokenNgramScorer(ngram, pieces)
-    return WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
 
 
 def _encoded(model, ds: FeatureDataset, long_idx: list[int], max_frames: int,

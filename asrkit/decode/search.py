@@ -4,7 +4,7 @@ graph, built once and called per batch; with word time spans from the CTC poster
 :class:`CtcModelSearch` runs the searchers of :mod:`asrkit.decode.ctc`,
 :mod:`asrkit.decode.attention` and :mod:`asrkit.decode.wfst` as ``asrkit decode`` does
 (:func:`asrkit.decode.run.decode_data_dir`, same methods and options, same shallow-fusion
-scorers from :func:`asrkit.decode.run.fusion_scorer`) and returns the 1-best of each
+scorers from :func:`asrkit.lm.fusion.fusion_scorer`) and returns the 1-best of each
 utterance as words with their encoder-frame spans:
 
 * ``wfst``: the spans of the graph's best path (:class:`asrkit.decode.wfst.CtcWfstResult`);
@@ -162,7 +162,7 @@ class CtcModelSearch:
                               "beam": 16.0 if beam is None else float(beam),
                               "max_active": max_active, "blank_penalty": blank_penalty}
         elif lm is not None:
-            from asrkit.decode.run import fusion_scorer
+            from asrkit.lm.fusion import fusion_scorer
 
             scorer = fusion_scorer(lm, tok, torch.device(device), word_bonus=word_bonus)
             self.fusion = {"scorer": scorer, "lm_weight": lm_weight}

@@ -21,19 +21,24 @@ makes ``prefix`` the new empty prefix and forgets the rest of the cache: the CTC
 search calls it, on a long utterance, with the tokens all its hypotheses share
 (:func:`asrkit.decode.ctc.ctc_prefix_beam_search`), so the cache and its keys stay small
 however long the utterance.
+
+:func:`fusion_scorer` builds the scorer for an LM path (ARPA over words or pieces, or an
+``asrkit train-lm`` neural LM dir): the one place every decoder gets its LM from.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from asrkit.lm.ngram import LMState, NgramLM
-from asrkit.text.tokenizer import SOS_EOS_ID
+from asrkit.lm.ngram import LMState, NgramLM, read_arpa
+from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer
 
 __all__ = ["WORD_START", "CombinedScorer", "NeuralTokenScorer", "TokenNgramScorer", "WordNgramScorer",
-           "is_token_lm"]
+           "fusion_scorer", "is_token_lm"]
 
 WORD_START = "\u2581"
 """Sentencepiece's word-start marker."""
@@ -298,3 +303,33 @@ class CombinedScorer:
         """Rebase every scorer (module docstring)."""
         for sc, _ in self.parts:
             sc.rebase(prefix)
+
+
+def fusion_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *,
+                  word_bonus: float = 0.0):
+    """The shallow-fusion scorer for an LM path, the one place scorers are built (``asrkit
+    decode --lm``, :class:`asrkit.decode.search.CtcModelSearch`): an ``asrkit train-lm``
+    neural LM directory (:class:`NeuralTokenScorer`), or an ARPA file over the tokenizer's
+    pieces (:class:`TokenNgramScorer`) or over words (:class:`WordNgramScorer`, with
+    ``word_bonus``).
+
+    Raises:
+        ValueError: a neural LM with another vocabulary size, or ``word_bonus`` with a token
+            n-gram.
+        FileNotFoundError, asrkit.lm.ngram.ArpaError: unreadable files.
+    """
+    if Path(lm).is_dir():
+        from asrkit.lm.neural import load_lm
+
+        lm_model, lm_tok = load_lm(lm, device)
+        if lm_tok.vocab_size != tok.vocab_size:
+            raise ValueError(f"the LM {lm} has {lm_tok.vocab_size} tokens, the acoustic "
+                             f"model {tok.vocab_size}; train it with the same tokenizer")
+        return NeuralTokenScorer(lm_model)
+    ngram = read_arpa(lm)
+    pieces = tok.pieces(list(range(tok.vocab_size)))
+    if is_token_lm(ngram):  # asrkit train-lm ngram --tokenizer
+        if word_bonus:
+            raise ValueError(f"word_bonus applies to word n-grams; {lm} is over tokens")
+        return TokenNgramScorer(ngram, pieces)
+    return WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
