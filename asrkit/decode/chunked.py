@@ -129,7 +129,7 @@ def chunked_ctc_log_probs(model, feats: torch.Tensor, *, chunk_frames: int,
         (T', V) float32 log-posteriors on the CPU, T' = ``model.encoder_output_lengths(T)``.
 
     Raises:
-        NotImplementedError: the model does not say how it subsamples time.
+        TypeError: the model does not say how it subsamples time.
         ValueError: bad ``chunk_frames`` / ``context_frames``.
         RuntimeError: a window's encoder output is shorter than its frame arithmetic says
             (a family whose ``encoder_output_lengths`` is wrong).

@@ -227,6 +227,7 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
         torch.set_num_threads(threads)
     opts = dict(opts)
     batch_size = opts.pop("batch_size", 1)
+    word_ins_penalty = opts.pop("word_ins_penalty", 0.0)  # asrkit backend only (checked)
     dev = torch.device(device)
     hybrid = is_hybrid_exp(Path(model_path).parent)  # final.mdl of a model=hybrid exp dir
     am = HybridScorer.load(Path(model_path).parent, dev) if hybrid else \
@@ -234,7 +235,6 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     if backend == "kaldi":
         from asrkit.decode.kaldi import KaldiFasterDecoder
 
-        opts.pop("word_ins_penalty")  # 0 (checked by decode_gmm_data_dir)
         kaldi = KaldiFasterDecoder(graph_path, am.tmodel.tid2pdf,
                                    acoustic_scale=opts["acoustic_scale"], beam=opts["beam"],
                                    max_active=opts["max_active"])
@@ -243,8 +243,7 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
             return [_or_error(kaldi.decode, x) for x in scores]
         batch_size = 1
     else:
-        graph = DecodingGraph.from_fst(read_fst(graph_path), opts.pop("word_ins_penalty")
-                                       ).to(dev)
+        graph = DecodingGraph.from_fst(read_fst(graph_path), word_ins_penalty).to(dev)
         tid2pdf = am.tmodel.tid2pdf.to(dev)
         if opts["nbest"] > 1:
             batch_size = 1

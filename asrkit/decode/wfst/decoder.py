@@ -1092,18 +1092,18 @@ def decode_fst_batch(graph: pynini.Fst | DecodingGraph, loglikes: Sequence[torch
         sc = scores[t].reshape(-1)
         local = torch.remainder(states, N)
         tok, arc = _expand(g.e_offsets, search.e_sizes, local, search.iota)
-        off = _take(states - local, tok)
-        ll = _take(sc, off // N * S + _take(col, arc)).to(torch.float64)
+        ut = _take(states // N, tok)
+        ll = _take(sc, ut * S + _take(col, arc)).to(torch.float64)
         cost = _take(costs, tok) + _take(e_weight, arc) + ll * -acoustic_scale
-        ok = search.within_beam(off // N, cost, None)
+        ok = search.within_beam(ut, cost, None)
         if ok.numel() < cost.numel():
-            tok, arc, cost, off, ll = (_take(tok, ok), _take(arc, ok), _take(cost, ok),
-                                       _take(off, ok), _take(ll, ok))
-        sel = search.best_per_dst(_take(g.e_dst, arc) + off, cost)
-        tok, arc, cost, off, ll = (_take(tok, sel), _take(arc, sel), _take(cost, sel),
-                                   _take(off, sel), _take(ll, sel))
-        states, costs, idx = search.frame(_take(g.e_dst, arc) + off, cost, _take(idx, tok),
-                                          arc, ll)
+            tok, arc, cost, ut, ll = (_take(tok, ok), _take(arc, ok), _take(cost, ok),
+                                      _take(ut, ok), _take(ll, ok))
+        dst = _take(g.e_dst, arc) + ut * N
+        sel = search.best_per_dst(dst, cost)
+        tok, arc, cost, dst, ll = (_take(tok, sel), _take(arc, sel), _take(cost, sel),
+                                   _take(dst, sel), _take(ll, sel))
+        states, costs, idx = search.frame(dst, cost, _take(idx, tok), arc, ll)
         ut = states // N
         num_active[t] = torch.bincount(ut, minlength=B).cpu()
         finish(t, ut)
