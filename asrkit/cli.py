@@ -695,6 +695,7 @@ def _run_train_lm(args) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         check_missing_values(cfg, "lm")
+        _torch_threads(cfg)
         from asrkit.lm.neural import train_lm
 
         print(f"trained: {train_lm(cfg)}")
@@ -930,6 +931,17 @@ def _add_train(sub) -> None:
                    help="print the composed config and exit")
 
 
+def _torch_threads(cfg) -> None:
+    """Set torch's intra-op thread count from ``trainer.num_threads`` (0 or null: torch's
+    default). Global state, so set here, in the CLI, for the whole process (each
+    ``torchrun`` worker runs the CLI itself)."""
+    import torch
+
+    n = (cfg.get("trainer") or {}).get("num_threads")
+    if n:
+        torch.set_num_threads(int(n))
+
+
 def _run_train(args) -> int:
     from omegaconf import OmegaConf
 
@@ -945,13 +957,27 @@ def _run_train(args) -> int:
     else:
         from asrkit.train.loop import train
 
+    _torch_threads(cfg)
     exp = train(cfg)
     print(f"trained: {exp}")
     return 0
 
 
 def _add_decode(sub) -> None:
-    from asrkit.decode.run import METHODS
+    import inspect
+
+    from asrkit.decode.gmm import decode_gmm_data_dir
+    from asrkit.decode.options import (
+        METHODS,
+        CtcPrefixBeamOptions,
+        JointCtcAttentionOptions,
+        LmFusionOptions,
+        WfstOptions,
+    )
+
+    gmm = {k: v.default for k, v in inspect.signature(decode_gmm_data_dir).parameters.items()}
+    beam, joint = CtcPrefixBeamOptions.beam, JointCtcAttentionOptions
+    lm_w, wfst = LmFusionOptions.lm_weight, WfstOptions
 
     p = sub.add_parser(
         "decode", help="decode a feature data dir with a trained experiment",
@@ -989,73 +1015,84 @@ Shallow fusion (any beam method): --lm ARPA_FILE (word n-gram, words = the token
 pieces joined at word starts) or --lm LM_EXP_DIR (asrkit train-lm neural LM, same tokenizer);
 score = log P_am + --lm-weight * (log P_lm + --word-bonus * words). Options can also be
 given Hydra-style: decode.lm=lm.arpa decode.lm_weight=0.3 decode.word_bonus=1.0
-(any decode.KEY=VALUE is read as --KEY VALUE, underscores as dashes).""")
+(any decode.KEY=VALUE is read as --KEY VALUE, underscores as dashes), and a decode config
+chosen with decode=NAME (conf/decode/NAME.yaml: ctc_greedy, ctc_prefix_beam,
+attention_beam, joint_ctc_attention, wfst, flashlight) or decode=FILE.yaml (method,
+backend and option: value lines); options given on the command line override it.""")
     p.add_argument("exp_dir", type=Path, help="experiment directory (asrkit train output)")
     p.add_argument("data_dir", type=Path, help="feature data dir (asrkit features output)")
     p.add_argument("--out", type=Path, help="output directory")
-    p.add_argument("--method", choices=METHODS, default="ctc_greedy",
-                   help="search algorithm (default: %(default)s)")
+    p.add_argument("--config", help="a decode config: NAME of conf/decode/NAME.yaml or a "
+                   "YAML file (also given as decode=NAME); command-line options override it")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="search algorithm (default: the --config's, else ctc_greedy)")
     p.add_argument("--beam", type=float, default=None,
-                   help="beam methods: hypotheses kept; for ctc_prefix_beam also the number "
-                   "of candidate tokens tried per frame (default: 10); HMM-GMM: the "
-                   "decoding beam in cost units (default: 13)")
+                   help=f"beam methods: hypotheses kept; for ctc_prefix_beam also the number "
+                   f"of candidate tokens tried per frame (default: {beam}); --method wfst: "
+                   f"the beam in cost units (default {wfst.beam}); HMM-GMM: the decoding "
+                   f"beam in cost units (default: {gmm['beam']})")
     p.add_argument("--lm", type=Path, help="beam methods: shallow fusion with a word n-gram "
                    "(ARPA file) or a neural LM (asrkit train-lm experiment dir)")
-    p.add_argument("--lm-weight", type=float, default=0.5,
-                   help="weight of the LM log-probabilities (default %(default)s)")
+    p.add_argument("--lm-weight", type=float, default=None,
+                   help=f"weight of the LM log-probabilities (default {lm_w}; --method wfst: "
+                   f"the graph's LM, acoustic scale 1/weight, default {wfst.lm_weight})")
     p.add_argument("--extra-lm", nargs=2, action="append", default=[],
                    metavar=("LM", "WEIGHT"),
                    help="another LM fused together with --lm, with its own weight (e.g. "
                    "--lm kn3.arpa --extra-lm exp/lm_lstm 0.2); repeatable")
-    p.add_argument("--word-bonus", type=float, default=0.0,
-                   help="added per word inside the LM weight (default %(default)s)")
+    p.add_argument("--word-bonus", type=float, default=None,
+                   help=f"added per word inside the LM weight (default "
+                   f"{LmFusionOptions.word_bonus})")
     p.add_argument("--graph", type=Path, help="HMM-GMM: graph dir (default EXP_DIR/graph); "
                    "--method wfst: the TLG graph dir")
-    p.add_argument("--backend", choices=["asrkit", "flashlight", "kaldi"], default="asrkit",
+    p.add_argument("--backend", choices=["asrkit", "flashlight", "kaldi"], default=None,
                    help="ctc_prefix_beam implementation: asrkit's, or Flashlight's C++ search "
                    "through torchaudio (the flashlight extra: pip install -e '.[flashlight]' in "
                    "the asrkit checkout); HMM-GMM: asrkit's WFST search, or kaldi: Kaldi's "
                    "C++ FasterDecoder (the kaldi extra: pip install -e '.[kaldi]'; 1-best) "
-                   "(default %(default)s)")
+                   "(default asrkit)")
     p.add_argument("--lexicon", type=Path,
                    help="--backend flashlight: constrain output to these words (word list or "
                    "'WORD piece ...' lexicon); with --lm ARPA the LM runs in KenLM")
-    p.add_argument("--blank-penalty", type=float, default=0.0,
-                   help="--method wfst: cost added per blank frame (default %(default)s)")
-    p.add_argument("--acwt", type=float, default=0.1,
-                   help="HMM-GMM: acoustic scale (1 / LM weight; default %(default)s)")
-    p.add_argument("--max-active", type=int, default=7000,
-                   help="HMM-GMM and --method wfst: most tokens per frame (default %(default)s)")
-    p.add_argument("--nj", type=int, default=1,
-                   help="HMM-GMM: parallel single-threaded jobs (default %(default)s)")
-    p.add_argument("--nbest", type=int, default=1,
+    p.add_argument("--blank-penalty", type=float, default=None,
+                   help=f"--method wfst: cost added per blank frame (default "
+                   f"{wfst.blank_penalty})")
+    p.add_argument("--acwt", type=float, default=None,
+                   help=f"HMM-GMM: acoustic scale (1 / LM weight; default "
+                   f"{gmm['acoustic_scale']})")
+    p.add_argument("--max-active", type=int, default=None,
+                   help=f"HMM-GMM and --method wfst: most tokens per frame (default "
+                   f"{gmm['max_active']} and {wfst.max_active})")
+    p.add_argument("--nj", type=int, default=None,
+                   help=f"HMM-GMM: parallel single-threaded jobs (default {gmm['nj']})")
+    p.add_argument("--nbest", type=int, default=None,
                    help="beam methods: write the N best distinct hypotheses per utterance "
-                   "to OUT/nbest (1 <= N <= --beam; default: %(default)s, no nbest file); "
+                   "to OUT/nbest (1 <= N <= --beam; default: 1, no nbest file); "
                    "--method wfst and HMM-GMM: any N >= 1, the N best distinct word "
                    "sequences of a lattice, score -(graph cost + acoustic scale x acoustic "
                    "cost)")
-    p.add_argument("--batch-size", type=int, default=16,
+    p.add_argument("--batch-size", type=int, default=None,
                    help="HMM-GMM and hybrid, asrkit backend, 1-best: utterances of similar "
                    "length searched together through the graph (same output, several times "
-                   "faster per core; 1: one at a time; default %(default)s)")
-    p.add_argument("--word-ins-penalty", type=float, default=0.0,
-                   help="HMM-GMM and hybrid: graph cost added per output word (Kaldi's "
-                   "scoring sweeps 0.0 0.5 1.0; default %(default)s)")
-    p.add_argument("--fmllr-passes", type=int, default=2,
+                   f"faster per core; 1: one at a time; default {gmm['batch_size']})")
+    p.add_argument("--word-ins-penalty", type=float, default=None,
+                   help=f"HMM-GMM and hybrid: graph cost added per output word (Kaldi's "
+                   f"scoring sweeps 0.0 0.5 1.0; default {gmm['word_ins_penalty']})")
+    p.add_argument("--fmllr-passes", type=int, default=None,
                    help="HMM-GMM SAT models (sat stage): adapted passes after the speaker-"
                         "independent one (Kaldi decode_fmllr.sh: 2; 1 is faster)")
-    p.add_argument("--lattice-beam", type=float, default=8.0,
-                   help="--method wfst and HMM-GMM with --nbest N > 1: lattice pruning beam "
-                   "in cost units (default %(default)s)")
-    p.add_argument("--ctc-weight", type=float, default=0.3,
-                   help="joint_ctc_attention: weight of the CTC prefix score "
-                   "(default: %(default)s)")
-    p.add_argument("--length-penalty", type=float, default=0.0,
-                   help="attention methods: score added per output token "
-                   "(default: %(default)s)")
-    p.add_argument("--maxlen-ratio", type=float, default=1.0,
-                   help="attention methods: at most this × encoder frames output tokens "
-                   "(default: %(default)s)")
+    p.add_argument("--lattice-beam", type=float, default=None,
+                   help=f"--method wfst and HMM-GMM with --nbest N > 1: lattice pruning beam "
+                   f"in cost units (default {wfst.lattice_beam} and {gmm['lattice_beam']})")
+    p.add_argument("--ctc-weight", type=float, default=None,
+                   help=f"joint_ctc_attention: weight of the CTC prefix score "
+                   f"(default: {joint.ctc_weight})")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help=f"attention methods: score added per output token "
+                   f"(default: {joint.length_penalty})")
+    p.add_argument("--maxlen-ratio", type=float, default=None,
+                   help=f"attention methods: at most this × encoder frames output tokens "
+                   f"(default: {joint.maxlen_ratio})")
     p.add_argument("--avg", type=int, default=1,
                    help="average the weights of the last N epoch checkpoints")
     p.add_argument("--checkpoint", type=Path, help="decode this checkpoint file instead")
@@ -1078,6 +1115,34 @@ def _float_arg(option: str, text: str) -> float:
         raise ValueError(f"{option}: expected a number, got {text!r}") from None
 
 
+_GMM_DECODE_ARGS = {"acwt": "acoustic_scale", "beam": "beam", "max_active": "max_active",
+                    "nj": "nj", "nbest": "nbest", "lattice_beam": "lattice_beam",
+                    "backend": "backend", "fmllr_passes": "fmllr_passes",
+                    "batch_size": "batch_size", "word_ins_penalty": "word_ins_penalty"}
+_NEURAL_DECODE_ARGS = ("method", "backend", "beam", "nbest", "ctc_weight", "length_penalty",
+                       "maxlen_ratio", "lm", "lm_weight", "word_bonus", "graph",
+                       "max_active", "blank_penalty", "lattice_beam", "lexicon")
+
+
+def _neural_decode_options(args) -> dict:
+    """``method``, ``backend`` and the options of a neural decode: the ``decode=`` config
+    file's values, overridden by the options given on the command line (None: not given;
+    the options classes of :mod:`asrkit.decode.options` own the defaults)."""
+    from asrkit.decode.options import read_decode_config
+
+    values = read_decode_config(args.config) if args.config else {}
+    values.update({k: getattr(args, k) for k in _NEURAL_DECODE_ARGS
+                   if getattr(args, k) is not None})
+    if args.extra_lm:
+        values["extra_lms"] = [(Path(p), _float_arg("--extra-lm", w)) for p, w in args.extra_lm]
+    if values.get("beam") is not None and values.get("method") != "wfst":
+        if float(values["beam"]) != int(values["beam"]):
+            raise ValueError(f"--beam must be a whole number of hypotheses, got "
+                             f"{values['beam']}")
+        values["beam"] = int(values["beam"])
+    return values
+
+
 def _run_decode(args) -> int:
     from asrkit.data.datadir import read_kaldi_map
     from asrkit.decode.gmm import decode_gmm_data_dir, is_gmm_exp
@@ -1085,49 +1150,23 @@ def _run_decode(args) -> int:
 
     total = len(read_kaldi_map(args.data_dir / "feats.scp")) \
         if (args.data_dir / "feats.scp").is_file() else None
-    if is_gmm_exp(args.exp_dir):
-        graph = args.graph or args.exp_dir / "graph"
-        with _progress(total, f"decode {args.data_dir.name}") as bar:
-            rep = decode_gmm_data_dir(args.exp_dir, graph, args.data_dir, args.out,
-                                      acoustic_scale=args.acwt,
-                                      beam=13.0 if args.beam is None else args.beam,
-                                      max_active=args.max_active, nj=args.nj,
-                                      device="cpu" if args.device == "auto" else args.device,
-                                      nbest=args.nbest, lattice_beam=args.lattice_beam,
-                                      backend=args.backend, fmllr_passes=args.fmllr_passes,
-                                      batch_size=args.batch_size,
-                                      word_ins_penalty=args.word_ins_penalty,
-                                      progress=bar.update)
-        print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
-        if rep.nbest is not None:
-            print(f"{rep.nbest}: {args.nbest}-best lists")
-        return 0
-    beam = 10 if args.beam is None else args.beam
-    if args.method == "wfst":
-        wfst = {"graph": args.graph, "wfst_beam": 16.0 if args.beam is None else args.beam,
-                "max_active": args.max_active, "blank_penalty": args.blank_penalty,
-                "lattice_beam": args.lattice_beam}
-        beam = 10
-    else:
-        wfst = {}
-    if beam != int(beam):
-        raise ValueError(f"--beam must be a whole number of hypotheses, got {args.beam}")
     with _progress(total, f"decode {args.data_dir.name}") as bar:
-        rep = decode_data_dir(args.exp_dir, args.data_dir, args.out, method=args.method,
-                              beam=int(beam), nbest=args.nbest, ctc_weight=args.ctc_weight,
-                              length_penalty=args.length_penalty,
-                              maxlen_ratio=args.maxlen_ratio, checkpoint=args.checkpoint,
-                              avg=args.avg, device=args.device, max_frames=args.max_frames,
-                              lm=args.lm, lm_weight=args.lm_weight, word_bonus=args.word_bonus,
-                              extra_lms=[(Path(p), _float_arg("--extra-lm", w))
-                                         for p, w in args.extra_lm],
-                              backend=args.backend, lexicon=args.lexicon,
-                              chunk_seconds=args.chunk_seconds,
-                              chunk_overlap=args.chunk_overlap,
-                              progress=bar.update, **wfst)
+        if is_gmm_exp(args.exp_dir):
+            gmm = {name: getattr(args, a) for a, name in _GMM_DECODE_ARGS.items()
+                   if getattr(args, a) is not None}
+            rep = decode_gmm_data_dir(args.exp_dir, args.graph or args.exp_dir / "graph",
+                                      args.data_dir, args.out,
+                                      device="cpu" if args.device == "auto" else args.device,
+                                      progress=bar.update, **gmm)
+        else:
+            rep = decode_data_dir(args.exp_dir, args.data_dir, args.out,
+                                  checkpoint=args.checkpoint, avg=args.avg, device=args.device,
+                                  max_frames=args.max_frames, chunk_seconds=args.chunk_seconds,
+                                  chunk_overlap=args.chunk_overlap, progress=bar.update,
+                                  **_neural_decode_options(args))
     print(f"{rep.text}: {rep.num_utts} utterances, RTF {rep.rtf:.4f}")
     if rep.nbest is not None:
-        print(f"{rep.nbest}: {args.nbest}-best lists")
+        print(f"{rep.nbest}: n-best lists")
     return 0
 
 
@@ -1295,6 +1334,9 @@ def _decode_overrides(args: list[str]) -> list[str]:
     out: list[str] = []
     options: dict[str, argparse.Action] | None = None
     for a in args:
+        if a.startswith("decode=") and len(a) > len("decode="):
+            out += ["--config", a[len("decode="):]]
+            continue
         if not (a.startswith("decode.") and "=" in a):
             out.append(a)
             continue

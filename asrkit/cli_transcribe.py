@@ -54,20 +54,20 @@ def add_transcribe_parser(sub) -> None:
     p.add_argument("--ctm", type=Path, help="word CTM file (seconds)")
     p.add_argument("--json", type=Path, help="JSON file: per file text, words with times")
     d = p.add_argument_group("decoding (as asrkit decode)")
-    d.add_argument("--method", default="ctc_greedy",
+    d.add_argument("--method", default=None,
                    choices=["ctc_greedy", "ctc_prefix_beam", "attention_beam",
                             "joint_ctc_attention", "wfst"],
-                   help="neural search (default %(default)s)")
+                   help="neural search (default ctc_greedy)")
     d.add_argument("--beam", type=float, help="beam size (default 10); wfst / HMM-GMM: beam "
                    "in cost units (default 16 / 13)")
     d.add_argument("--lm", type=Path, help="shallow fusion LM (ARPA or neural LM dir)")
-    d.add_argument("--lm-weight", type=float, default=0.5, help="default %(default)s")
-    d.add_argument("--word-bonus", type=float, default=0.0, help="default %(default)s")
+    d.add_argument("--lm-weight", type=float, help="as asrkit decode (default 0.5)")
+    d.add_argument("--word-bonus", type=float, help="as asrkit decode (default 0)")
     d.add_argument("--graph", type=Path, help="wfst: TLG graph dir; HMM-GMM: HCLG graph dir "
                    "(default EXP/graph)")
-    d.add_argument("--ctc-weight", type=float, default=0.3, help="joint_ctc_attention")
-    d.add_argument("--blank-penalty", type=float, default=0.0, help="wfst")
-    d.add_argument("--max-active", type=int, default=7000, help="wfst and HMM-GMM")
+    d.add_argument("--ctc-weight", type=float, help="joint_ctc_attention (default 0.3)")
+    d.add_argument("--blank-penalty", type=float, help="wfst (default 0)")
+    d.add_argument("--max-active", type=int, help="wfst and HMM-GMM (default 7000)")
     d.add_argument("--acwt", type=float, default=0.1, help="HMM-GMM acoustic scale")
     d.add_argument("--cmn", choices=["segment", "recording"], default="segment",
                    help="HMM-GMM: cepstral mean normalisation per segment (default; speakers "

@@ -58,9 +58,12 @@ def sweep_fusion(args) -> list[dict]:
                 out = Path(tmp) / f"w{w}_b{b}"
                 extra = {"graph": args.graph} if args.method == "wfst" else {
                     "lm": args.lm, "word_bonus": b, "backend": args.backend,
-                    "lexicon": args.lexicon, "ctc_weight": args.ctc_weight}
+                    "lexicon": args.lexicon,
+                    "ctc_weight": args.ctc_weight if args.method == "joint_ctc_attention"
+                    else None}
                 rep = decode_data_dir(args.exp, args.feats, out, method=args.method,
-                                      beam=args.beam, avg=args.avg, lm_weight=w,
+                                      beam=None if args.method == "wfst" else args.beam,
+                                      avg=args.avg, lm_weight=w,
                                       device=args.device, **extra)
                 rows.append({"lm_weight": w, "word_bonus": b, "wer": _wer(args.text, rep.text),
                              "rtf": round(rep.rtf, 5)})

@@ -14,7 +14,7 @@ probabilities; higher is better.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -107,6 +107,37 @@ def _frame_rows(log_probs: torch.Tensor, blank: int, prune: float | None,
         cands = _candidates(blk, blank, prune, token_topk)
         for i, (row, c) in enumerate(zip(blk.tolist(), cands)):
             yield t0 + i, row, c
+
+
+def _extend_prefixes(hyps: dict[tuple[int, ...], list[float]], y: list[float], y_blank: float,
+                     cands: Sequence[int], last0: int | None,
+                     lm_score: dict[tuple[int, ...], float] | None, scorer
+                     ) -> dict[tuple[int, ...], list[float]]:
+    """One frame of :func:`ctc_prefix_beam_search`: every prefix's ``[log p_b, log p_nb]``
+    after frame ``y`` (a blank, a repeat of the last token, an extension by each candidate
+    ``c``); ``last0`` is the last committed token (the last token of the empty prefix).
+    New prefixes get their LM score in ``lm_score`` (when not None)."""
+    nxt: dict[tuple[int, ...], list[float]] = {}
+    for prefix, (pb, pnb) in hyps.items():
+        total = _logaddexp(pb, pnb)
+        cell = nxt.setdefault(prefix, [_NEG_INF, _NEG_INF])
+        cell[0] = _logaddexp(cell[0], total + y_blank)
+        last = prefix[-1] if prefix else last0
+        if last is not None:
+            cell[1] = _logaddexp(cell[1], pnb + y[last])
+        for c in cands:
+            new = prefix + (c,)
+            add = (pb if c == last else total) + y[c]
+            if add == _NEG_INF:  # e.g. "a"+"a" with no blank path yet: impossible
+                continue
+            cell_new = nxt.get(new)
+            if cell_new is None:
+                nxt[new] = [_NEG_INF, add]
+                if lm_score is not None and new not in lm_score:
+                    lm_score[new] = lm_score[prefix] + float(scorer(prefix, c))
+            else:
+                cell_new[1] = _logaddexp(cell_new[1], add)
+    return nxt
 
 
 def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: int = BLANK_ID,
@@ -202,27 +233,9 @@ def ctc_prefix_beam_search(log_probs: torch.Tensor, beam: int = 10, *, blank: in
         return score + lm_weight * lm_score[prefix] if use_lm else score
 
     for t, y, cands_t in _frame_rows(lp, blank, prune, token_topk):
-        y_blank = y[blank]
-        nxt: dict[tuple[int, ...], list[float]] = {}
-        for prefix, (pb, pnb) in hyps.items():
-            total = _logaddexp(pb, pnb)
-            cell = nxt.setdefault(prefix, [_NEG_INF, _NEG_INF])
-            cell[0] = _logaddexp(cell[0], total + y_blank)
-            last = prefix[-1] if prefix else (committed[-1] if committed else None)
-            if last is not None:
-                cell[1] = _logaddexp(cell[1], pnb + y[last])
-            for c in cands_t:
-                new = prefix + (c,)
-                add = (pb if c == last else total) + y[c]
-                if add == _NEG_INF:  # e.g. "a"+"a" with no blank path yet: impossible
-                    continue
-                cell_new = nxt.get(new)
-                if cell_new is None:
-                    nxt[new] = [_NEG_INF, add]
-                    if use_lm and new not in lm_score:
-                        lm_score[new] = lm_score[prefix] + float(scorer(prefix, c))
-                else:
-                    cell_new[1] = _logaddexp(cell_new[1], add)
+        last0 = committed[-1] if committed else None
+        nxt = _extend_prefixes(hyps, y, y[blank], cands_t, last0,
+                               lm_score if use_lm else None, scorer)
         kept = sorted(nxt.items(), key=lambda it: (-rank(it), it[0]))[:beam]
         hyps = dict(kept)
         if use_lm:  # keep the LM cache bounded: only the surviving prefixes

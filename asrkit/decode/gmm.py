@@ -380,8 +380,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         progress: called with the number of utterances of each finished job.
 
     Returns:
-        :class:`asrkit.decode.run.DecodeReport`; its wall time is the decoding time of the
-        jobs (feature and model loading excluded) summed over jobs, so RTF is per core.
+        :class:`asrkit.decode.run.DecodeReport`; its wall time is the jobs' decoding time
+        (loading excluded) summed over jobs, so RTF is per core.
 
     Raises:
         FileNotFoundError: a missing model, graph or data file.
@@ -392,25 +392,7 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         ImportError: ``backend="kaldi"`` without kaldi-decoder/kaldifst (the message names
             the install command).
     """
-    if nj < 1:
-        raise ValueError(f"nj must be >= 1, got {nj}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not (isinstance(nbest, int) and nbest >= 1):
-        raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
-    if not lattice_beam > 0:
-        raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
-    if backend not in ("asrkit", "kaldi"):
-        raise ValueError(f"unknown backend {backend!r}; choose asrkit or kaldi")
-    if backend == "kaldi":
-        if word_ins_penalty:
-            raise ValueError("word_ins_penalty needs the asrkit backend")
-        if nbest > 1:
-            raise ValueError("nbest > 1 needs the asrkit backend (Kaldi's FasterDecoder "
-                             "keeps no lattice)")
-        from asrkit.decode.kaldi import require_kaldi_decoder
-
-        require_kaldi_decoder()  # the install hint before any work
+    _check_options(nj, batch_size, nbest, lattice_beam, backend, word_ins_penalty)
     mpath = model_file(exp)
     graph_dir, data_dir = Path(graph_dir), Path(data_dir)
     gpath = graph_dir / "HCLG.fst"
@@ -437,27 +419,11 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             return _run_jobs(model_path, gpath, data_dir, utts, opts, nj, dev, backend,
                              transforms, progress)
 
-        adapt_seconds = 0.0
-        if fmllr:
-            results, adapt_seconds = _fmllr_passes(mpath, run, data_dir, out, fmllr_passes,
-                                                   fmllr_silence_weight)
-        else:
-            results = run(mpath)
+        results, adapt_seconds = _fmllr_passes(mpath, run, data_dir, out, fmllr_passes,
+                                               fmllr_silence_weight) if fmllr else (run(mpath), 0.0)
         wall = time.perf_counter() - wall_start
-        hyps: dict[str, str] = {}
-        ctm: dict[str, list[Segment]] = {}
-        failed: dict[str, str] = {}
-        nbests: dict[str, list[tuple[str, float]]] = {}
-        for r in results:
-            hyps.update(r["hyps"])
-            nbests.update(r["nbest"])
-            ctm.update(r["ctm"])
-            failed.update(r["failed"])
+        hyps, failed, nbest_path = _write_outputs(out, results, nbest)
         search_seconds = sum(r["seconds"] for r in results) + adapt_seconds
-        write_kaldi_map(out / "text", hyps)
-        write_ctm(out / "ctm", ctm)
-        nbest_path = write_or_clear_nbest(out / "nbest", nbests, nbest)
-        write_failed(out / "failed", failed)
         durs = read_kaldi_map(data_dir / "utt2dur") if (data_dir / "utt2dur").is_file() else {}
         frames = sum(r["frames"] for r in results)
         audio = sum(float(durs[u]) for u in hyps if u in durs) if durs else frames * 0.01
@@ -481,6 +447,51 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                     "%.4f per core; elapsed %.1f s", len(hyps), len(failed), audio,
                     search_seconds, report.rtf, wall)
     return report
+
+
+def _check_options(nj: int, batch_size: int, nbest: int, lattice_beam: float, backend: str,
+                   word_ins_penalty: float) -> None:
+    """The argument checks of :func:`decode_gmm_data_dir` (its Raises), before any work."""
+    if nj < 1:
+        raise ValueError(f"nj must be >= 1, got {nj}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(nbest, int) and nbest >= 1):
+        raise ValueError(f"nbest must be an integer >= 1, got {nbest!r}")
+    if not lattice_beam > 0:
+        raise ValueError(f"lattice_beam must be > 0, got {lattice_beam}")
+    if backend not in ("asrkit", "kaldi"):
+        raise ValueError(f"unknown backend {backend!r}; choose asrkit or kaldi")
+    if backend == "kaldi":
+        if word_ins_penalty:
+            raise ValueError("word_ins_penalty needs the asrkit backend")
+        if nbest > 1:
+            raise ValueError("nbest > 1 needs the asrkit backend (Kaldi's FasterDecoder "
+                             "keeps no lattice)")
+        from asrkit.decode.kaldi import require_kaldi_decoder
+
+        require_kaldi_decoder()  # the install hint before any work
+
+
+def _write_outputs(out: Path, results: list[dict], nbest: int
+                   ) -> tuple[dict[str, str], dict[str, str], Path | None]:
+    """Merge the jobs' results and write ``text``, ``ctm``, ``nbest`` (or remove a stale
+    one) and ``failed``; returns the hypotheses, the failed utterances and the n-best
+    path."""
+    hyps: dict[str, str] = {}
+    ctm: dict[str, list[Segment]] = {}
+    failed: dict[str, str] = {}
+    nbests: dict[str, list[tuple[str, float]]] = {}
+    for r in results:
+        hyps.update(r["hyps"])
+        nbests.update(r["nbest"])
+        ctm.update(r["ctm"])
+        failed.update(r["failed"])
+    write_kaldi_map(out / "text", hyps)
+    write_ctm(out / "ctm", ctm)
+    nbest_path = write_or_clear_nbest(out / "nbest", nbests, nbest)
+    write_failed(out / "failed", failed)
+    return hyps, failed, nbest_path
 
 
 def _run_jobs(model_path: Path, gpath: Path, data_dir: Path, utts: list[str], opts: dict,

@@ -1,11 +1,24 @@
-"""One search object for a neural model's encoder output: the method, its options, its LM or
-graph, built once and called per batch; with word time spans from the CTC posteriors.
+"""One searcher per decoding method of a neural model, built in one place
+(:func:`build_search`) from the method's options object (:mod:`asrkit.decode.options`) and
+called per batch of encoder output; ``asrkit decode``
+(:func:`asrkit.decode.run.decode_data_dir`), ``asrkit transcribe`` and the benchmarks all
+use them.
 
-:class:`CtcModelSearch` runs the searchers of :mod:`asrkit.decode.ctc`,
-:mod:`asrkit.decode.attention` and :mod:`asrkit.decode.wfst` as ``asrkit decode`` does
-(:func:`asrkit.decode.run.decode_data_dir`, same methods and options, same shallow-fusion
-scorers from :func:`asrkit.lm.fusion.fusion_scorer`) and returns the 1-best of each
-utterance as words with their encoder-frame spans:
+=========================  ==========================================================
+searcher                   algorithm
+=========================  ==========================================================
+:class:`CtcGreedySearch`   best path (:func:`asrkit.decode.ctc.ctc_greedy`)
+:class:`CtcPrefixBeamSearch`  CTC prefix beam search (Hannun et al., 2014)
+:class:`FlashlightSearch`  Flashlight's C++ CTC beam search (torchaudio)
+:class:`AttentionSearch`   attention-decoder beam search, alone or joint with CTC prefix
+                           scores (Watanabe et al., 2017)
+:class:`WfstSearch`        Viterbi beam search over a TLG graph (EESEN, Miao et al., 2015)
+=========================  ==========================================================
+
+Each returns one :class:`Hypothesis` per utterance (its text, token ids, the n-best texts).
+Shallow-fusion scorers come from :func:`asrkit.lm.fusion.fused_scorer`.
+
+:class:`CtcModelSearch` (``asrkit transcribe``) adds word time spans from the CTC posteriors:
 
 * ``wfst``: the spans of the graph's best path (:class:`asrkit.decode.wfst.CtcWfstResult`);
 * every other method: the hypothesis' tokens are force-aligned to the CTC posteriors with
@@ -19,20 +32,32 @@ utterance as words with their encoder-frame spans:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torchaudio.functional as AF
 
+from asrkit.decode.options import (
+    METHODS,
+    AttentionBeamOptions,
+    CtcGreedyOptions,
+    CtcPrefixBeamOptions,
+    FlashlightOptions,
+    JointCtcAttentionOptions,
+    LmFusionOptions,
+    SearchOptions,
+    WfstOptions,
+)
 from asrkit.text.tokenizer import BLANK_ID, SOS_EOS_ID, Tokenizer
 
-__all__ = ["SEARCH_METHODS", "CtcModelSearch", "WordSpan", "word_spans"]
+__all__ = ["SEARCH_METHODS", "AttentionSearch", "CtcGreedySearch", "CtcModelSearch",
+           "CtcPrefixBeamSearch", "FlashlightSearch", "Hypothesis", "WfstSearch", "WordSpan",
+           "build_search", "word_spans"]
 
 logger = logging.getLogger(__name__)
 
-SEARCH_METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention",
-                  "wfst")
+SEARCH_METHODS = METHODS
 """Methods of :class:`CtcModelSearch` (``asrkit decode``'s, without the Flashlight backend)."""
 _WORD_START = "\u2581"
 
@@ -96,78 +121,270 @@ def word_spans(log_probs: torch.Tensor, ids: list[int], tok: Tokenizer) -> list[
     return out
 
 
+@dataclass
+class Hypothesis:
+    """One utterance's search result.
+
+    Attributes:
+        text: the 1-best words, as written to ``text``.
+        ids: the 1-best's token ids (for ``wfst``, the tokens of the graph's best path).
+        nbest: distinct texts with natural-log scores, best first, when ``nbest > 1``
+            was asked for; else None.
+        segments: ``wfst``: the words' encoder-frame spans ``(start, end)`` when the graph
+            gives them; else None.
+    """
+
+    text: str
+    ids: list[int]
+    nbest: list[tuple[str, float]] | None = None
+    segments: list[tuple[int, int]] | None = None
+
+
+def distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
+                   ) -> list[tuple[str, float]]:
+    """The first ``n`` distinct texts of a token-level n-best list (best first).
+
+    Different token sequences can spell the same words (e.g. with and without a trailing word
+    boundary piece); a text keeps the score of its best token sequence.
+    """
+    out: list[tuple[str, float]] = []
+    seen: set[str] = set()
+    for ids, score in nbest:
+        text = " ".join(tok.decode(ids).split())
+        if text not in seen:
+            seen.add(text)
+            out.append((text, score))
+            if len(out) == n:
+                break
+    return out
+
+
+class _TokenSearch:
+    """Base of the searches over tokens: each utterance's beam of ``(ids, score)`` becomes a
+    :class:`Hypothesis`; the fusion scorer's cache is reset after every batch."""
+
+    def __init__(self, opts: SearchOptions, tok: Tokenizer, scorer=None,
+                 lm_weight: float = 0.0) -> None:
+        self.opts, self.tok, self.scorer = opts, tok, scorer
+        self.fusion = {"scorer": scorer, "lm_weight": lm_weight} if scorer is not None else {}
+
+    def _beams(self, enc, lens, log_probs) -> list[list[tuple[list[int], float]]]:
+        raise NotImplementedError
+
+    def __call__(self, enc: torch.Tensor | None, lens: torch.Tensor,
+                 log_probs: torch.Tensor) -> list[Hypothesis]:
+        """Search a batch: ``enc`` ``(B, T', D)`` encoder output (None for utterances encoded
+        in windows; only the attention searches need it), ``lens`` ``(B,)``, ``log_probs``
+        ``(B, T', V)`` CTC log-posteriors. Returns one :class:`Hypothesis` per utterance."""
+        beams = self._beams(enc, lens, log_probs)
+        if self.scorer is not None:
+            self.scorer.reset()
+        n = self.opts.nbest
+        return [Hypothesis(self.tok.decode(r[0][0]) if r else "", list(r[0][0]) if r else [],
+                           distinct_texts(r, self.tok, n) if n > 1 else None) for r in beams]
+
+
+class CtcGreedySearch(_TokenSearch):
+    """Best path: argmax per frame, repeats merged, blanks dropped."""
+
+    def __call__(self, enc, lens, log_probs) -> list[Hypothesis]:
+        """As :meth:`_TokenSearch.__call__` (1-best only)."""
+        from asrkit.decode.ctc import ctc_greedy
+
+        return [Hypothesis(self.tok.decode(ids), list(ids)) for ids in ctc_greedy(log_probs, lens)]
+
+
+class CtcPrefixBeamSearch(_TokenSearch):
+    """CTC prefix beam search (:func:`asrkit.decode.ctc.ctc_prefix_beam_search_batch`), with
+    shallow fusion (the LM's end-of-sentence score added at the end)."""
+
+    def __init__(self, opts: CtcPrefixBeamOptions, tok: Tokenizer, scorer=None,
+                 lm_weight: float = 0.0) -> None:
+        super().__init__(opts, tok, scorer, lm_weight)
+        if scorer is not None:
+            self.fusion["final_scorer"] = scorer.final
+
+    def _beams(self, enc, lens, log_probs):
+        from asrkit.decode.ctc import ctc_prefix_beam_search_batch
+
+        return ctc_prefix_beam_search_batch(log_probs, lens.cpu(), self.opts.beam,
+                                            token_topk=self.opts.topk, **self.fusion)
+
+
+class AttentionSearch(_TokenSearch):
+    """Attention-decoder beam search alone (:class:`AttentionBeamOptions`) or joint with CTC
+    prefix scores (:class:`JointCtcAttentionOptions`), with shallow fusion.
+
+    Raises:
+        ValueError: the model has no attention decoder.
+    """
+
+    def __init__(self, opts: AttentionBeamOptions, model, tok: Tokenizer, scorer=None,
+                 lm_weight: float = 0.0) -> None:
+        if not getattr(model, "has_decoder", False):
+            raise ValueError(f"{opts.method} needs a model with an attention decoder; this "
+                             "one is CTC-only (use ctc_greedy or ctc_prefix_beam)")
+        super().__init__(opts, tok, scorer, lm_weight)
+        self.model = model
+
+    def _beams(self, enc, lens, log_probs):
+        from asrkit.decode.attention import (
+            attention_beam_search,
+            joint_ctc_attention_beam_search,
+        )
+
+        o = self.opts
+        common = {"maxlen_ratio": o.maxlen_ratio, "length_penalty": o.length_penalty,
+                  **self.fusion}
+        if isinstance(o, JointCtcAttentionOptions):
+            return joint_ctc_attention_beam_search(self.model, enc, lens, o.beam, o.ctc_weight,
+                                                   ctc_log_probs=log_probs, **common)
+        return attention_beam_search(self.model, enc, lens, o.beam, **common)
+
+
+class FlashlightSearch(_TokenSearch):
+    """CTC beam search on Flashlight's C++ decoder (torchaudio), lexicon-free or constrained
+    to ``opts.lexicon``, with a word n-gram (KenLM's when a lexicon is given and kenlm is
+    installed).
+
+    Raises:
+        ValueError: a neural LM, ``extra_lms``, or an n-gram over tokens.
+        ImportError: torchaudio's Flashlight decoder is missing.
+    """
+
+    def __init__(self, opts: FlashlightOptions, tok: Tokenizer,
+                 lm: LmFusionOptions | None = None) -> None:
+        super().__init__(opts, tok)
+        from asrkit.decode.flashlight import FlashlightCTCDecoder, kenlm_available
+        from asrkit.lm.fusion import is_token_lm
+        from asrkit.lm.ngram import read_arpa
+
+        if lm is not None and Path(lm.lm).is_dir():
+            raise ValueError("backend flashlight takes a word n-gram (ARPA), not the neural "
+                             f"LM dir {lm.lm}")
+        fl_lm = None if lm is None else read_arpa(lm.lm)
+        if fl_lm is not None and is_token_lm(fl_lm):
+            raise ValueError(f"backend flashlight takes a word n-gram; {lm.lm} is over tokens "
+                             "(use the asrkit backend)")
+        if fl_lm is not None and opts.lexicon is not None and kenlm_available():
+            fl_lm = lm.lm  # a path: KenLM reads it (C++)
+        self.decoder = FlashlightCTCDecoder.from_tokenizer(
+            tok, lexicon=opts.lexicon, lm=fl_lm, lm_weight=lm.lm_weight if lm else 0.5,
+            word_bonus=lm.word_bonus if lm else 0.0, beam=2 * opts.beam,
+            beam_size_token=opts.topk + 1, nbest=opts.beam)
+        logger.info("flashlight backend: %s, LM %s", f"lexicon {opts.lexicon}"
+                    if opts.lexicon else "lexicon-free", lm.lm if lm else None)
+
+    def _beams(self, enc, lens, log_probs):
+        return self.decoder.decode(log_probs, lens)
+
+
+class WfstSearch:
+    """Viterbi beam search of the CTC posteriors over a TLG graph
+    (:func:`asrkit.decode.wfst.decode_ctc_wfst_batch`), on the CPU, one thread while it runs
+    (its per-frame tensor operations are tiny: more threads only contend); the thread count
+    is restored after each batch.
+
+    Raises:
+        FileNotFoundError: a missing graph file.
+    """
+
+    scorer = None
+
+    def __init__(self, opts: WfstOptions, tok: Tokenizer) -> None:
+        from asrkit.decode.wfst import CtcDecodingGraph
+
+        self.opts, self.tok = opts, tok
+        self.graph = CtcDecodingGraph.load(opts.graph, tokenizer=tok)
+        logger.info("wfst: %s, LM weight %g (acoustic scale %g), beam %g, max-active %d",
+                    opts.graph, opts.lm_weight, 1.0 / opts.lm_weight, opts.beam,
+                    opts.max_active)
+
+    def __call__(self, enc, lens: torch.Tensor, log_probs: torch.Tensor) -> list[Hypothesis]:
+        """As :meth:`_TokenSearch.__call__`; also the words' frame spans."""
+        from asrkit.decode.wfst import decode_ctc_wfst_batch
+
+        o = self.opts
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            results = decode_ctc_wfst_batch(
+                log_probs.float().cpu(), lens.cpu(), self.graph,
+                acoustic_scale=1.0 / o.lm_weight, beam=o.beam, max_active=o.max_active,
+                blank_penalty=o.blank_penalty, nbest=o.nbest, lattice_beam=o.lattice_beam)
+        finally:
+            torch.set_num_threads(threads)
+        return [Hypothesis(" ".join(r.words), list(r.tokens),
+                           None if r.nbest is None else
+                           [(" ".join(w), score) for w, score in r.nbest],
+                           None if r.segments is None else [tuple(s) for s in r.segments])
+                for r in results]
+
+
+def build_search(opts: SearchOptions, model, tok: Tokenizer,
+                 lm: LmFusionOptions | None = None, device: torch.device | str = "cpu"):
+    """The searcher for ``opts`` (the one place searchers and their LM scorers are built).
+
+    Args:
+        opts: an options object of :mod:`asrkit.decode.options`.
+        model: the :class:`asrkit.models.base.CTCModel` (the attention searches call its
+            decoder).
+        tok: its tokenizer.
+        lm: shallow fusion (every method but ``ctc_greedy`` and ``wfst``), or None.
+        device: where a neural LM runs.
+
+    Returns:
+        A callable ``(enc, lens, log_probs) -> list[Hypothesis]``; its ``scorer`` attribute
+        is the fused LM scorer (None without one).
+
+    Raises:
+        ValueError: an attention method for a CTC-only model, an LM the method cannot take
+            (the checks of :func:`asrkit.decode.options.decode_options`, the scorers').
+        FileNotFoundError: a missing LM or graph.
+    """
+    if isinstance(opts, WfstOptions):
+        return WfstSearch(opts, tok)
+    if isinstance(opts, FlashlightOptions):
+        return FlashlightSearch(opts, tok, lm)
+    scorer, weight = None, 0.0
+    if lm is not None:
+        if isinstance(opts, CtcGreedyOptions):
+            raise ValueError("an LM needs a beam method, not ctc_greedy")
+        from asrkit.lm.fusion import fused_scorer
+
+        scorer, weight = fused_scorer(lm.lm, tok, torch.device(device), lm_weight=lm.lm_weight,
+                                      word_bonus=lm.word_bonus, extra_lms=lm.extra_lms)
+        logger.info("shallow fusion: %s, weight %g, word bonus %g%s", lm.lm, lm.lm_weight,
+                    lm.word_bonus, "".join(f"; {p}, weight {w:g}" for p, w in lm.extra_lms))
+    if isinstance(opts, CtcGreedyOptions):
+        return CtcGreedySearch(opts, tok)
+    if isinstance(opts, CtcPrefixBeamOptions):
+        return CtcPrefixBeamSearch(opts, tok, scorer, weight)
+    return AttentionSearch(opts, model, tok, scorer, weight)
+
+
 class CtcModelSearch:
-    """The 1-best search of ``asrkit decode`` for a CTC (or hybrid CTC/attention) model.
+    """The 1-best search of ``asrkit decode`` for a CTC (or hybrid CTC/attention) model, with
+    word time spans (module docstring).
 
     Args:
         model: an :class:`asrkit.models.base.CTCModel` in eval mode.
         tok: its tokenizer.
-        method: one of :data:`SEARCH_METHODS`.
-        beam: beam size of the beam methods (default 10); for ``wfst`` the search beam in
-            cost units (default 16).
-        token_topk, ctc_weight, length_penalty, maxlen_ratio: as for
-            :func:`asrkit.decode.run.decode_data_dir`.
-        lm: shallow-fusion LM for the beam methods (ARPA file over words or pieces, or an
-            ``asrkit train-lm`` neural LM dir), or None.
-        lm_weight: weight of the LM (``wfst``: the graph's LM weight, acoustic scale
-            ``1 / lm_weight``).
-        word_bonus: per-word bonus inside the LM weight (word n-grams).
-        graph: ``wfst``: the ``asrkit mkgraph --ctc`` graph dir.
-        max_active, blank_penalty: ``wfst`` options.
+        opts: the method's options (:func:`asrkit.decode.options.decode_options`; not the
+            Flashlight backend); ``nbest`` is not used.
+        lm: shallow fusion options, or None.
         device: where the LM scorer runs.
 
     Raises:
-        ValueError: an unknown method or bad option combination (the checks of
-            ``decode_data_dir``), an attention method for a CTC-only model.
-        FileNotFoundError: a missing LM or graph.
+        ValueError, FileNotFoundError: as :func:`build_search`.
     """
 
-    def __init__(self, model, tok: Tokenizer, method: str = "ctc_greedy", *,
-                 beam: float | None = None, token_topk: int | None = None,
-                 ctc_weight: float = 0.3, length_penalty: float = 0.0,
-                 maxlen_ratio: float = 1.0, lm: str | os.PathLike | None = None,
-                 lm_weight: float = 0.5, word_bonus: float = 0.0,
-                 graph: str | os.PathLike | None = None, max_active: int = 7000,
-                 blank_penalty: float = 0.0, device: torch.device | str = "cpu") -> None:
-        if method not in SEARCH_METHODS:
-            raise ValueError(f"unknown decoding method {method!r}; choose from "
-                             f"{SEARCH_METHODS}")
-        if lm is not None and method in ("ctc_greedy", "wfst"):
-            raise ValueError(f"an LM needs a beam method (ctc_prefix_beam, attention_beam, "
-                             f"joint_ctc_attention), not {method}"
-                             + (" (wfst takes its LM from the graph)" if method == "wfst"
-                                else ""))
-        if method in ("attention_beam", "joint_ctc_attention") and not getattr(
-                model, "has_decoder", False):
-            raise ValueError(f"{method} needs a model with an attention decoder; this one "
-                             "is CTC-only (use ctc_greedy or ctc_prefix_beam)")
-        self.model, self.tok, self.method = model, tok, method
-        self.beam = int(10 if beam is None else beam)
-        if method != "wfst" and self.beam < 1:
-            raise ValueError(f"beam must be >= 1, got {beam}")
-        self.topk = self.beam if token_topk is None else token_topk
-        self.ctc_weight, self.length_penalty = ctc_weight, length_penalty
-        self.maxlen_ratio = maxlen_ratio
-        self.fusion: dict = {}
-        if method == "wfst":
-            if graph is None:
-                raise ValueError("method wfst needs a graph dir (asrkit mkgraph --ctc "
-                                 "TOKENIZER LM.arpa OUT)")
-            if not lm_weight > 0:
-                raise ValueError(f"wfst: lm_weight must be > 0, got {lm_weight}")
-            from asrkit.decode.wfst import CtcDecodingGraph
-
-            self.graph = CtcDecodingGraph.load(graph, tokenizer=tok)
-            self.wfst_opts = {"acoustic_scale": 1.0 / lm_weight,
-                              "beam": 16.0 if beam is None else float(beam),
-                              "max_active": max_active, "blank_penalty": blank_penalty}
-        elif lm is not None:
-            from asrkit.lm.fusion import fusion_scorer
-
-            scorer = fusion_scorer(lm, tok, torch.device(device), word_bonus=word_bonus)
-            self.fusion = {"scorer": scorer, "lm_weight": lm_weight}
-            if method == "ctc_prefix_beam":
-                self.fusion["final_scorer"] = scorer.final
+    def __init__(self, model, tok: Tokenizer, opts: SearchOptions,
+                 lm: LmFusionOptions | None = None, device: torch.device | str = "cpu") -> None:
+        if isinstance(opts, FlashlightOptions):
+            raise TypeError("transcribe searches with the asrkit backend, not flashlight")
+        self.model, self.tok, self.method = model, tok, opts.method
+        self.search = build_search(opts, model, tok, lm, device)
 
     @torch.inference_mode()
     def __call__(self, enc: torch.Tensor, lens: torch.Tensor) -> list[list[WordSpan]]:
@@ -183,42 +400,10 @@ class CtcModelSearch:
         log_probs = self.model.ctc_log_probs_from_encoder(enc)
         lp_cpu = log_probs.float().cpu()
         lens_cpu = lens.cpu()
-        if self.method == "wfst":
-            from asrkit.decode.wfst import decode_ctc_wfst_batch
-
-            out = []
-            for b, r in enumerate(decode_ctc_wfst_batch(lp_cpu, lens_cpu, self.graph,
-                                                        **self.wfst_opts)):
-                if r.segments is not None:
-                    out.append([WordSpan(w, s, e) for w, (s, e) in zip(r.words, r.segments)])
-                else:  # word spans from the path's tokens
-                    out.append(word_spans(lp_cpu[b, :int(lens_cpu[b])], r.tokens, self.tok))
-            return out
-        if self.method == "ctc_greedy":
-            from asrkit.decode.ctc import ctc_greedy
-
-            ids = ctc_greedy(log_probs, lens)
-        else:
-            if self.method == "ctc_prefix_beam":
-                from asrkit.decode.ctc import ctc_prefix_beam_search_batch
-
-                res = ctc_prefix_beam_search_batch(lp_cpu, lens_cpu, self.beam,
-                                                   token_topk=self.topk, **self.fusion)
-            elif self.method == "attention_beam":
-                from asrkit.decode.attention import attention_beam_search
-
-                res = attention_beam_search(self.model, enc, lens, self.beam,
-                                            maxlen_ratio=self.maxlen_ratio,
-                                            length_penalty=self.length_penalty, **self.fusion)
-            else:
-                from asrkit.decode.attention import joint_ctc_attention_beam_search
-
-                res = joint_ctc_attention_beam_search(
-                    self.model, enc, lens, self.beam, self.ctc_weight, ctc_log_probs=log_probs,
-                    maxlen_ratio=self.maxlen_ratio, length_penalty=self.length_penalty,
-                    **self.fusion)
-            if self.fusion:
-                self.fusion["scorer"].reset()
-            ids = [r[0][0] if r else [] for r in res]
-        return [word_spans(lp_cpu[b, :int(lens_cpu[b])], list(i), self.tok)
-                for b, i in enumerate(ids)]
+        out = []
+        for b, h in enumerate(self.search(enc, lens, log_probs)):
+            if h.segments is not None:
+                out.append([WordSpan(w, s, e) for w, (s, e) in zip(h.text.split(), h.segments)])
+            else:  # word spans from the hypothesis' tokens
+                out.append(word_spans(lp_cpu[b, :int(lens_cpu[b])], h.ids, self.tok))
+        return out

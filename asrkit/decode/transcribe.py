@@ -438,22 +438,25 @@ class Transcriber:
         return self.backend.fcfg
 
     @classmethod
-    def from_exp(cls, exp: str | os.PathLike, *, method: str = "ctc_greedy",
+    def from_exp(cls, exp: str | os.PathLike, *, method: str | None = None,
                  beam: float | None = None, lm: str | os.PathLike | None = None,
-                 lm_weight: float = 0.5, word_bonus: float = 0.0,
-                 graph: str | os.PathLike | None = None, ctc_weight: float = 0.3,
-                 token_topk: int | None = None, length_penalty: float = 0.0,
-                 maxlen_ratio: float = 1.0, blank_penalty: float = 0.0,
-                 max_active: int = 7000, acwt: float = 0.1, avg: int = 1, cmn: str = "segment",
-                 checkpoint: str | os.PathLike | None = None, device: str | None = "auto",
-                 **kwargs) -> Transcriber:
+                 lm_weight: float | None = None, word_bonus: float | None = None,
+                 graph: str | os.PathLike | None = None, ctc_weight: float | None = None,
+                 token_topk: int | None = None, length_penalty: float | None = None,
+                 maxlen_ratio: float | None = None, blank_penalty: float | None = None,
+                 max_active: int | None = None, acwt: float = 0.1, avg: int = 1,
+                 cmn: str = "segment", checkpoint: str | os.PathLike | None = None,
+                 device: str | None = "auto", **kwargs) -> Transcriber:
         """Load an experiment once for transcribing.
 
         Args:
             exp: a neural experiment dir (``config.yaml``, ``checkpoints/``) or an HMM-GMM
                 stage dir (``final.mdl``).
-            method: neural search method (:data:`asrkit.decode.search.SEARCH_METHODS`);
-                ignored for HMM-GMM.
+            method: neural search method (:data:`asrkit.decode.search.SEARCH_METHODS`,
+                default ``ctc_greedy``); ignored for HMM-GMM. The neural search options
+                (None: the defaults of the method's options class,
+                :mod:`asrkit.decode.options`) are built by
+                :func:`asrkit.decode.options.decode_options`.
             beam: beam size (neural beam methods, default 10), or the WFST beam in cost
                 units (``wfst`` default 16, HMM-GMM default 13).
             lm, lm_weight, word_bonus: shallow fusion for the beam methods; ``lm_weight`` is
@@ -472,7 +475,8 @@ class Transcriber:
 
         Raises:
             FileNotFoundError: missing experiment, checkpoint, graph or tokenizer files.
-            ValueError: bad options (see :class:`asrkit.decode.search.CtcModelSearch`).
+            ValueError: bad options (see :func:`asrkit.decode.options.decode_options` and
+                :class:`asrkit.decode.search.CtcModelSearch`).
         """
         from asrkit.decode.gmm import is_gmm_exp, model_file
         from asrkit.exp.checkpoint import pick_device
@@ -498,9 +502,11 @@ class Transcriber:
                 fcfg = experiment_feature_config(stage_dir.parent, feat_dim=ceps)
             backend = _GmmBackend(am, Path(graph) if graph else stage_dir / "graph", fcfg,
                                   acoustic_scale=acwt, beam=13.0 if beam is None else beam,
-                                  max_active=max_active, device=dev, cmn=cmn)
+                                  max_active=7000 if max_active is None else max_active,
+                                  device=dev, cmn=cmn)
             logger.info("HMM-GMM %s, graph %s", mpath, Path(graph) if graph else stage_dir / "graph")
             return cls(backend, **kwargs)
+        from asrkit.decode.options import decode_options
         from asrkit.decode.search import CtcModelSearch
         from asrkit.exp.checkpoint import load_model
         from asrkit.exp.expdir import load_exp_tokenizer
@@ -509,11 +515,14 @@ class Transcriber:
         model, cfg = load_model(exp, checkpoint=checkpoint, avg=avg, device=dev)
         tok = load_exp_tokenizer(exp, cfg)
         fcfg = experiment_feature_config(exp, cfg, feat_dim=cfg["model_dims"]["input_dim"])
-        search = CtcModelSearch(model, tok, method, beam=beam, token_topk=token_topk,
-                                ctc_weight=ctc_weight, length_penalty=length_penalty,
-                                maxlen_ratio=maxlen_ratio, lm=lm, lm_weight=lm_weight,
-                                word_bonus=word_bonus, graph=graph, max_active=max_active,
-                                blank_penalty=blank_penalty, device=dev)
+        if beam is not None and (method or "ctc_greedy") != "wfst":
+            beam = int(beam)
+        opts, fusion = decode_options(
+            method or "ctc_greedy", beam=beam, token_topk=token_topk, ctc_weight=ctc_weight,
+            length_penalty=length_penalty, maxlen_ratio=maxlen_ratio, lm=lm,
+            lm_weight=lm_weight, word_bonus=word_bonus, graph=graph, max_active=max_active,
+            blank_penalty=blank_penalty)
+        search = CtcModelSearch(model, tok, opts, fusion, device=dev)
         return cls(_NeuralBackend(model, search, fcfg, dev), **kwargs)
 
     # -- one recording

@@ -38,7 +38,7 @@ from asrkit.lm.ngram import LMState, NgramLM, read_arpa
 from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer
 
 __all__ = ["WORD_START", "CombinedScorer", "NeuralTokenScorer", "TokenNgramScorer", "WordNgramScorer",
-           "fusion_scorer", "is_token_lm"]
+           "fused_scorer", "fusion_scorer", "is_token_lm"]
 
 WORD_START = "\u2581"
 """Sentencepiece's word-start marker."""
@@ -333,3 +333,24 @@ def fusion_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *
             raise ValueError(f"word_bonus applies to word n-grams; {lm} is over tokens")
         return TokenNgramScorer(ngram, pieces)
     return WordNgramScorer(ngram, pieces, word_bonus=word_bonus)
+
+
+def fused_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *,
+                 lm_weight: float = 0.5, word_bonus: float = 0.0,
+                 extra_lms: Sequence[tuple[str | os.PathLike, float]] = ()):
+    """The scorer and weight a beam search fuses: ``lm`` alone (:func:`fusion_scorer`,
+    weight ``lm_weight``), or with ``extra_lms`` a :class:`CombinedScorer` of all of them
+    carrying the weights itself (weight 1.0).
+
+    Returns:
+        ``(scorer, weight)``: the search adds ``weight · scorer(...)``.
+
+    Raises:
+        As :func:`fusion_scorer`, for any of the LMs.
+    """
+    scorer = fusion_scorer(lm, tok, device, word_bonus=word_bonus)
+    if not extra_lms:
+        return scorer, lm_weight
+    return CombinedScorer([(scorer, lm_weight)]
+                          + [(fusion_scorer(p, tok, device), float(w)) for p, w in extra_lms]
+                          ), 1.0

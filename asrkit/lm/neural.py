@@ -104,8 +104,6 @@ def train_lm(cfg: DictConfig) -> Path:
 
 def _train(cfg: DictConfig, exp: Path) -> Path:
     tr, dc = cfg.trainer, cfg.data
-    if tr.get("num_threads"):
-        torch.set_num_threads(int(tr.num_threads))
     dev = pick_device(tr.device)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)

@@ -143,8 +143,6 @@ def train_hmm_gmm(cfg: DictConfig) -> Path:
     exp_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(exp_dir / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.get("trainer") and cfg.trainer.get("num_threads"):
-        torch.set_num_threads(int(cfg.trainer.num_threads))
     device = pick_device(mc.get("device"))
     lang = read_lang(cfg.data.lang)
     feat_opts = feature_options(mc)

@@ -354,8 +354,6 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
     world = info.world_size
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    if tr.num_threads:
-        torch.set_num_threads(int(tr.num_threads))
     es_cfg = tr.get("early_stop") or {}
     stopper = EarlyStopping(metric=es_cfg.get("metric"), patience=int(es_cfg.get("patience", 5)),
                             min_delta=float(es_cfg.get("min_delta", 0.0)))
