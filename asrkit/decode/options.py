@@ -333,8 +333,9 @@ def read_decode_config(spec: str | os.PathLike, conf_dir: str | os.PathLike | No
     """
     path = Path(spec)
     if not path.suffix:
-        base = Path(conf_dir) if conf_dir else Path(__file__).resolve().parents[2] / "conf" / \
-            "decode"
+        from asrkit.config import CONF_DIR
+
+        base = Path(conf_dir) if conf_dir else CONF_DIR / "decode"
         path = base / f"{spec}.yaml"
         if not path.is_file():
             names = sorted(p.stem for p in base.glob("*.yaml")) if base.is_dir() else []
