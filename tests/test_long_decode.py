@@ -53,6 +53,11 @@ def family_models() -> dict[str, torch.nn.Module]:
                                       dim_feedforward=32, dropout=0.0),
         "conformer": ConformerCTC(F, 7, d_model=16, num_heads=2, ffn_dim=32, num_layers=1,
                                   depthwise_conv_kernel_size=3, dropout=0.0),
+        "conformer_x6": ConformerCTC(F, 7, d_model=16, num_heads=2, ffn_dim=32, num_layers=1,
+                                     depthwise_conv_kernel_size=3, dropout=0.0,
+                                     subsampling_factor=6),
+        "transformer_x8": TransformerCTC(F, 7, d_model=16, nhead=2, num_layers=1,
+                                         dim_feedforward=32, dropout=0.0, subsampling_factor=8),
         "cnn": tiny_cnn(),
         "blstm": LSTMCTC(F, 7, hidden_size=8, num_layers=1, dropout=0.0),
         "lstm_no_subsampling": LSTMCTC(F, 7, hidden_size=8, num_layers=1, dropout=0.0,
@@ -114,8 +119,8 @@ def test_chunked_cnn_equals_the_unchunked_encoder(max_frames):
     assert (blind - whole[0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["transformer", "conformer", "cnn", "blstm",
-                                  "lstm_no_subsampling"])
+@pytest.mark.parametrize("name", ["transformer", "conformer", "conformer_x6", "transformer_x8",
+                                  "cnn", "blstm", "lstm_no_subsampling"])
 @pytest.mark.parametrize("num_frames", [301, 1002])
 def test_stitched_length_is_the_unchunked_length(name, num_frames):
     model = family_models()[name].eval()

@@ -98,8 +98,14 @@ def test_killed_mid_epoch_resumes_to_the_same_model(synth, tmp_path):
     """SIGKILL a training process mid-epoch, rerun: the result equals an uninterrupted run."""
     epochs = "trainer.max_epochs=15"
     ref_exp = tmp_path / "ref"
-    train(compose_train_config(overrides(synth, ref_exp, epochs, "trainer.save_every_batches=1",
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI sets trainer.num_threads=1 for the runs below
+    try:
+        train(compose_train_config(overrides(synth, ref_exp, epochs,
+                                             "trainer.save_every_batches=1",
                                              "data.max_frames=400")))
+    finally:
+        torch.set_num_threads(threads)
 
     exp = tmp_path / "killed"
     args = overrides(synth, exp, epochs, "trainer.save_every_batches=1", "data.max_frames=400")

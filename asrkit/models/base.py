@@ -23,12 +23,21 @@ cross-entropy, and the loss is ``ctc_weight * ctc + (1 - ctc_weight) * att``. Th
 keep their ``…CTC`` names (so configs and checkpoints keep working) but are hybrid models when a
 decoder is configured. Without a decoder nothing changes: no new parameters, the same
 ``state_dict`` keys, the same loss.
+
+Intermediate CTC (Lee & Watanabe, 2021, "Intermediate loss regularization for CTC-based
+speech recognition"; ESPnet's ``interctc_layer_idx`` / ``interctc_weight``): families that
+call :meth:`CTCModel.intermediate` after each encoder layer get, at the layers listed in
+``interctc_layers``, CTC log-posteriors from the shared CTC head, and the CTC term of the loss
+becomes ``(1 - interctc_weight) · ctc + interctc_weight · mean(intermediate ctc)``. With
+``self_condition`` (Nozaki & Komatsu, 2021, "Relaxing the conditional independence assumption
+of CTC-based ASR by conditioning on intermediate predictions") the posteriors are also fed back:
+``x += Linear(softmax(logits))``, in training and decoding alike.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,16 +111,25 @@ class CTCModel(nn.Module, abc.ABC):
         lsm_weight: label smoothing ε of the decoder's cross-entropy, in [0, 1). PyTorch's
             ``label_smoothing`` (ε spread over all V classes, the target included); ESPnet's
             ``LabelSmoothingLoss`` spreads it over the V - 1 others, a negligible difference.
+        interctc_layers: encoder layers (1-based) whose output gets an intermediate CTC loss
+            (module docstring); () for none. Only families that call :meth:`intermediate`
+            support it (Conformer, Transformer).
+        interctc_weight: weight of the intermediate CTC losses within the CTC term, in [0, 1).
+        self_condition: feed the intermediate posteriors back into the encoder (self-
+            conditioned CTC); needs ``interctc_layers``.
 
     Raises:
         ValueError: on ``ctc_weight`` outside [0, 1], ``ctc_weight != 1`` without a decoder,
-            ``lsm_weight`` outside [0, 1), or a bad decoder spec (see ``build_decoder``).
+            ``lsm_weight`` outside [0, 1), a bad decoder spec (see ``build_decoder``),
+            ``interctc_weight`` outside [0, 1), ``interctc_weight > 0`` or ``self_condition``
+            without ``interctc_layers``, or a layer number < 1.
     """
 
     def __init__(self, input_dim: int, vocab_size: int, encoder_dim: int,
                  specaug: dict | None = None, cmvn_stats: np.ndarray | None = None,
                  decoder: Mapping[str, Any] | None = None, ctc_weight: float = 1.0,
-                 lsm_weight: float = 0.1):
+                 lsm_weight: float = 0.1, interctc_layers: Sequence[int] = (),
+                 interctc_weight: float = 0.0, self_condition: bool = False):
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
@@ -131,6 +149,43 @@ class CTCModel(nn.Module, abc.ABC):
         # exactly the parameters, state_dict keys and initial values it always had
         self.decoder = (build_decoder(decoder, vocab_size, encoder_dim)
                         if decoder is not None else None)
+        self.interctc_layers = tuple(int(i) for i in (interctc_layers or ()))
+        if not 0.0 <= interctc_weight < 1.0:
+            raise ValueError(f"interctc_weight must be in [0, 1), got {interctc_weight}")
+        if (interctc_weight > 0 or self_condition) and not self.interctc_layers:
+            raise ValueError("interctc_weight / self_condition need interctc_layers (encoder "
+                             "layers, 1-based, e.g. [6] of 12)")
+        if any(i < 1 for i in self.interctc_layers):
+            raise ValueError(f"interctc_layers are 1-based layer numbers, got "
+                             f"{list(self.interctc_layers)}")
+        self.interctc_weight = float(interctc_weight)
+        # registered only when asked for: other models keep their state_dict keys
+        self.cond_proj = nn.Linear(vocab_size, encoder_dim) if self_condition else None
+        self._inter: list[torch.Tensor] = []  # (B, T', V) log-posteriors of the last encode
+
+    def intermediate(self, x: torch.Tensor, layer: int, *, time_first: bool = False,
+                     norm: nn.Module | None = None) -> torch.Tensor:
+        """Called by a family after encoder layer ``layer`` (1-based) with its output ``x``
+        (``(B, T', D)``, or ``(T', B, D)`` with ``time_first``): at an ``interctc_layers``
+        layer, keeps (in training mode) the CTC log-posteriors of ``norm(x)`` for the loss and,
+        with ``self_condition``, returns ``x + Linear(softmax(logits))``; else ``x``
+        unchanged."""
+        if layer not in self.interctc_layers:
+            return x
+        logits = self.ctc_out(norm(x) if norm is not None else x)
+        if self.training:  # only training adds the intermediate losses (no memory kept in eval)
+            lp = logits.float().log_softmax(-1)
+            self._inter.append(lp.transpose(0, 1) if time_first else lp)
+        if self.cond_proj is not None:
+            x = x + self.cond_proj(logits.softmax(-1))
+        return x
+
+    def check_interctc_layers(self, num_layers: int) -> None:
+        """Raise ValueError when an ``interctc_layers`` entry is past the encoder's
+        ``num_layers`` (a family calls this once it knows its depth)."""
+        bad = [i for i in self.interctc_layers if i > num_layers]
+        if bad:
+            raise ValueError(f"interctc_layers {bad} past the encoder's {num_layers} layers")
 
     @property
     def has_decoder(self) -> bool:
@@ -149,7 +204,7 @@ class CTCModel(nn.Module, abc.ABC):
         to the context the encoder sees), as unpadded strided convolutions do.
 
         This default covers the shared front end in ``self.subsample``:
-        :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling` gives ``(4, 1)``, None
+        :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling` gives ``(factor, 1)``, None
         (no subsampling) ``(1, 1)``. A family with another front end overrides this and
         :meth:`encoder_output_lengths`.
 
@@ -164,22 +219,22 @@ class CTCModel(nn.Module, abc.ABC):
         if self.subsample is None:
             return 1, 1
         if isinstance(self.subsample, Conv2dSubsampling):
-            return Conv2dSubsampling.stride, 1
+            return self.subsample.stride, 1
         raise TypeError(f"{type(self).__name__}: unknown front end "
                                   f"{type(self.subsample).__name__}")
 
     def encoder_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames (B,) of utterances of ``lengths`` (B,) input frames, as
-        :meth:`encoder_forward` returns them (``((T - 1) // 2 - 1) // 2``, at least 1, for
-        :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling`; ``T`` without
-        subsampling).
+        :meth:`encoder_forward` returns them (at least 1; for ×4
+        :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling`
+        ``((T - 1) // 2 - 1) // 2``; ``T`` without subsampling).
 
         Raises:
             TypeError: as :meth:`encoder_frame_stride`.
         """
         if self.encoder_frame_stride() == (1, 1):
             return lengths.clone()
-        return Conv2dSubsampling.output_lengths(lengths).clamp(min=1)
+        return self.subsample.output_lengths(lengths).clamp(min=1)
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +248,8 @@ class CTCModel(nn.Module, abc.ABC):
         """
         x = self.normalize(feats)
         if self.specaug is not None:
-            x = self.specaug(x)
+            x = self.specaug(x, feat_lens)
+        self._inter = []
         return self.encoder_forward(x, feat_lens)
 
     def ctc_log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -265,14 +321,15 @@ class CTCModel(nn.Module, abc.ABC):
                           target_lens: torch.Tensor) -> dict[str, torch.Tensor]:
         """The losses of :meth:`forward` for an encoder output (B, T', D) with lengths (B,)
         (lets evaluation reuse one encoder pass for the loss and for decoding)."""
+        extra: dict[str, torch.Tensor] = {}
         if self.decoder is None:
-            loss = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
-            return {"loss": loss, "ctc": loss.detach()}
+            loss = self._ctc_term(enc, lens, targets, target_lens, extra)
+            return {"loss": loss, "ctc": loss.detach(), **extra}
         if self.ctc_weight > 0.0:
-            ctc = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
+            ctc = self._ctc_term(enc, lens, targets, target_lens, extra)
         else:
             with torch.no_grad():
-                ctc = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
+                ctc = self._ctc_term(enc, lens, targets, target_lens, extra)
         att, acc = self.attention_loss_from_encoder(enc, lens, targets, target_lens)
         if self.ctc_weight == 1.0:
             loss = ctc
@@ -280,4 +337,17 @@ class CTCModel(nn.Module, abc.ABC):
             loss = att
         else:
             loss = self.ctc_weight * ctc + (1.0 - self.ctc_weight) * att
-        return {"loss": loss, "ctc": ctc.detach(), "att": att.detach(), "acc": acc}
+        return {"loss": loss, "ctc": ctc.detach(), "att": att.detach(), "acc": acc, **extra}
+
+    def _ctc_term(self, enc: torch.Tensor, lens: torch.Tensor, targets: torch.Tensor,
+                  target_lens: torch.Tensor, extra: dict) -> torch.Tensor:
+        """The CTC loss, mixed with the intermediate CTC losses of the last :meth:`encode`
+        when there are any (``extra["interctc"]`` gets their mean, detached)."""
+        ctc = self.ctc_loss_from_encoder(enc, lens, targets, target_lens)
+        if not self._inter or self.interctc_weight == 0.0:
+            return ctc
+        inter = torch.stack([
+            self.ctc_loss(lp.transpose(0, 1), targets, lens, target_lens) / enc.size(0)
+            for lp in self._inter]).mean()
+        extra["interctc"] = inter.detach()
+        return (1.0 - self.interctc_weight) * ctc + self.interctc_weight * inter

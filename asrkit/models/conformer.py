@@ -1,6 +1,6 @@
 """Conformer encoder with a CTC head, optionally hybrid CTC/attention (``model=conformer``).
 
-Conv2d ×4 subsampling (its linear layer maps to D) → absolute sinusoidal positions + dropout →
+Conv2d ×4 (or ×6, ×8) subsampling (its linear layer maps to D) → absolute sinusoidal positions + dropout →
 ``torchaudio.models.Conformer`` layers (Gulati et al., 2020, "Conformer: Convolution-augmented
 Transformer for Speech Recognition") → linear CTC output (Graves et al., 2006).
 
@@ -29,7 +29,7 @@ decoder). The class keeps its name so configs and checkpoints keep working.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,9 @@ class ConformerCTC(CTCModel):
         depthwise_conv_kernel_size: kernel of the conv module's depthwise conv, in 40 ms
             frames; must be odd (torchaudio's "same" padding).
         dropout: dropout after positions and inside every layer.
-        subsampling_channels: channels of the ×4 conv front end (default D).
+        subsampling_channels: channels of the conv front end (default D).
+        subsampling_factor: frame-rate reduction of the front end, 4, 6 or 8 (40, 60 or 80 ms
+            encoder frames; :class:`~asrkit.models.modules.subsampling.Conv2dSubsampling`).
         specaug: keyword arguments of :class:`asrkit.models.modules.specaug.SpecAugment`,
             or None to disable it.
         cmvn_stats: Kaldi global CMVN stats (2, F + 1), or None (identity until loaded).
@@ -97,11 +99,14 @@ class ConformerCTC(CTCModel):
             :class:`asrkit.models.base.CTCModel`.
         ctc_weight: CTC weight λ of the hybrid loss (1.0 = CTC only; < 1 needs a decoder).
         lsm_weight: label smoothing of the decoder's cross-entropy.
+        interctc_layers, interctc_weight, self_condition: intermediate / self-conditioned CTC
+            after the listed Conformer layers (1-based); see :class:`asrkit.models.base.CTCModel`.
 
     Raises:
         ValueError: if ``depthwise_conv_kernel_size`` is even (from torchaudio), or ``d_model``
             is not divisible by ``num_heads`` (from ``nn.MultiheadAttention``; an
-            AssertionError in some PyTorch versions); a bad ``decoder`` / ``ctc_weight``.
+            AssertionError in some PyTorch versions); a bad ``decoder`` / ``ctc_weight`` /
+            ``subsampling_factor`` / intermediate CTC setting, or a layer past ``num_layers``.
     """
 
     def __init__(self, input_dim: int, vocab_size: int, d_model: int = 144, num_heads: int = 4,
@@ -109,10 +114,16 @@ class ConformerCTC(CTCModel):
                  dropout: float = 0.1, subsampling_channels: int | None = None,
                  specaug: dict | None = None, cmvn_stats: np.ndarray | None = None,
                  decoder: Mapping[str, Any] | None = None, ctc_weight: float = 1.0,
-                 lsm_weight: float = 0.1):
+                 lsm_weight: float = 0.1, subsampling_factor: int = 4,
+                 interctc_layers: Sequence[int] = (), interctc_weight: float = 0.0,
+                 self_condition: bool = False):
         super().__init__(input_dim, vocab_size, d_model, specaug, cmvn_stats, decoder=decoder,
-                         ctc_weight=ctc_weight, lsm_weight=lsm_weight)
-        self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels)
+                         ctc_weight=ctc_weight, lsm_weight=lsm_weight,
+                         interctc_layers=interctc_layers, interctc_weight=interctc_weight,
+                         self_condition=self_condition)
+        self.check_interctc_layers(num_layers)
+        self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels,
+                                           subsampling_factor)
         self.pos = SinusoidalPositionalEncoding(d_model, dropout)
         self.conformer = torchaudio.models.Conformer(
             input_dim=d_model, num_heads=num_heads, ffn_dim=ffn_dim, num_layers=num_layers,
@@ -120,14 +131,15 @@ class ConformerCTC(CTCModel):
 
     def encoder_forward(self, x: torch.Tensor, lengths: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, F) normalised features → (B, T', D) at 40 ms frames, lengths (B,).
+        """(B, T, F) normalised features → (B, T', D) at 40 ms frames (60 / 80 ms for ×6 / ×8
+        subsampling), lengths (B,).
 
         Raises:
-            ValueError: if T < 7 (from the subsampling front end).
+            ValueError: if T is too short for the subsampling front end (7 frames for ×4).
         """
         x, lens = self.subsample(x, lengths)
         pad = pad_mask(lens, x.size(1))
         x = self.pos(x).transpose(0, 1)  # (T', B, D)
-        for layer in self.conformer.conformer_layers:
-            x = _conformer_layer(layer, x, pad)
+        for i, layer in enumerate(self.conformer.conformer_layers):
+            x = self.intermediate(_conformer_layer(layer, x, pad), i + 1, time_first=True)
         return x.transpose(0, 1), lens

@@ -1,6 +1,6 @@
 """Transformer encoder with a CTC head, optionally hybrid CTC/attention (``model=transformer``).
 
-Conv2d ×4 subsampling → sinusoidal positions → pre-LayerNorm Transformer encoder layers
+Conv2d ×4 (or ×6, ×8) subsampling → sinusoidal positions → pre-LayerNorm Transformer encoder layers
 (Vaswani et al., 2017; the speech recipe of Karita et al., 2019, "A comparative study on
 Transformer vs RNN in speech applications") → linear CTC output (Graves et al., 2006).
 
@@ -14,7 +14,7 @@ head plus an attention decoder. The class keeps its name so configs and checkpoi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,9 @@ class TransformerCTC(CTCModel):
         num_layers: encoder layers.
         dim_feedforward: hidden size of each feed-forward block.
         dropout: dropout in attention, feed-forward and after positions.
-        subsampling_channels: channels of the ×4 conv front end (default D). On CPU this
+        subsampling_channels: channels of the conv front end (default D). On CPU this
             front end dominates the cost; 32–64 channels train 2–3× faster at D = 144–256.
+        subsampling_factor: frame-rate reduction of the front end, 4, 6 or 8.
         specaug: keyword arguments of :class:`asrkit.models.modules.specaug.SpecAugment`,
             or None to disable it.
         cmvn_stats: Kaldi global CMVN stats (2, F + 1), or None (identity until loaded).
@@ -50,16 +51,29 @@ class TransformerCTC(CTCModel):
             :class:`asrkit.models.base.CTCModel`.
         ctc_weight: CTC weight λ of the hybrid loss (1.0 = CTC only; < 1 needs a decoder).
         lsm_weight: label smoothing of the decoder's cross-entropy.
+        interctc_layers, interctc_weight, self_condition: intermediate / self-conditioned CTC
+            after the listed encoder layers (1-based, taken through the final LayerNorm as in
+            ESPnet); see :class:`asrkit.models.base.CTCModel`.
+
+    Raises:
+        ValueError: a bad ``decoder`` / ``ctc_weight`` / ``subsampling_factor`` / intermediate
+            CTC setting, or an intermediate layer past ``num_layers``.
     """
 
     def __init__(self, input_dim: int, vocab_size: int, d_model: int = 256, nhead: int = 4,
                  num_layers: int = 12, dim_feedforward: int = 2048, dropout: float = 0.1,
                  subsampling_channels: int | None = None, specaug: dict | None = None,
                  cmvn_stats: np.ndarray | None = None, decoder: Mapping[str, Any] | None = None,
-                 ctc_weight: float = 1.0, lsm_weight: float = 0.1):
+                 ctc_weight: float = 1.0, lsm_weight: float = 0.1, subsampling_factor: int = 4,
+                 interctc_layers: Sequence[int] = (), interctc_weight: float = 0.0,
+                 self_condition: bool = False):
         super().__init__(input_dim, vocab_size, d_model, specaug, cmvn_stats, decoder=decoder,
-                         ctc_weight=ctc_weight, lsm_weight=lsm_weight)
-        self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels)
+                         ctc_weight=ctc_weight, lsm_weight=lsm_weight,
+                         interctc_layers=interctc_layers, interctc_weight=interctc_weight,
+                         self_condition=self_condition)
+        self.check_interctc_layers(num_layers)
+        self.subsample = Conv2dSubsampling(input_dim, d_model, subsampling_channels,
+                                           subsampling_factor)
         self.pos = SinusoidalPositionalEncoding(d_model, dropout)
         layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -68,8 +82,11 @@ class TransformerCTC(CTCModel):
 
     def encoder_forward(self, x: torch.Tensor, lengths: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, F) normalised features → (B, T', D) at 40 ms frames, lengths (B,)."""
+        """(B, T, F) normalised features → (B, T', D) at 40 ms frames (60 / 80 ms for ×6 / ×8
+        subsampling), lengths (B,)."""
         x, lens = self.subsample(x, lengths)
         x = self.pos(x)
-        x = self.encoder(x, src_key_padding_mask=pad_mask(lens, x.size(1)))
+        pad = pad_mask(lens, x.size(1))
+        for i, layer in enumerate(self.encoder.layers):
+            x = self.intermediate(layer(x, src_key_padding_mask=pad), i + 1, norm=self.norm)
         return self.norm(x), lens
