@@ -497,6 +497,34 @@ def test_train_mono_reports_and_skips_bad_utterances(mono):
     assert all(h.num_failed == 1 for h in res.history)  # spk0-short in every pass
 
 
+def test_train_mono_on_the_shortest_utterances_aligns_them_all():
+    """shortest=N (Kaldi's subset_data_dir.sh --shortest N, then align_si.sh): EM sees the
+    N shortest utterances only; the returned alignments cover every utterance, as well as
+    training on all of them does."""
+    torch.manual_seed(0)
+    feats, texts, truth = _synth_corpus(40, seed=0)
+    lang = _lang()
+    kw = dict(num_iters=14, max_gauss=60, max_iter_inc=6, realign_iters=(1, 2, 3, 4, 5, 7, 9))
+    res = train_mono(feats, texts, lang, shortest=15, **kw)
+    assert all(h.num_aligned == 15 for h in res.history)
+    assert len(res.alignments) == 40 and not res.failed
+    assert res.model.meta["shortest"] == 15
+    short = sorted(feats, key=lambda u: (len(feats[u]), u))[:15]
+    assert max(len(feats[u]) for u in short) <= min(len(feats[u]) for u in feats
+                                                   if u not in short)
+    right = total = 0
+    for u, ali in res.alignments.items():
+        got = _base_labels(res.model.tmodel, ali.phones)
+        right += sum(a == b for a, b in zip(got, truth[u]))
+        total += len(got)
+    assert right / total > 0.9
+    # N at least the number of utterances: all of them, as without the option
+    assert all(h.num_aligned == 40 for h in train_mono(feats, texts, lang, shortest=99,
+                                                       **kw).history)
+    with pytest.raises(ValueError, match="shortest"):
+        train_mono(feats, texts, lang, shortest=-1, **kw)
+
+
 def test_boost_silence_raises_silence_likelihoods_in_every_em_alignment(mono, monkeypatch):
     """Kaldi gmm-boost-silence: silence pdfs' log-likelihoods rise by log(boost), the others
     are untouched, and the EM loop aligns with the boosted model."""

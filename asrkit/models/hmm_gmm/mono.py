@@ -12,7 +12,9 @@ The recipe, iteration by iteration as in ``train_mono.sh``:
    then ``beam``), accumulate, re-estimate and mix up toward the Gaussian target, which
    grows by ``(max_gauss - S) // max_iter_inc`` after each iteration ``x <= max_iter_inc``.
 2. A final alignment with the final model (what ``steps/align_si.sh`` does next in Kaldi
-   recipes), returned with the model.
+   recipes), returned with the model. With ``shortest`` = N, steps 0-1 see only the N
+   shortest utterances (Kaldi recipes train the monophone on ``subset_data_dir.sh --shortest``,
+   e.g. Mini LibriSpeech's 500 and LibriSpeech's 2,000) and this alignment covers all of them.
 
 The logged average log-likelihood per frame is that of the current alignment under the
 current model, before its update (what ``gmm-acc-stats-ali`` reports); it rises over training,
@@ -30,8 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asrkit.models.hmm_gmm.align import Alignment, AlignmentError, align_equal
-from asrkit.models.hmm_gmm.em import EmOptions, IterationStats, options_from, run_em, stack_frames
+from asrkit.models.hmm_gmm.align import Alignment, AlignmentError, align_equal, align_viterbi
+from asrkit.models.hmm_gmm.em import (
+    EmOptions,
+    IterationStats,
+    boost_silence,
+    options_from,
+    run_em,
+    stack_frames,
+)
 from asrkit.models.hmm_gmm.features import usable_features
 from asrkit.models.hmm_gmm.gmm import DiagGMM
 from asrkit.models.hmm_gmm.graph import GraphCompiler, TranscriptGraphError, UttGraph
@@ -55,6 +64,8 @@ class MonoOptions(EmOptions):
     Attributes:
         max_gauss: target total number of Gaussians (``totgauss`` 1000).
         initial_beam: beam of the first realignment (6).
+        shortest: train on the N shortest utterances (in frames) only, then align every
+            utterance with the final model; 0 = all.
     """
 
     num_iters: int = 40
@@ -62,6 +73,7 @@ class MonoOptions(EmOptions):
     realign_iters: Collection[int] = REALIGN_ITERS
     max_gauss: int = 1000
     initial_beam: float = 6.0
+    shortest: int = 0
 
 
 @dataclass
@@ -127,7 +139,16 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
             logger.warning("%s: skipped: %s", u, e.reason)
     if not xs:
         raise ValueError("no usable utterance (see the warnings for the reasons)")
-
+    if opts.shortest < 0:
+        raise ValueError(f"shortest must be >= 0 utterances, got {opts.shortest}")
+    rest: dict[str, torch.Tensor] = {}
+    if 0 < opts.shortest < len(xs):
+        keep = set(sorted(xs, key=lambda u: (xs[u].shape[0], u))[:opts.shortest])
+        rest = {u: x for u, x in xs.items() if u not in keep}
+        xs = {u: x for u, x in xs.items() if u in keep}
+        logger.info("monophone training on the %d shortest of %d utterances (%d frames "
+                    "each at most)", len(xs), len(xs) + len(rest),
+                    max(x.shape[0] for x in xs.values()))
     all_x, offsets, xs = stack_frames(xs, device)
     flat = all_x.double()
     mean = flat.mean(0)
@@ -157,11 +178,19 @@ def train_mono(feats: Mapping[str, torch.Tensor | np.ndarray],
                  first_beam=opts.initial_beam, failed=iter_failed)
     model, history = res.model, res.history
     failed.update(res.failed)
+    alignments = res.alignments
+    if rest:  # align_si.sh over the whole set
+        more, more_failed = align_viterbi(
+            boost_silence(model, opts.boost_silence), [graphs[u] for u in rest],
+            {u: x.to(device) for u, x in rest.items()}, **opts.align_kwargs())
+        alignments = {**alignments, **more}
+        failed.update(more_failed)
     model.meta.update({"type": "monophone", "num_iters": opts.num_iters,
                        "max_gauss": opts.max_gauss, "power": opts.power,
+                       "shortest": opts.shortest,
                        "sil_prob": opts.sil_prob, "acoustic_scale": opts.acoustic_scale,
                        "transition_scale": opts.transition_scale, "feat_dim": model.feat_dim,
                        "final_avg_loglik": history[-1].avg_loglik if history else math.nan})
     logger.info("monophone training done: %d Gaussians, %d utterances aligned, %d failed",
-                model.num_gauss, len(res.alignments), len(failed))
-    return MonoResult(model=model, alignments=res.alignments, failed=failed, history=history)
+                model.num_gauss, len(alignments), len(failed))
+    return MonoResult(model=model, alignments=alignments, failed=failed, history=history)
