@@ -504,7 +504,8 @@ def test_train_mono_on_the_shortest_utterances_aligns_them_all():
     torch.manual_seed(0)
     feats, texts, truth = _synth_corpus(40, seed=0)
     lang = _lang()
-    kw = dict(num_iters=14, max_gauss=60, max_iter_inc=6, realign_iters=(1, 2, 3, 4, 5, 7, 9))
+    kw = {"num_iters": 14, "max_gauss": 60, "max_iter_inc": 6,
+          "realign_iters": (1, 2, 3, 4, 5, 7, 9)}
     res = train_mono(feats, texts, lang, shortest=15, **kw)
     assert all(h.num_aligned == 15 for h in res.history)
     assert len(res.alignments) == 40 and not res.failed
