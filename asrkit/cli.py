@@ -676,12 +676,15 @@ def _add_train_lm(sub) -> None:
     pr.add_argument("--no-utt-ids", action="store_true",
                     help="--dev lines are plain sentences without a leading utterance id")
     nn_ = ps.add_parser(
-        "neural", help="LSTM or Transformer token LM (also: asrkit train-lm model=...)",
+        "neural", help="LSTM, Transformer or GPT token LM (also: asrkit train-lm model=...)",
         description="Compose conf/lm/config.yaml with Hydra and train, e.g.\n"
         "  asrkit train-lm model=lstm_lm data.train=data/train/text data.dev=data/dev/text "
         "data.tokenizer=data/token/bpe_150.model exp_dir=exp/lm_lstm\n"
-        "The LM uses the acoustic model's tokenizer; dev perplexity per epoch, best.pt kept, "
-        "rerunning resumes.")
+        "  asrkit train-lm model=gpt data.train=books.txt data.utt_ids=false "
+        "data.dev=data/dev/text data.dev_utt_ids=true data.tokenizer=... exp_dir=exp/gpt\n"
+        "The LM uses the acoustic model's tokenizer; dev perplexity per epoch (model=gpt: "
+        "every trainer.eval_every steps over packed blocks of text of any size, exported "
+        "to EXP/hf for --lm hf:EXP/hf), best.pt kept, rerunning resumes.")
     nn_.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     nn_.add_argument("--print-config", action="store_true")
 
@@ -696,6 +699,13 @@ def _run_train_lm(args) -> int:
             return 0
         check_missing_values(cfg, "lm")
         _torch_threads(cfg)
+        if cfg.data.get("block_size"):
+            from asrkit.lm.pretrain import pretrain_lm
+
+            exp = pretrain_lm(cfg)
+            print(f"trained: {exp}" + (f" (Hugging Face model: {exp / 'hf'})"
+                                       if (exp / "hf").is_dir() else ""))
+            return 0
         from asrkit.lm.neural import train_lm
 
         print(f"trained: {train_lm(cfg)}")
@@ -950,8 +960,9 @@ def _run_train(args) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     gmm = cfg.model.get("family") == "hmm_gmm"
-    hybrid = cfg.model.get("family") == "hybrid"  # frame targets from data.alignment
-    check_missing_values(cfg, "train", ignore=("data.tokenizer",) if gmm or hybrid else ())
+    # frame targets from data.alignment (hybrid) or the LLM's own tokenizer (speech_llm)
+    no_tok = cfg.model.get("family") in ("hmm_gmm", "hybrid", "speech_llm")
+    check_missing_values(cfg, "train", ignore=("data.tokenizer",) if no_tok else ())
     if gmm:
         from asrkit.train.gmm import train_hmm_gmm as train
     else:
@@ -1032,7 +1043,9 @@ backend and option: value lines); options given on the command line override it.
                    f"the beam in cost units (default {wfst.beam}); HMM-GMM: the decoding "
                    f"beam in cost units (default: {gmm['beam']})")
     p.add_argument("--lm", type=Path, help="beam methods: shallow fusion with a word n-gram "
-                   "(ARPA file) or a neural LM (asrkit train-lm experiment dir)")
+                   "(ARPA file), a neural LM (asrkit train-lm experiment dir) or hf:DIR (a "
+                   "Hugging Face causal LM with the acoustic model's tokenizer, e.g. "
+                   "asrkit train-lm model=gpt's EXP/hf)")
     p.add_argument("--lm-weight", type=float, default=None,
                    help=f"weight of the LM log-probabilities (default {lm_w}; --method wfst: "
                    f"the graph's LM, acoustic scale 1/weight, default {wfst.lm_weight})")
@@ -1188,7 +1201,8 @@ LMs (--lm):
                 directory; needs the llm extra (pip install -e '.[llm]' in the
                 asrkit checkout); never downloads
   ngram:FILE    an ARPA n-gram
-  asrkit:DIR    a neural LM trained with asrkit train-lm model=lstm_lm|transformer_lm""")
+  asrkit:DIR    a neural LM trained with asrkit train-lm model=lstm_lm|transformer_lm
+                (model=gpt: hf:EXP/hf, its Hugging Face export)""")
     p.add_argument("nbest", type=Path, help="n-best file (decode --nbest N output)")
     p.add_argument("out", type=Path, help="output dir")
     p.add_argument("--lm", required=True, help="hf:DIR, ngram:ARPA_FILE or asrkit:LM_EXP_DIR")

@@ -16,6 +16,7 @@ from asrkit.decode.options import (
     CtcPrefixBeamOptions,
     FlashlightOptions,
     JointCtcAttentionOptions,
+    LlmBeamOptions,
     LmFusionOptions,
     WfstOptions,
     decode_options,
@@ -30,7 +31,8 @@ def test_each_method_gets_its_own_class_and_defaults():
     kinds = {m: type(decode_options(m, graph="g")[0]) for m in METHODS}
     assert kinds == {"ctc_greedy": CtcGreedyOptions, "ctc_prefix_beam": CtcPrefixBeamOptions,
                      "attention_beam": AttentionBeamOptions,
-                     "joint_ctc_attention": JointCtcAttentionOptions, "wfst": WfstOptions}
+                     "joint_ctc_attention": JointCtcAttentionOptions, "wfst": WfstOptions,
+                     "llm_beam": LlmBeamOptions}
     assert type(decode_options("ctc_prefix_beam", "flashlight")[0]) is FlashlightOptions
     joint, lm = decode_options("joint_ctc_attention")
     assert (joint.beam, joint.ctc_weight, joint.nbest, lm) == (10, 0.3, 1, None)
@@ -58,6 +60,9 @@ def test_lm_options_go_with_the_lm():
     ("ctc_prefix_beam", {"token_topk": 0}, "token_topk"),
     ("joint_ctc_attention", {"ctc_weight": 1.5}, "ctc_weight"),
     ("attention_beam", {"maxlen_ratio": 0}, "maxlen_ratio"),
+    ("llm_beam", {"beam": 2, "nbest": 3}, "nbest must be between 1 and the beam"),
+    ("llm_beam", {"max_new_tokens": 0}, "max_new_tokens"),
+    ("llm_beam", {"lm": "x.arpa"}, "llm_beam fuses no LM"),
     ("wfst", {}, "needs a graph"),
     ("wfst", {"graph": "g", "lm_weight": 0}, "lm_weight must be > 0"),
     ("wfst", {"graph": "g", "lm": "x.arpa"}, "takes its LM from the graph"),

@@ -15,6 +15,8 @@ method (backend)              options class                            searcher
 ``attention_beam``            :class:`AttentionBeamOptions`            attention decoder alone
 ``joint_ctc_attention``       :class:`JointCtcAttentionOptions`        Watanabe et al., 2017
 ``wfst``                      :class:`WfstOptions`                     TLG Viterbi (EESEN)
+``llm_beam``                  :class:`LlmBeamOptions`                  a speech-LLM's beam
+                                                                       search (``generate``)
 ============================  =======================================  =======================
 
 Shallow fusion with language models (every beam method except ``wfst``, whose LM is in its
@@ -35,15 +37,19 @@ from typing import ClassVar
 
 import yaml
 
-__all__ = ["ATTENTION_METHODS", "METHODS", "AttentionBeamOptions", "CtcGreedyOptions",
-           "CtcPrefixBeamOptions", "FlashlightOptions", "JointCtcAttentionOptions",
-           "LmFusionOptions", "SearchOptions", "WfstOptions", "decode_options",
-           "read_decode_config"]
+__all__ = ["ATTENTION_METHODS", "METHODS", "WHOLE_UTTERANCE_METHODS", "AttentionBeamOptions",
+           "CtcGreedyOptions", "CtcPrefixBeamOptions", "FlashlightOptions",
+           "JointCtcAttentionOptions", "LlmBeamOptions", "LmFusionOptions", "SearchOptions",
+           "WfstOptions", "decode_options", "read_decode_config"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst")
+METHODS = ("ctc_greedy", "ctc_prefix_beam", "attention_beam", "joint_ctc_attention", "wfst",
+           "llm_beam")
 ATTENTION_METHODS = ("attention_beam", "joint_ctc_attention")
+"""Methods that need an attention decoder (and attend over the whole utterance)."""
+WHOLE_UTTERANCE_METHODS = (*ATTENTION_METHODS, "llm_beam")
+"""Methods that read the whole utterance's encoder output (no decoding in windows)."""
 BACKENDS = ("asrkit", "flashlight")
 
 
@@ -219,13 +225,39 @@ class WfstOptions(SearchOptions):
 
 
 @dataclass(frozen=True)
+class LlmBeamOptions(SearchOptions):
+    """``llm_beam``: beam search of a speech-LLM's language model over its prompt and speech
+    embeddings (``model=speech_llm``, :meth:`asrkit.models.speech_llm.SpeechLLM.
+    recognize_from_encoder`: ``transformers`` ``generate``, batched, KV cache, scores divided
+    by length). No shallow fusion: the LLM is the language model.
+
+    Attributes:
+        beam: hypotheses kept (1: greedy).
+        max_new_tokens: longest output in LLM tokens (None: the model's ``max_new_tokens``).
+
+    Raises:
+        ValueError: ``beam < 1``, ``nbest`` outside ``1..beam``, ``max_new_tokens < 1``.
+    """
+
+    method: ClassVar[str] = "llm_beam"
+    beam: int = 4
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_beam_nbest(self.beam, self.nbest)
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
 class LmFusionOptions:
     """Shallow fusion: ``score = log P_am + lm_weight · (log P_lm + word_bonus · words) +
     Σ weight_i · log P_i`` (:func:`asrkit.lm.fusion.fused_scorer`).
 
     Attributes:
-        lm: an ARPA n-gram over words or over the tokenizer's pieces, or the directory of an
-            ``asrkit train-lm`` neural LM trained with the same tokenizer.
+        lm: an ARPA n-gram over words or over the tokenizer's pieces, the directory of an
+            ``asrkit train-lm`` neural LM trained with the same tokenizer, or ``hf:DIR``, a
+            Hugging Face causal LM with that tokenizer (``model=gpt``'s ``EXP/hf``).
         lm_weight: weight of ``lm``'s natural-log probabilities.
         word_bonus: added per word inside ``lm_weight`` (word n-grams only).
         extra_lms: more LMs fused together with ``lm``, as ``(path, weight)`` pairs.
@@ -244,7 +276,7 @@ class LmFusionOptions:
 
 _CLASSES: dict[str, type[SearchOptions]] = {
     c.method: c for c in (CtcGreedyOptions, CtcPrefixBeamOptions, AttentionBeamOptions,
-                          JointCtcAttentionOptions, WfstOptions)}
+                          JointCtcAttentionOptions, WfstOptions, LlmBeamOptions)}
 _LM_KEYS = ("lm", "lm_weight", "word_bonus", "extra_lms")
 
 
@@ -301,6 +333,9 @@ def decode_options(method: str = "ctc_greedy", backend: str = "asrkit", **values
         if "lm" in given or given.get("word_bonus", 0.0) != 0.0 or "extra_lms" in given:
             raise ValueError("method wfst takes its LM from the graph: no lm or word_bonus")
     elif "lm" in given:
+        if method == "llm_beam":
+            raise ValueError("llm_beam fuses no LM: the speech-LLM's own LLM is its language "
+                             "model (rescore its n-best list with asrkit rescore instead)")
         if method == "ctc_greedy":
             raise ValueError("an LM needs a beam method (ctc_prefix_beam, attention_beam, "
                              "joint_ctc_attention), not ctc_greedy")

@@ -48,6 +48,7 @@ from asrkit.decode.nbest import write_or_clear_nbest
 from asrkit.decode.options import (
     ATTENTION_METHODS,
     METHODS,
+    WHOLE_UTTERANCE_METHODS,
     LmFusionOptions,
     SearchOptions,
     decode_options,
@@ -114,7 +115,7 @@ def _refuse_long(ds: FeatureDataset, data_dir: Path, ch: _Chunking, method: str,
         return
     i = max(ch.long_idx, key=lambda j: ds.lengths[j])
     seconds = ds.lengths[i] * ch.shift
-    if method in ATTENTION_METHODS:
+    if method in WHOLE_UTTERANCE_METHODS:
         raise LongUtteranceError(
             f"{data_dir}: utterance {ds.ids[i]} is {seconds:.1f} s long "
             f"({ds.lengths[i]} frames; {len(ch.long_idx)} utterance(s) over chunk_seconds="

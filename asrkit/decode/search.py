@@ -45,6 +45,7 @@ from asrkit.decode.options import (
     CtcPrefixBeamOptions,
     FlashlightOptions,
     JointCtcAttentionOptions,
+    LlmBeamOptions,
     LmFusionOptions,
     SearchOptions,
     WfstOptions,
@@ -242,6 +243,27 @@ class AttentionSearch(_TokenSearch):
         return attention_beam_search(self.model, enc, lens, o.beam, **common)
 
 
+class LlmSearch(_TokenSearch):
+    """A speech-LLM's beam search (:class:`LlmBeamOptions`; the model's
+    ``recognize_from_encoder``).
+
+    Raises:
+        ValueError: the model is not a speech-LLM.
+    """
+
+    def __init__(self, opts: LlmBeamOptions, model, tok) -> None:
+        if not hasattr(model, "recognize_from_encoder"):
+            raise ValueError("llm_beam needs a model=speech_llm experiment; use a CTC or "
+                             "attention method for this model")
+        super().__init__(opts, tok)
+        self.model = model
+
+    def _beams(self, enc, lens, log_probs):
+        return self.model.recognize_from_encoder(enc, lens, beam=self.opts.beam,
+                                                 nbest=self.opts.nbest,
+                                                 max_new_tokens=self.opts.max_new_tokens)
+
+
 class FlashlightSearch(_TokenSearch):
     """CTC beam search on Flashlight's C++ decoder (torchaudio), lexicon-free or constrained
     to ``opts.lexicon``, with a word n-gram (KenLM's when a lexicon is given and kenlm is
@@ -259,7 +281,7 @@ class FlashlightSearch(_TokenSearch):
         from asrkit.lm.fusion import is_token_lm
         from asrkit.lm.ngram import read_arpa
 
-        if lm is not None and Path(lm.lm).is_dir():
+        if lm is not None and (Path(lm.lm).is_dir() or str(lm.lm).startswith("hf:")):
             raise ValueError("backend flashlight takes a word n-gram (ARPA), not the neural "
                              f"LM dir {lm.lm}")
         fl_lm = None if lm is None else read_arpa(lm.lm)
@@ -344,6 +366,10 @@ def build_search(opts: SearchOptions, model, tok: Tokenizer,
     """
     if isinstance(opts, WfstOptions):
         return WfstSearch(opts, tok)
+    if isinstance(opts, LlmBeamOptions):
+        return LlmSearch(opts, model, tok)
+    if hasattr(model, "recognize_from_encoder"):
+        raise ValueError(f"a speech-LLM decodes with method llm_beam, not {opts.method}")
     if isinstance(opts, FlashlightOptions):
         return FlashlightSearch(opts, tok, lm)
     scorer, weight = None, 0.0

@@ -136,12 +136,19 @@ def exp_tokenizer_path(exp_dir: str | os.PathLike, cfg: Mapping | None = None) -
 
 
 def load_exp_tokenizer(exp_dir: str | os.PathLike, cfg: Mapping | None = None):
-    """:class:`asrkit.text.tokenizer.Tokenizer` of :func:`exp_tokenizer_path`.
+    """:class:`asrkit.text.tokenizer.Tokenizer` of :func:`exp_tokenizer_path`; for a
+    ``model=speech_llm`` experiment (``cfg`` given) its LLM's tokenizer
+    (:class:`asrkit.lm.hf.HFTextTokenizer`).
 
     Raises:
         FileNotFoundError: as :func:`exp_tokenizer_path`.
         ValueError: the file is not an asrkit sentencepiece model.
     """
+    model = (cfg or {}).get("model") or {}
+    if model.get("family") == "speech_llm":  # its units are the LLM's tokens
+        from asrkit.lm.hf import HFTextTokenizer
+
+        return HFTextTokenizer(model["llm"], case=model.get("text_case", "keep"))
     from asrkit.text.tokenizer import Tokenizer
 
     return Tokenizer(exp_tokenizer_path(exp_dir, cfg))

@@ -38,7 +38,7 @@ from asrkit.lm.ngram import LMState, NgramLM, read_arpa
 from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer
 
 __all__ = ["WORD_START", "CombinedScorer", "NeuralTokenScorer", "TokenNgramScorer", "WordNgramScorer",
-           "fused_scorer", "fusion_scorer", "is_token_lm"]
+           "fused_scorer", "fusion_scorer", "is_token_lm", "load_hf_token_lm"]
 
 WORD_START = "\u2581"
 """Sentencepiece's word-start marker."""
@@ -305,19 +305,49 @@ class CombinedScorer:
             sc.rebase(prefix)
 
 
+def load_hf_token_lm(path: str | os.PathLike, tok: Tokenizer, device: torch.device):
+    """A Hugging Face causal LM in a local directory (e.g. ``asrkit train-lm model=gpt``'s
+    ``EXP/hf``) as a :class:`asrkit.models.lm.HFTokenLM`, after checking that its tokenizer
+    is ``tok`` (the same piece for every id) and its BOS is ``<sos/eos>``: token-level
+    fusion needs the acoustic model's ids.
+
+    Raises:
+        ImportError: no ``transformers``.
+        FileNotFoundError: ``path`` is not a directory or has no ``config.json``.
+        ValueError: another vocabulary or BOS id.
+    """
+    from asrkit.lm.hf import load_hf_causal_lm
+    from asrkit.models.lm import HFTokenLM
+
+    model, hf_tok = load_hf_causal_lm(path)
+    ids = list(range(tok.vocab_size))
+    if len(hf_tok) != tok.vocab_size or hf_tok.convert_ids_to_tokens(ids) != tok.pieces(ids):
+        raise ValueError(f"{path}: its tokenizer ({len(hf_tok)} tokens) is not the acoustic "
+                         f"model's ({tok.vocab_size}, {tok.model_path}); token-level fusion "
+                         "needs the same pieces (asrkit train-lm model=gpt with that "
+                         "tokenizer), n-best rescoring (asrkit rescore --lm hf:DIR) does not")
+    if hf_tok.bos_token_id != SOS_EOS_ID:
+        raise ValueError(f"{path}: BOS id {hf_tok.bos_token_id}, expected <sos/eos> "
+                         f"({SOS_EOS_ID})")
+    return HFTokenLM(model).to(device).eval()
+
+
 def fusion_scorer(lm: str | os.PathLike, tok: Tokenizer, device: torch.device, *,
                   word_bonus: float = 0.0):
     """The shallow-fusion scorer for an LM path, the one place scorers are built (``asrkit
     decode --lm``, :class:`asrkit.decode.search.CtcModelSearch`): an ``asrkit train-lm``
-    neural LM directory (:class:`NeuralTokenScorer`), or an ARPA file over the tokenizer's
-    pieces (:class:`TokenNgramScorer`) or over words (:class:`WordNgramScorer`, with
-    ``word_bonus``).
+    neural LM directory or ``hf:DIR``, a Hugging Face causal LM with the acoustic model's
+    tokenizer (:func:`load_hf_token_lm`; both :class:`NeuralTokenScorer`), or an ARPA file
+    over the tokenizer's pieces (:class:`TokenNgramScorer`) or over words
+    (:class:`WordNgramScorer`, with ``word_bonus``).
 
     Raises:
-        ValueError: a neural LM with another vocabulary size, or ``word_bonus`` with a token
-            n-gram.
+        ValueError: a neural LM with another vocabulary size or tokenizer, or ``word_bonus``
+            with a token n-gram.
         FileNotFoundError, asrkit.lm.ngram.ArpaError: unreadable files.
     """
+    if str(lm).startswith("hf:"):
+        return NeuralTokenScorer(load_hf_token_lm(str(lm)[3:], tok, device))
     if Path(lm).is_dir():
         from asrkit.lm.neural import load_lm
 

@@ -36,7 +36,7 @@ from asrkit.fileio import atomic_write, is_done, mark_done, stage_log
 from asrkit.models.lm import TokenLM
 from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer, read_transcripts
 
-__all__ = ["NeuralSentenceLM", "load_lm", "train_lm"]
+__all__ = ["NeuralSentenceLM", "load_lm", "run_lm_stage", "train_lm", "write_lm_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,27 @@ def perplexity(model: TokenLM, seqs: list[list[int]]) -> float:
     return math.exp(-total / max(1, sum(len(s) + 1 for s in seqs)))
 
 
+def write_lm_config(cfg: DictConfig, exp: Path, tok: Tokenizer) -> Path:
+    """Write ``exp/config.yaml`` (the resolved config plus ``vocab_size`` and ``exp_files``)
+    and copy ``data.tokenizer`` into the experiment.
+
+    Returns:
+        The experiment's copy of the tokenizer.
+    """
+    rel = copy_into_exp(cfg.data.tokenizer, exp, f"{TOKENIZER_DIR}/{Path(cfg.data.tokenizer).name}")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["vocab_size"] = tok.vocab_size
+    resolved[EXP_FILES_KEY] = {"tokenizer": rel}
+    with atomic_write(exp / "config.yaml") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return exp / rel
+
+
 def train_lm(cfg: DictConfig) -> Path:
-    """Train a neural token LM (layout in the module docstring); resumes from
-    ``checkpoints/last.pt``; a finished experiment (``.done``) is left as it is.
+    """Train a neural token LM on sentence batches, epoch by epoch (layout in the module
+    docstring); resumes from ``checkpoints/last.pt``; a finished experiment (``.done``) is
+    left as it is. Text larger than memory: :func:`asrkit.lm.pretrain.pretrain_lm`
+    (``data.block_size`` set, as ``model=gpt`` does).
 
     Args:
         cfg: composed ``conf/lm/config.yaml`` + overrides.
@@ -93,13 +111,23 @@ def train_lm(cfg: DictConfig) -> Path:
         FileNotFoundError: missing text or tokenizer.
         ValueError: no training sentence.
     """
+    return run_lm_stage(cfg, _train)
+
+
+def run_lm_stage(cfg: DictConfig, body) -> Path:
+    """Run ``body(cfg, exp_dir)`` as an LM training stage: skipped when ``exp_dir/.done``
+    exists, logged to ``exp_dir/train.log``.
+
+    Returns:
+        ``exp_dir``.
+    """
     exp = Path(cfg.exp_dir)
     if is_done(exp):
         logger.info("%s is complete (.done exists); nothing to train", exp)
         return exp
     exp.mkdir(parents=True, exist_ok=True)
     with stage_log(exp / "train.log"):
-        return _train(cfg, exp)
+        return body(cfg, exp)
 
 
 def _train(cfg: DictConfig, exp: Path) -> Path:
@@ -112,12 +140,7 @@ def _train(cfg: DictConfig, exp: Path) -> Path:
     if not train_seqs:
         raise ValueError(f"{dc.train}: no training sentence")
     dev_seqs = [tok.encode(s) for s in read_transcripts(dc.dev, utt_ids=dc.utt_ids)] if dc.dev else []
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["vocab_size"] = tok.vocab_size
-    resolved[EXP_FILES_KEY] = {"tokenizer": copy_into_exp(
-        dc.tokenizer, exp, f"{TOKENIZER_DIR}/{Path(dc.tokenizer).name}")}
-    with atomic_write(exp / "config.yaml") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    write_lm_config(cfg, exp, tok)
     model: TokenLM = instantiate(cfg.model, vocab_size=tok.vocab_size).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr,
                            weight_decay=cfg.optim.weight_decay)

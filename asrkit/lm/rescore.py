@@ -60,7 +60,7 @@ class HFCausalLM:
 
     Raises:
         ImportError: ``transformers`` is not installed (``pip install -e '.[llm]'`` in the asrkit checkout).
-        FileNotFoundError: ``path`` is not a directory.
+        FileNotFoundError: ``path`` is not a directory or has no ``config.json``.
         ValueError: bad ``case``.
     """
 
@@ -68,20 +68,11 @@ class HFCausalLM:
                  case: str = "keep") -> None:
         if case not in _CASES:
             raise ValueError(f"case must be one of {_CASES}, got {case!r}")
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path} is not a directory; expected a causal LM saved "
-                                    "with save_pretrained (nothing is downloaded)")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("rescoring with hf: LMs needs transformers: pip install -e "
-                              "'.[llm]' in the asrkit checkout") from e
+        from asrkit.lm.hf import load_hf_causal_lm
+
         self.device = pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        self.model.eval().to(self.device)
+        self.model, self.tokenizer = load_hf_causal_lm(path)
+        self.model.to(self.device)
         self.case = case
         tok = self.tokenizer
         self.bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id

@@ -5,19 +5,24 @@
 Sequences are ``<sos/eos> t_1 ... t_n <sos/eos>`` with the tokenizer's id 2 as both ends
 (:data:`asrkit.text.tokenizer.SOS_EOS_ID`); the model predicts every next token, so the
 log-probability of a sentence includes its end. Shapes: ``B`` batch, ``L`` tokens, ``V``
-vocabulary.
+vocabulary. :class:`GPTLM` is a GPT-2 (Radford et al., 2019) built with Hugging Face
+``transformers``, so a trained one is saved as a standard model directory
+(:meth:`GPTLM.save_hf`) that ``AutoModelForCausalLM`` and ``hf:DIR`` load unchanged.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from asrkit.text.tokenizer import SOS_EOS_ID
+from asrkit.text.tokenizer import BLANK_ID, SOS_EOS_ID
 
-__all__ = ["LSTMLM", "TokenLM", "TransformerLM"]
+__all__ = ["GPTLM", "LSTMLM", "HFTokenLM", "TokenLM", "TransformerLM"]
 
 
 class TokenLM(nn.Module):
@@ -134,3 +139,95 @@ class TransformerLM(TokenLM):
         x = self.embed(tokens) * self.scale + self.pe[:n]
         causal = nn.Transformer.generate_square_subsequent_mask(n, device=tokens.device)
         return self.out(self.norm(self.encoder(x, mask=causal, is_causal=True)))
+
+
+class HFTokenLM(TokenLM):
+    """A Hugging Face causal LM (any ``transformers`` ``*ForCausalLM``) whose token ids are
+    asrkit's (:mod:`asrkit.text.tokenizer`: ``<sos/eos>`` = 2), as a :class:`TokenLM`, so
+    that sentence scoring and shallow fusion use it like our own LMs.
+
+    Args:
+        hf_model: the ``transformers`` model.
+    """
+
+    def __init__(self, hf_model) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.vocab_size = int(hf_model.config.vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(B, L, V)`` logits; position ``i`` sees tokens ``0..i`` only.
+
+        Raises:
+            ValueError: ``L`` beyond the model's positions (``n_positions`` or
+                ``max_position_embeddings``).
+        """
+        n_pos = getattr(self.hf.config, "n_positions", None) or getattr(
+            self.hf.config, "max_position_embeddings", None)
+        if n_pos is not None and tokens.shape[1] > n_pos:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's "
+                             f"{n_pos} positions")
+        return self.hf(input_ids=tokens).logits
+
+    def save_hf(self, out_dir: str | os.PathLike, tokenizer_model: str | os.PathLike) -> Path:
+        """Write a Hugging Face model directory: ``config.json`` and ``model.safetensors``
+        (``save_pretrained``) and the sentencepiece tokenizer as a ``transformers``
+        ``SentencePieceBackend`` (``tokenizer.model``, ``tokenizer_config.json``), whose ids
+        are exactly :class:`asrkit.text.tokenizer.Tokenizer`'s. Written into a temporary
+        sibling and renamed, so ``out_dir`` is never half written.
+
+        Args:
+            out_dir: the directory (replaced if it exists).
+            tokenizer_model: the sentencepiece ``.model`` the LM was trained with.
+
+        Returns:
+            ``out_dir``.
+        """
+        from transformers import SentencePieceBackend
+
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.hf.save_pretrained(tmp)
+        SentencePieceBackend(vocab_file=str(tokenizer_model), bos_token="<sos/eos>",
+                             eos_token="<sos/eos>", unk_token="<unk>",
+                             pad_token="<blank>").save_pretrained(tmp)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return out
+
+
+class GPTLM(HFTokenLM):
+    """A GPT-2 decoder-only Transformer (``transformers.GPT2LMHeadModel``: learned positions,
+    pre-LayerNorm blocks, GELU, output tied to the token embedding) over the tokenizer's ids,
+    with ``<sos/eos>`` (id 2) as both BOS and EOS and ``<blank>`` (id 0) as padding;
+    :meth:`save_hf` exports it.
+
+    Args:
+        vocab_size: ``V``.
+        n_layer: Transformer blocks.
+        n_embd: model width.
+        n_head: attention heads.
+        n_positions: longest sequence (tokens), the training block size or more.
+        dropout: residual, embedding and attention dropout.
+
+    Raises:
+        ImportError: ``transformers`` is not installed (the ``llm`` extra).
+    """
+
+    def __init__(self, vocab_size: int, n_layer: int = 6, n_embd: int = 384, n_head: int = 6,
+                 n_positions: int = 512, dropout: float = 0.1) -> None:
+        try:
+            from transformers import GPT2Config, GPT2LMHeadModel
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("model=gpt needs transformers: pip install -e '.[llm]' in the "
+                              "asrkit checkout") from e
+        config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
+                            n_layer=n_layer, n_head=n_head, resid_pdrop=dropout,
+                            embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=SOS_EOS_ID,
+                            eos_token_id=SOS_EOS_ID, pad_token_id=BLANK_ID)
+        super().__init__(GPT2LMHeadModel(config))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import sentencepiece as spm
@@ -26,7 +27,7 @@ from asrkit.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLANK_ID", "SOS_EOS_ID", "UNK_ID", "Tokenizer", "read_transcripts",
+__all__ = ["BLANK_ID", "SOS_EOS_ID", "UNK_ID", "Tokenizer", "iter_transcripts", "read_transcripts",
            "train_tokenizer"]
 
 BLANK_ID = 0
@@ -34,17 +35,16 @@ UNK_ID = 1
 SOS_EOS_ID = 2
 
 
-def read_transcripts(path: str | os.PathLike, *, utt_ids: bool = True) -> list[str]:
-    """The transcripts of a text file, words joined by single spaces: Kaldi ``text``
-    (``utt-id WORDS…``; the id is dropped) or, with ``utt_ids=False``, one sentence a line
-    (blank lines skipped).
+def iter_transcripts(path: str | os.PathLike, *, utt_ids: bool = True) -> Iterator[str]:
+    """The transcripts of a text file one at a time, words joined by single spaces, streamed
+    (for text larger than memory): Kaldi ``text`` (``utt-id WORDS…``; the id is dropped) or,
+    with ``utt_ids=False``, one sentence a line (blank lines skipped).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: a Kaldi line without words (empty transcript or blank line), naming
             ``file:line``.
     """
-    out = []
     with open(path, encoding="utf-8") as f:
         for no, line in enumerate(f, 1):
             words = line.split()
@@ -54,8 +54,17 @@ def read_transcripts(path: str | os.PathLike, *, utt_ids: bool = True) -> list[s
                                      f"{line.rstrip()!r}")
                 words = words[1:]
             if words:
-                out.append(" ".join(words))
-    return out
+                yield " ".join(words)
+
+
+def read_transcripts(path: str | os.PathLike, *, utt_ids: bool = True) -> list[str]:
+    """All transcripts of a text file as a list (:func:`iter_transcripts`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a Kaldi line without words, naming ``file:line``.
+    """
+    return list(iter_transcripts(path, utt_ids=utt_ids))
 
 
 def train_tokenizer(text_path: str | os.PathLike, model_prefix: str | os.PathLike, *,

@@ -191,7 +191,8 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
 
     The WER is of greedy CTC decoding, or of batched greedy attention decoding
     (:func:`asrkit.decode.attention.attention_greedy`) for a hybrid model trained with
-    ``ctc_weight = 0``, whose CTC layer is untrained.
+    ``ctc_weight = 0``, whose CTC layer is untrained, or of the LLM's greedy generation for
+    ``model=speech_llm``.
 
     ``model`` is the plain module (not a DDP wrapper, whose forward would start collectives
     the other ranks do not join).
@@ -208,7 +209,9 @@ def evaluate(model: torch.nn.Module, ds: FeatureDataset, tok: Tokenizer, device:
                                       b["target_lens"].to(device))
         total += out["loss"].item() * len(idx)
         n += len(idx)
-        if getattr(model, "has_decoder", False) and model.ctc_weight == 0.0:
+        if hasattr(model, "recognize_from_encoder"):  # model=speech_llm: greedy generation
+            best = [h[0][0] for h in model.recognize_from_encoder(enc, lens)]
+        elif getattr(model, "has_decoder", False) and model.ctc_weight == 0.0:
             best = attention_greedy(model, enc, lens)
         else:
             best = ctc_greedy(model.ctc_log_probs_from_encoder(enc), lens)
@@ -383,7 +386,13 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
             if dev_dir and main else None
         dims = {"input_dim": _feat_dim(train_dir), "vocab_size": hybrid["num_pdfs"]}
     else:
-        tok = Tokenizer(dc.tokenizer)
+        # model=speech_llm: the units are its LLM's tokens (asrkit.models.speech_llm)
+        if cfg.model.get("family") == "speech_llm":
+            from asrkit.lm.hf import HFTextTokenizer
+
+            tok = HFTextTokenizer(cfg.model.llm, case=cfg.model.get("text_case", "keep"))
+        else:
+            tok = Tokenizer(dc.tokenizer)
         train_ds = FeatureDataset(train_dir, tok, max_frames=dc.max_utt_frames)
         dev_ds = FeatureDataset(dev_dir, tok, max_frames=10**9) if dev_dir and main else None
         dims = {"input_dim": _feat_dim(train_dir), "vocab_size": tok.vocab_size}
@@ -396,11 +405,11 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
         # the experiment carries its tokenizer and CMVN stats (asrkit.exp.expdir)
         resolved[EXP_FILES_KEY] = {
             "cmvn": copy_into_exp(train_dir / "cmvn.ark", exp_dir, "cmvn.ark")}
-        if hybrid is None:
+        if hybrid is not None:
+            resolved[EXP_FILES_KEY]["hmm_model"] = hybrid["final_mdl"]
+        elif isinstance(tok, Tokenizer):  # speech_llm: the LLM dir holds its tokenizer
             resolved[EXP_FILES_KEY]["tokenizer"] = copy_into_exp(
                 dc.tokenizer, exp_dir, f"{TOKENIZER_DIR}/{Path(dc.tokenizer).name}")
-        else:
-            resolved[EXP_FILES_KEY]["hmm_model"] = hybrid["final_mdl"]
         if (train_dir / "feature_config.yaml").is_file():  # what asrkit transcribe computes
             resolved[EXP_FILES_KEY]["features"] = copy_into_exp(
                 train_dir / "feature_config.yaml", exp_dir, "feature_config.yaml")

@@ -1,0 +1,129 @@
+"""Speech-LLM (asrkit/models/speech_llm.py, model=speech_llm): a trained asrkit encoder, a
+projector and tiny Hugging Face LLMs built in a temp dir (GPT-2 through asrkit's own export,
+and a Llama-architecture model), LoRA through peft; train, resume, decode with llm_beam, all
+offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from synth import train_tiny_ctc
+
+from asrkit.cli import main
+from asrkit.exp.checkpoint import load_checkpoint, load_model
+from asrkit.models.lm import GPTLM, HFTokenLM
+from asrkit.text.tokenizer import SOS_EOS_ID, Tokenizer, train_tokenizer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny trained CTC encoder on synthetic letters, and two tiny random LLMs whose
+    tokenizer is a BPE over the letters' transcripts."""
+    root = tmp_path_factory.mktemp("speech_llm")
+    d = train_tiny_ctc(root, n_train=32, n_dev=8, epochs=2)
+    tok_model = train_tokenizer(d["train"] / "text", root / "llm_tok" / "bpe", model_type="char")
+    tok = Tokenizer(tok_model)
+    torch.manual_seed(0)
+    gpt = GPTLM(tok.vocab_size, n_layer=1, n_embd=32, n_head=2, n_positions=256, dropout=0.0)
+    gpt.save_hf(root / "gpt2", tok_model)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        bos_token_id=SOS_EOS_ID, eos_token_id=SOS_EOS_ID, pad_token_id=0))
+    HFTokenLM(llama).save_hf(root / "llama", tok_model)
+    return {**d, "root": root}
+
+
+def _train_args(s, exp, llm, *extra):
+    return ["train", "model=speech_llm", f"model.llm={s['root'] / llm}",
+            f"model.encoder_exp={s['exp']}", f"data.train={s['train']}", f"data.dev={s['dev']}",
+            f"exp_dir={exp}", "model.projector_hidden=64", "model.stack=2",
+            "model.max_new_tokens=20", "trainer.num_threads=1", "data.max_frames=1500",
+            "optim.optimizer.lr=0.005", "optim.scheduler.warmup_steps=5", *extra]
+
+
+@pytest.mark.parametrize("llm", ["gpt2", "llama"])
+def test_speech_llm_trains_resumes_and_decodes(setup, tmp_path, llm):
+    exp = tmp_path / llm
+    assert main(_train_args(setup, exp, llm, "trainer.max_epochs=2")) == 0
+    rows = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert all(r.get("dev_wer") is not None for r in rows)
+    # checkpoints hold the projector and LoRA weights only, not the frozen LLM or encoder
+    ck = load_checkpoint(max((exp / "checkpoints").glob("epoch*.pt")))["model"]
+    assert any(k.startswith("projector.") for k in ck)
+    assert any("lora_" in k for k in ck)
+    assert not any(k.startswith("encoder.") for k in ck)
+    assert not [k for k in ck if k.startswith("llm.") and "lora_" not in k]
+    # the LLM's own weights did not move; LoRA's did
+    model, _ = load_model(exp)
+    from asrkit.lm.hf import load_hf_causal_lm
+
+    base, _ = load_hf_causal_lm(setup["root"] / llm)
+    base_sd = base.state_dict()
+    for name, p in model.llm.named_parameters():
+        if "lora_" not in name:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p, base_sd[key]), name
+    # resume: one more epoch from last.pt (.done removed, as after raising max_epochs)
+    (exp / ".done").unlink()
+    assert main(_train_args(setup, exp, llm, "trainer.max_epochs=3")) == 0
+    rows = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+    out = tmp_path / f"dec_{llm}"
+    assert main(["decode", str(exp), str(setup["dev"]), "--method", "llm_beam", "--beam", "2",
+                 "--nbest", "2", "--out", str(out), "--device", "cpu"]) == 0
+    hyps = dict(line.split(" ", 1) if " " in line else (line, "")
+                for line in (out / "text").read_text().splitlines())
+    refs = {line.split()[0] for line in (setup["dev"] / "text").read_text().splitlines()}
+    assert set(hyps) == refs and len(refs) == 8
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["method"] == "llm_beam" and summary["beam"] == 2
+    assert (out / "nbest").is_file()
+
+
+def test_batched_generation_equals_one_at_a_time(setup, tmp_path):
+    exp = tmp_path / "g"
+    assert main(_train_args(setup, exp, "gpt2", "trainer.max_epochs=1")) == 0
+    model, _ = load_model(exp)
+    from asrkit.data.dataset import FeatureDataset, collate
+
+    ds = FeatureDataset(setup["dev"], None, max_frames=10**9)
+    batch = collate([ds[i] for i in range(len(ds))])
+    together = model.recognize(batch["feats"], batch["feat_lens"], beam=3)
+    for i in range(len(ds)):
+        b = collate([ds[i]])
+        alone = model.recognize(b["feats"], b["feat_lens"], beam=3)
+        assert alone[0][0][0] == together[i][0][0]
+        assert alone[0][0][1] == pytest.approx(together[i][0][1], abs=1e-4)
+
+
+def test_speech_llm_refuses_what_it_cannot_use(setup, tmp_path, capsys):
+    # features of another dimension than the encoder's
+    from synth import make_feature_dir
+
+    other = make_feature_dir(tmp_path / "other", n_utts=4, feat_dim=13)
+    assert main(["train", "model=speech_llm", f"model.llm={setup['root'] / 'gpt2'}",
+                 f"model.encoder_exp={setup['exp']}", f"data.train={other}",
+                 f"exp_dir={tmp_path / 'x'}", "trainer.max_epochs=1"]) != 0
+    assert "the features have 13 dims" in capsys.readouterr().err
+    # a missing LLM dir, named
+    assert main(_train_args(setup, tmp_path / "y", "no_such_llm", "trainer.max_epochs=1")) != 0
+    assert "no_such_llm is not a directory" in capsys.readouterr().err
+    # a CTC method on a speech-LLM
+    exp = tmp_path / "z"
+    assert main(_train_args(setup, exp, "gpt2", "trainer.max_epochs=1")) == 0
+    assert main(["decode", str(exp), str(setup["dev"]), "--method", "ctc_greedy",
+                 "--out", str(tmp_path / "d"), "--device", "cpu"]) != 0
+    assert "decodes with method llm_beam" in capsys.readouterr().err
