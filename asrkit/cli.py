@@ -32,13 +32,15 @@ _EPILOG = """stages (Kaldi order):
   g2p        dictionary -> G2P model; word list -> lexicon (pronunciations for OOV words)
   lm-text    Project Gutenberg books -> normalised LM text (LibriSpeech LM corpus style)
   lm-leaks   LM text + evaluation data dirs -> transcripts and 10-word runs found in the text
-  train-lm   training text -> n-gram LM in ARPA format
+  train-lm   training text -> n-gram LM in ARPA format, or a neural / GPT token LM
   train      Hydra config -> exp/<tag>/ (neural: checkpoints/; model=hmm_gmm: mono/, tri1/)
   align      HMM-GMM model + data dir -> forced alignments (frame labels, CTM)
   mkgraph    lang + ARPA LM + HMM-GMM model -> graph dir (HCLG.fst)
   decode     experiment + feature data dir -> hypotheses in Kaldi text format
   transcribe experiment + your audio files (any length) -> text, word CTM/JSON
   rescore    n-best list + LM (pretrained Hugging Face causal LM or n-gram) -> new 1-best
+  train-ger  n-best lists + references + Hugging Face LLM -> LoRA error-correction model
+  correct    n-best list + train-ger model -> corrected transcripts (generative correction)
   score      reference text + hypothesis text -> WER/CER tables (sclite style)
 
 example (AN4):  recipes/an4/run.sh --an4-dir /path/to/an4
@@ -1248,6 +1250,103 @@ def _run_rescore(args) -> int:
     return 0
 
 
+def _add_ger(sub) -> None:
+    p = sub.add_parser(
+        "train-ger", help="fine-tune an LLM (LoRA) to correct n-best lists",
+        description="Generative error correction (HyPoradise): fine-tune LoRA adapters of a "
+        "local Hugging Face causal LM to read an utterance's n-best list and write its "
+        "transcript. Give the n-best lists of decodes whose errors are realistic (models "
+        "that did not see those utterances) and the references. Rerunning resumes.")
+    p.add_argument("--nbest", type=Path, action="append", required=True,
+                   help="n-best file (repeatable: every fold's decode)")
+    p.add_argument("--text", type=Path, action="append", required=True,
+                   help="reference Kaldi text (repeatable; utterances matched by id)")
+    p.add_argument("--dev-nbest", type=Path, help="dev n-best file (dev loss and WER per epoch)")
+    p.add_argument("--dev-text", type=Path, help="dev references")
+    p.add_argument("--lm", required=True, help="hf:DIR, the base causal LM")
+    p.add_argument("--out", type=Path, required=True, help="experiment directory")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=5, help="hypotheses shown to the LLM")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-targets", help="comma-separated module names given LoRA, e.g. "
+                   "c_attn,c_proj,c_fc (GPT-2) or q_proj,k_proj,v_proj,o_proj (Llama); "
+                   "default: peft's choice for the architecture")
+    p.add_argument("--case", choices=["keep", "lower"], default="keep",
+                   help="lower: the LLM reads and writes lower case (output upper-cased)")
+    p.add_argument("--device", default="auto")
+    c = sub.add_parser(
+        "correct", help="correct an n-best list with an LLM (generative error correction)",
+        description="Write OUT/text: the transcript an asrkit train-ger experiment (or, "
+        "zero-shot, a base LLM hf:DIR) generates from each utterance's n-best list.")
+    c.add_argument("nbest", type=Path, help="n-best file (decode --nbest N output)")
+    c.add_argument("out", type=Path, help="output dir")
+    c.add_argument("--lm", required=True, help="GER_EXP (asrkit train-ger) or hf:DIR")
+    c.add_argument("--beam", type=int, default=1)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--device", default="auto")
+
+
+def _hf_spec(spec: str) -> str:
+    if not spec.startswith("hf:"):
+        raise ValueError(f"--lm must be hf:DIR (a local Hugging Face causal LM), got {spec!r}")
+    return spec[3:]
+
+
+def _run_train_ger(args) -> int:
+    from asrkit.data.datadir import read_kaldi_map
+    from asrkit.decode.nbest import read_nbest
+    from asrkit.lm.ger import ger_examples, train_ger
+
+    llm = _hf_spec(args.lm)
+    nbest, refs = {}, {}
+    for f in args.nbest:
+        nbest.update(read_nbest(f))
+    for f in args.text:
+        refs.update(read_kaldi_map(f))
+    dev = []
+    if args.dev_nbest or args.dev_text:
+        if not (args.dev_nbest and args.dev_text):
+            raise ValueError("--dev-nbest and --dev-text go together")
+        dev = ger_examples(read_nbest(args.dev_nbest), read_kaldi_map(args.dev_text))
+    exp = train_ger(ger_examples(nbest, refs), args.out, llm=llm, dev=dev,
+                    lora={"r": args.lora_r, "alpha": args.lora_alpha,
+                          "target_modules": args.lora_targets.split(",")
+                          if args.lora_targets else None}, top_k=args.top_k,
+                    case=args.case, epochs=args.epochs, lr=args.lr,
+                    batch_size=args.batch_size, device=args.device)
+    print(f"trained: {exp}")
+    return 0
+
+
+def _run_correct(args) -> int:
+    import json
+    import time
+
+    from asrkit.data.datadir import write_kaldi_map
+    from asrkit.decode.nbest import read_nbest
+    from asrkit.fileio import atomic_write
+    from asrkit.lm.ger import correct_nbest
+
+    nbest = read_nbest(args.nbest)
+    t0 = time.perf_counter()
+    best = correct_nbest(nbest, args.lm, beam=args.beam, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, device=args.device)
+    wall = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_kaldi_map(args.out / "text", best)
+    changed = sum(best[u] != (nbest[u][0][0] if nbest[u] else "") for u in best)
+    with atomic_write(args.out / "correct_summary.json") as f:
+        json.dump({"nbest": str(args.nbest), "lm": args.lm, "beam": args.beam,
+                   "num_utts": len(best), "changed": changed, "wall_seconds": round(wall, 3)},
+                  f, indent=1)
+    print(f"{args.out / 'text'}: {len(best)} utterances, {changed} differ from the 1-best")
+    return 0
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="WER/CER of hypotheses against references",
                        description="Both files in Kaldi text format (utt-id WORDS…). Writes "
@@ -1301,6 +1400,8 @@ _COMMANDS = {
     "lm-text": (_add_lm_text, _run_lm_text),
     "lm-leaks": (_add_lm_leaks, _run_lm_leaks),
     "train-lm": (_add_train_lm, _run_train_lm),
+    "train-ger": (_add_ger, _run_train_ger),
+    "correct": (None, _run_correct),  # added by _add_ger
     "train": (_add_train, _run_train),
     "align": (_add_align, _run_align),
     "fmllr-feats": (_add_fmllr_feats, _run_fmllr_feats),
@@ -1323,7 +1424,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, _ in _COMMANDS.values():
-        add(sub)
+        if add is not None:  # None: its parser is added with another command's
+            add(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["HFTextTokenizer", "load_hf_causal_lm"]
+__all__ = ["HFTextTokenizer", "add_lora", "load_hf_causal_lm"]
 
 
 def _local_dir(path: str | os.PathLike) -> Path:
@@ -85,3 +85,27 @@ class HFTextTokenizer:
         ``case="lower"``)."""
         text = " ".join(self.tok.decode(ids, skip_special_tokens=True).split())
         return text.upper() if self.case == "lower" else text
+
+
+def add_lora(model, lora: dict | None):
+    """``model`` with LoRA adapters (Hu et al., 2022; ``peft``), its own weights frozen.
+
+    Args:
+        model: a ``transformers`` causal LM.
+        lora: ``{"r" (8), "alpha" (16), "dropout" (0.05), "target_modules" (None: peft's
+            default for the architecture)}``.
+
+    Raises:
+        ImportError: ``peft`` is not installed (the ``llm`` extra).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("LoRA needs peft: pip install -e '.[llm]' in the asrkit checkout"
+                          ) from e
+    lora = dict(lora or {})
+    tm = lora.get("target_modules")
+    return get_peft_model(model, LoraConfig(
+        r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.05)), target_modules=list(tm) if tm else None,
+        task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2"))

@@ -87,7 +87,7 @@ class SpeechLLM(nn.Module):
         if family != "speech_llm":
             raise ValueError(f"family must be speech_llm, got {family!r}")
         from asrkit.exp.checkpoint import load_model
-        from asrkit.lm.hf import load_hf_causal_lm
+        from asrkit.lm.hf import add_lora, load_hf_causal_lm
 
         if stack < 1:
             raise ValueError(f"stack must be >= 1, got {stack}")
@@ -111,17 +111,7 @@ class SpeechLLM(nn.Module):
         self.pad = int(tok.pad_token_id if tok.pad_token_id is not None else self.eos)
         base.requires_grad_(False)
         if lora:
-            try:
-                from peft import LoraConfig, get_peft_model
-            except ImportError as e:  # pragma: no cover - depends on the install
-                raise ImportError("model.lora needs peft: pip install -e '.[llm]' in the "
-                                  "asrkit checkout") from e
-            tm = lora.get("target_modules")
-            base = get_peft_model(base, LoraConfig(
-                r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
-                lora_dropout=float(lora.get("dropout", 0.05)),
-                target_modules=list(tm) if tm else None, task_type="CAUSAL_LM",
-                fan_in_fan_out=base.config.model_type == "gpt2"))  # GPT-2's Conv1D layers
+            base = add_lora(base, lora)
         self.llm = base
         width = self.llm.get_input_embeddings().embedding_dim
         enc_width = self._encoder_width(input_dim)
