@@ -196,3 +196,30 @@ def test_hf_export_fuses_token_by_token_like_the_experiment(corpus, gpt_exp, tmp
         fusion_scorer(f"hf:{gpt_exp / 'hf'}", other, torch.device("cpu"))
     with pytest.raises(FileNotFoundError, match="config.json"):
         fusion_scorer(f"hf:{tmp_path}", tok, torch.device("cpu"))
+
+
+def test_perplexity_script_counts_words_alike_for_gpt_and_ngram(corpus, gpt_exp, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "lm_perplexity", Path(__file__).resolve().parents[1] / "scripts" / "lm_perplexity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arpa = tmp_path / "tg.arpa"
+    assert main(["train-lm", "ngram", str(corpus["books"]), str(arpa), "--order", "3",
+                 "--no-utt-ids"]) == 0
+    out = tmp_path / "ppl.json"
+    assert mod.main(["--lm", f"hf:{gpt_exp / 'hf'}", "--lm", f"ngram:{arpa}",
+                     "--text", str(corpus["dev"]), "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["lm"].split(":")[0] for r in rows] == ["hf", "ngram"]
+    assert rows[0]["words"] == rows[1]["words"] == sum(
+        len(x.split()) - 1 for x in corpus["dev"].read_text().splitlines())
+    assert rows[1]["oov_rate"] == 0.0
+    # the GPT's figure is the one its training measured on the same text (best checkpoint)
+    metrics = [json.loads(x) for x in (gpt_exp / "metrics.jsonl").read_text().splitlines()]
+    best = min(metrics, key=lambda r: r["dev_token_ppl"])
+    assert rows[0]["ppl"] == pytest.approx(best["dev_word_ppl"], rel=1e-4)
+    # counting sentences: both LMs beat a uniform guess over the 8 words + end
+    assert rows[0]["ppl"] < 9 and rows[1]["ppl"] < 9
