@@ -223,3 +223,28 @@ def test_perplexity_script_counts_words_alike_for_gpt_and_ngram(corpus, gpt_exp,
     assert rows[0]["ppl"] == pytest.approx(best["dev_word_ppl"], rel=1e-4)
     # counting sentences: both LMs beat a uniform guess over the 8 words + end
     assert rows[0]["ppl"] < 9 and rows[1]["ppl"] < 9
+
+
+def test_kv_cached_fusion_equals_rereading_the_prefix(corpus, gpt_exp):
+    """The GPT scorer continues from cached keys/values of the nearest cached ancestor: any
+    order of requests and any cache size give the scores of a full forward pass."""
+    from asrkit.lm.fusion import NeuralTokenScorer
+    from asrkit.lm.neural import load_lm
+
+    model, tok = load_lm(gpt_exp)
+    ids = tok.encode("ONE TWO THREE FOUR FIVE SIX")
+
+    def full(prefix):
+        x = torch.tensor([[SOS_EOS_ID, *prefix]])
+        with torch.no_grad():
+            return model(x)[0, -1].float().log_softmax(-1)
+
+    for size in (512, 2, 0):
+        sc = NeuralTokenScorer(model, kv_cache_size=size)
+        order = [len(ids), 3, 4, 1, 0, len(ids) - 1, 2]  # long first: no ancestor cached yet
+        for n in order:
+            p = tuple(ids[:n])
+            want = full(p)
+            assert sc.final(p) == pytest.approx(float(want[SOS_EOS_ID]), abs=1e-4)
+            assert sc(p, ids[0]) == pytest.approx(float(want[ids[0]]), abs=1e-4)
+        assert len(sc._kv) <= max(size, 0) or size == 0

@@ -29,6 +29,7 @@ however long the utterance.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -196,27 +197,54 @@ class TokenNgramScorer:
 class NeuralTokenScorer:
     """A neural token LM (``asrkit train-lm``, the acoustic model's tokenizer) as a prefix
     scorer: ``log P(token | <sos> prefix)``, and ``log P(<eos> | <sos> prefix)`` at the end
-    (:meth:`final`). The LM's distribution after each prefix is computed once and cached
-    (an LSTM continues from its parent prefix's state; a Transformer re-reads the prefix).
+    (:meth:`final`). The LM's distribution after each prefix is computed once and cached: an
+    LSTM continues from its parent prefix's state; a Hugging Face model (GPT, ``hf:DIR``)
+    continues from the key/value cache of its nearest cached ancestor (the last
+    ``kv_cache_size`` prefixes' caches are kept, least recently used dropped), so extending a
+    hypothesis by one token costs one token's forward pass; another Transformer re-reads the
+    prefix.
 
     Args:
         model: a :class:`asrkit.models.lm.TokenLM` in eval mode.
+        kv_cache_size: prefixes whose key/value caches are kept (Hugging Face models).
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, kv_cache_size: int = 512) -> None:
         self.model = model
         self._lstm = hasattr(model, "lstm")
+        self._hf = hasattr(model, "hf")
+        self.kv_cache_size = int(kv_cache_size)
         self.reset()
 
     def reset(self) -> None:
         """Forget cached prefixes (call between utterances to bound memory)."""
         self._cache: dict[tuple[int, ...], tuple[list[float], object]] = {}
+        self._kv: OrderedDict[tuple[int, ...], list] = OrderedDict()
+
+    def _hf_logp(self, prefix: tuple[int, ...], dev) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        seq = (SOS_EOS_ID, *prefix)
+        cut = len(prefix)  # the longest cached ancestor: seq[:cut] has its cache
+        while cut > 0 and prefix[:cut - 1] not in self._kv:
+            cut -= 1
+        parent = prefix[:cut - 1] if cut > 0 else None
+        cache = DynamicCache(ddp_cache_data=self._kv[parent]) if parent is not None else None
+        if parent is not None:
+            self._kv.move_to_end(parent)
+        ids = torch.tensor([seq[cut:]], device=dev)
+        out = self.model.hf(input_ids=ids, cache=cache, use_cache=True)
+        self._kv[prefix] = [(layer.keys, layer.values) for layer in out.cache.layers]
+        while len(self._kv) > self.kv_cache_size:
+            self._kv.popitem(last=False)
+        return out.logits[0, -1].float().log_softmax(-1)
 
     def _dist(self, prefix: tuple[int, ...]) -> list[float]:
         hit = self._cache.get(prefix)
         if hit is not None:
             return hit[0]
         dev = next(self.model.parameters()).device
+        state = None
         with torch.inference_mode():
             if self._lstm:
                 if prefix:
@@ -228,10 +256,11 @@ class NeuralTokenScorer:
                 emb = self.model.embed(torch.tensor([[tok]], device=dev))
                 y, state = self.model.lstm(emb, state)
                 logp = self.model.out(y[0, -1]).float().log_softmax(-1)
+            elif self._hf:
+                logp = self._hf_logp(prefix, dev)
             else:
                 ids = torch.tensor([[SOS_EOS_ID, *prefix]], device=dev)
                 logp = self.model(ids)[0, -1].float().log_softmax(-1)
-                state = None
         row = logp.tolist()
         self._cache[prefix] = (row, state)
         return row
