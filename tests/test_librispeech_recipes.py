@@ -135,12 +135,18 @@ def _synthetic_librispeech(root: Path, write_audio) -> tuple[Path, Path, Path]:
     return mirror, lm_mirror, sums
 
 
+GPT_TINY = ("model.n_layer=1 model.n_embd=16 model.n_head=2 model.n_positions=64 "
+            "data.block_size=16 data.batch_tokens=64 trainer.max_steps=4 trainer.eval_every=2 "
+            "trainer.device=cpu")
+
+
 def test_librispeech_recipe_all_stages_with_download(tmp_path, data_write_audio):
     mirror, lm_mirror, sums = _synthetic_librispeech(tmp_path / "src", data_write_audio)
     work, dl = tmp_path / "work", tmp_path / "corpus"
     args = ["--data-dir", str(dl), "--download", "--base-url", mirror.as_uri(),
             "--lm-base-url", lm_mirror.as_uri(), "--checksums", str(sums), "--work-dir",
-            str(work), "--token-type", "char", "--vocab-size", "40", "--lm-weights", "0.3 0.8", "--", *TINY]
+            str(work), "--token-type", "char", "--vocab-size", "40", "--lm-weights", "0.3 0.8",
+            "--rescore-lms", "fglarge gpt", "--gpt-opts", GPT_TINY, "--", *TINY]
     res = _run("librispeech", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     for part in PARTS:
@@ -159,9 +165,16 @@ def test_librispeech_recipe_all_stages_with_download(tmp_path, data_write_audio)
         best = json.loads(tune.read_text())["best"]["lm_weight"]
         assert (r / "lm-weight").read_text().strip() == f"{best:g}"
         assert (r / "score.json").is_file()
+        # and with a GPT pretrained by the recipe on its LM text (hf:exp/lm_gpt/hf)
+        g = exp / f"decode_{part}_tlg_tgsmall_rescore_gpt"
+        assert set(read_kaldi_map(g / "text", allow_empty_value=True)) == set(
+            read_kaldi_map(d / "text", allow_empty_value=True))
+        assert (g / "score.json").is_file()
+    assert (work / "exp" / "lm_gpt" / "hf" / "config.json").is_file()
     table = (work / "exp" / "RESULTS.md").read_text()
     assert "| dev_clean WER % | dev_other WER % | test_clean WER % | test_other WER %" in table
     assert "| dev_clean WER % rescored fglarge | dev_other WER % rescored fglarge |" in table
+    assert "rescored gpt" in table
     assert "tlg_tgsmall (lm-weight" in table and "ctc_greedy" in table
     # a rerun downloads, trains and decodes nothing again
     stamp = [(p, p.stat().st_mtime_ns) for p in

@@ -34,6 +34,7 @@ acwts=${acwts:-"0.067 0.083 0.1 0.125"} gmm_lms=${gmm_lms:-kn3} ctc_lms=${ctc_lm
 gmm_decode= lm_weights=${lm_weights:-"0.2 0.3 0.5 0.8"} overrides=() launcher=
 hybrid=${hybrid:-} hybrid_acwts=${hybrid_acwts:-"0.1 0.15 0.2 0.25"} hybrid_opts=${hybrid_opts:-}
 rescore_lms=${rescore_lms:-} rescore_weights=${rescore_weights:-"0.6 0.8 1.0 1.2"} nbest=${nbest:-50}
+gpt_opts=${gpt_opts:-}
 dev_set=${dev_set:-dev} test_sets=${test_sets:-test}  # data/<set>; settings are tuned on dev_set
 
 asr_usage() {
@@ -65,7 +66,12 @@ ${recipe_usage:-}
   --ctc-lms "L ..." neural CTC: also decode over a TLG graph of each LM, weight tuned on dev
   --lm-weights "W ..." LM weights tried on dev for --ctc-lms ("$lm_weights")
   --rescore-lms "L ..." second pass: rescore the --nbest lists of each graph's decoding with
-                    these LMs in place of the graph's LM (default: none)
+                    these LMs in place of the graph's LM (default: none); "gpt": a GPT
+                    (asrkit train-lm model=gpt) pretrained on the recipe's LM text
+                    (recipe_gpt_text; default data/train/text) with the neural tokenizer,
+                    exp/lm_gpt, used as hf:exp/lm_gpt/hf
+  --gpt-opts "K=V ..." Hydra overrides of that GPT's training, e.g. "trainer.max_steps=20000
+                    trainer.max_minutes=50" (default: none)
   --rescore-weights "W ..." their weights tried on dev ("$rescore_weights")
   --nbest N         n-best size for rescoring (default $nbest)
   --launcher "CMD"  run training under CMD, e.g. "torchrun --nproc_per_node=8" (DDP on 8 GPUs;
@@ -100,6 +106,7 @@ asr_parse() {
       --launcher) launcher=$2 ;; --rescore-lms) rescore_lms=$2 ;;
       --rescore-weights) rescore_weights=$2 ;; --nbest) nbest=$2 ;;
       --hybrid) hybrid=$2 ;; --hybrid-acwt) hybrid_acwts=$2 ;; --hybrid-opts) hybrid_opts=$2 ;;
+      --gpt-opts) gpt_opts=$2 ;;
       -h|--help) asr_usage; exit 0 ;;
       --) shift; overrides=("$@"); return ;;
       *) echo "$0: unknown option $1" >&2; asr_usage >&2; exit 1 ;;
@@ -179,10 +186,10 @@ rescore_then_test() {
   for r in $rescore_lms; do
     make_lm "$r"
     tune=$mdir/decode_${dev_set}_${name}_nbest/tune_rescore_$r.json
-    if run_stage 4 && stale "$tune" "$mdir/decode_${dev_set}_${name}_nbest/nbest" "data/lm/$r.arpa"; then
+    if run_stage 4 && stale "$tune" "$mdir/decode_${dev_set}_${name}_nbest/nbest" "$(lm_file "$r")"; then
       log 4 "rescoring $dev_set n-best of $mdir $name with $r: weights $rescore_weights"
       python3 "$asr_root/scripts/tune_lm_weight.py" rescore \
-        "$mdir/decode_${dev_set}_${name}_nbest/nbest" "data/$dev_set/text" --lm "ngram:data/lm/$r.arpa" \
+        "$mdir/decode_${dev_set}_${name}_nbest/nbest" "data/$dev_set/text" --lm "$(lm_spec "$r")" \
         --old-lm "ngram:data/lm/$lm.arpa" --weights "${rescore_weights// /,}" --bonuses 0 \
         --out "$tune" | tail -n 1
     fi
@@ -192,7 +199,7 @@ rescore_then_test() {
       dir=$mdir/decode_${part}_${name}_rescore_$r
       if run_stage 4 && { stale "$dir/text" "$mdir/decode_${part}_${name}_nbest/nbest" "$tune" \
                           || [ "$(cat "$dir/lm-weight" 2>/dev/null)" != "$w" ]; }; then
-        asrkit rescore "$mdir/decode_${part}_${name}_nbest/nbest" "$dir" --lm "ngram:data/lm/$r.arpa" \
+        asrkit rescore "$mdir/decode_${part}_${name}_nbest/nbest" "$dir" --lm "$(lm_spec "$r")" \
           --old-lm "ngram:data/lm/$lm.arpa" --lm-weight "$w" > /dev/null
         echo "$w" > "$dir/lm-weight"
         cp "$mdir/decode_${part}_${name}_nbest/decode_summary.json" "$dir/"
@@ -204,11 +211,30 @@ rescore_then_test() {
   done
 }
 
-# make_lm NAME: data/lm/NAME.arpa (kn3: Kneser-Ney trigram of data/train/text; else recipe_lm)
+# lm_spec NAME / lm_file NAME: the asrkit rescore spec of an LM and the file it is built into
+lm_spec() { if [ "$1" = gpt ]; then echo "hf:exp/lm_gpt/hf"; else echo "ngram:data/lm/$1.arpa"; fi; }
+lm_file() { if [ "$1" = gpt ]; then echo "exp/lm_gpt/.done"; else echo "data/lm/$1.arpa"; fi; }
+
+# train_gpt: exp/lm_gpt, a GPT pretrained on recipe_gpt_text's file (a recipe hook that makes
+# it and prints its path; one sentence a line) or data/train/text, with the neural tokenizer
+train_gpt() {
+  local text=data/train/text utt_ids=true tok=data/token/${token_type}_${vocab_size}
+  if declare -F recipe_gpt_text > /dev/null; then text=$(recipe_gpt_text); utt_ids=false; fi
+  [ -f $tok.model ] || asrkit tokenizer data/train/text $tok --model-type "$token_type" \
+    --vocab-size "$vocab_size"
+  log 4 "GPT language model on $text (exp/lm_gpt)"
+  asrkit train-lm model=gpt data.train="$text" data.utt_ids=$utt_ids data.dev=data/$dev_set/text \
+    data.dev_utt_ids=true data.tokenizer=$tok.model exp_dir=exp/lm_gpt $gpt_opts
+}
+
+# make_lm NAME: data/lm/NAME.arpa (kn3: Kneser-Ney trigram of data/train/text; gpt: train_gpt;
+# else recipe_lm)
 make_lm() {
   mkdir -p data/lm
-  [ ! -f "data/lm/$1.arpa" ] || return 0
-  if [ "$1" = kn3 ]; then
+  [ ! -f "$(lm_file "$1")" ] || return 0
+  if [ "$1" = gpt ]; then
+    train_gpt
+  elif [ "$1" = kn3 ]; then
     asrkit train-lm ngram data/train/text data/lm/kn3.arpa --order 3 --dev data/dev/text
   else
     recipe_lm "$1"

@@ -10,7 +10,8 @@
 # every training word it has (--g2p: a G2P pronounces the rest). LMs over the transcripts plus
 # book text (asrkit lm-text; the dev/test speakers' books left out): "tg" trigram, --lm-words;
 # "tgsmall" (graphs) tg pruned at --prune; second pass (Kaldi's tglarge/fglarge) "fglarge"
-# 4-gram and "tglarge" trigram over --big-lm-words (train-lm ngram --large).
+# 4-gram and "tglarge" trigram over --big-lm-words (train-lm ngram --large); "gpt" (a GPT
+# pretrained on the same text, --gpt-opts) rescores n-best lists too.
 set -euo pipefail
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
 recipe_name=mini_librispeech
@@ -92,6 +93,12 @@ recipe_lm() {  # tg: the full trigram; tgsmall: tg pruned (Stolcke) for first-pa
           --tmp-dir data/local --dev data/dev/text ;;
     *) echo "$0: unknown LM '$1' (tg, tgsmall, tglarge, fglarge or kn3)" >&2; exit 1 ;;
   esac
+}
+
+recipe_gpt_text() {  # --rescore-lms gpt: the GPT's text, that of the big rescoring LMs
+  recipe_lang > /dev/null
+  lm_text data/local/lm_text_big.txt "$big_lm_words" > /dev/null
+  echo data/local/lm_text_big.txt
 }
 
 source "$recipe_dir/../TEMPLATE/asr.sh"
