@@ -181,3 +181,24 @@ def test_generative_error_correction_learns_from_nbest_lists(setup, tmp_path):
                  "--lm", f"hf:{setup['root'] / 'gpt2'}", "--out", str(exp)]) == 0
     assert main(["train-ger", "--nbest", str(d / "nbest"), "--text", str(d / "text"),
                  "--lm", str(setup["root"] / "gpt2"), "--out", str(tmp_path / "x")]) != 0
+
+
+def test_stage_wise_projector_first_then_lora(setup, tmp_path):
+    stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
+    assert main(_train_args(setup, stage1, "gpt2", "trainer.max_epochs=1", "model.lora=null")) == 0
+    ck1 = load_checkpoint(stage1 / "checkpoints" / "epoch1.pt")["model"]
+    assert ck1 and all(k.startswith("projector.") for k in ck1)
+    from hydra.utils import instantiate
+
+    from asrkit.cli import compose_train_config
+    from asrkit.lm.hf import HFTextTokenizer
+
+    cfg = compose_train_config(_train_args(setup, stage2, "gpt2", f"model.pretrained={stage1}")[1:])
+    vocab = HFTextTokenizer(setup["root"] / "gpt2").vocab_size
+    model = instantiate(cfg.model, input_dim=20, vocab_size=vocab)
+    sd = model.state_dict()
+    for k, v in ck1.items():
+        assert torch.equal(sd[k], v), k
+    assert any("lora_" in k for k in sd)
+    assert main(_train_args(setup, stage2, "gpt2", "trainer.max_epochs=1",
+                            f"model.pretrained={stage1}")) == 0

@@ -66,6 +66,10 @@ class SpeechLLM(nn.Module):
         ctc_weight: must be 1.0 (no CTC/attention interpolation here; present so configs and
             tools that read it find it).
         family: must be ``"speech_llm"`` (the config key the trainer and decoders dispatch on).
+        pretrained: initial trainable weights from an earlier speech-LLM experiment (its last
+            epoch checkpoint) or checkpoint file, e.g. a projector-only first stage (icefall's
+            stage-wise training): the weights it has are loaded (a LoRA the file lacks starts
+            new). Not read when resuming or decoding (the trainer sets it to None then).
 
     Raises:
         FileNotFoundError: no ``llm`` or ``encoder_exp`` (or their files).
@@ -82,7 +86,8 @@ class SpeechLLM(nn.Module):
                  projector_hidden: int = 1024, lora: Mapping[str, Any] | None = None,
                  freeze_encoder: bool = True, prompt: str = "Transcribe the speech:",
                  text_case: str = "keep", max_new_tokens: int = 200,
-                 ctc_weight: float = 1.0, family: str = "speech_llm") -> None:
+                 ctc_weight: float = 1.0, family: str = "speech_llm",
+                 pretrained: str | os.PathLike | None = None) -> None:
         super().__init__()
         if family != "speech_llm":
             raise ValueError(f"family must be speech_llm, got {family!r}")
@@ -123,6 +128,25 @@ class SpeechLLM(nn.Module):
             persistent=False)
         self.max_new_tokens = int(max_new_tokens)
         self.ctc_weight = float(ctc_weight)
+        if pretrained is not None:
+            self._load_pretrained(pretrained)
+
+    def _load_pretrained(self, path: str | os.PathLike) -> None:
+        from pathlib import Path
+
+        from asrkit.exp.checkpoint import load_checkpoint, select_checkpoints
+
+        p = Path(path)
+        ck = select_checkpoints(p)[-1] if p.is_dir() else p
+        state = load_checkpoint(ck)["model"]
+        res = super().load_state_dict(state, strict=False)
+        if res.unexpected_keys:
+            raise ValueError(f"{ck}: weights this model does not have: "
+                             f"{res.unexpected_keys[:5]}")
+        loaded = len(state)
+        logger.info("initialised %d tensors from %s (new: %s)", loaded, ck,
+                    sorted({k.split(".")[0] for k in res.missing_keys
+                            if k not in self._frozen_keys()}) or "none")
 
     def _encoder_width(self, input_dim: int) -> int:
         with torch.no_grad():
