@@ -41,6 +41,13 @@ def setup(tmp_path_factory):
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
         bos_token_id=SOS_EOS_ID, eos_token_id=SOS_EOS_ID, pad_token_id=0))
     HFTokenLM(llama).save_hf(root / "llama", tok_model)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        bos_token_id=SOS_EOS_ID, eos_token_id=SOS_EOS_ID, pad_token_id=0))
+    HFTokenLM(qwen).save_hf(root / "qwen2", tok_model)
     return {**d, "root": root}
 
 
@@ -52,7 +59,7 @@ def _train_args(s, exp, llm, *extra):
             "optim.optimizer.lr=0.005", "optim.scheduler.warmup_steps=5", *extra]
 
 
-@pytest.mark.parametrize("llm", ["gpt2", "llama"])
+@pytest.mark.parametrize("llm", ["gpt2", "llama", "qwen2"])
 def test_speech_llm_trains_resumes_and_decodes(setup, tmp_path, llm):
     exp = tmp_path / llm
     assert main(_train_args(setup, exp, llm, "trainer.max_epochs=2")) == 0
