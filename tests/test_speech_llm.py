@@ -209,3 +209,39 @@ def test_stage_wise_projector_first_then_lora(setup, tmp_path):
     assert any("lora_" in k for k in sd)
     assert main(_train_args(setup, stage2, "gpt2", "trainer.max_epochs=1",
                             f"model.pretrained={stage1}")) == 0
+
+
+def test_speech_llm_on_a_hugging_face_wav2vec2_encoder(setup, tmp_path):
+    """encoder_conf: a (tiny, random) Hugging Face wav2vec 2.0 directory as the frozen speech
+    encoder, raw-waveform features."""
+    transformers = pytest.importorskip("transformers")
+    from test_pretrained_encoder import NO_DROPOUT, TINY, _make_wav_data_dir
+
+    from asrkit.features.compute import FeatureConfig, compute_features
+
+    raw = FeatureConfig(type="raw")
+    tr = compute_features(_make_wav_data_dir(tmp_path / "tr", 6, seed=0), tmp_path / "d" / "tr",
+                          raw).out_dir
+    dv = compute_features(_make_wav_data_dir(tmp_path / "dv", 2, seed=1), tmp_path / "d" / "dv",
+                          raw).out_dir
+    torch.manual_seed(4)
+    hf = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=[16] * 7, conv_bias=False, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, feat_extract_norm="group", do_stable_layer_norm=False))
+    hf.save_pretrained(tmp_path / "w2v")
+    exp = tmp_path / "exp"
+    enc = ("{arch: custom, pretrained: " + str(tmp_path / "w2v") + ", arch_config: "
+           + json.dumps(TINY).replace('"', "") + ", dropouts: "
+           + json.dumps(NO_DROPOUT).replace('"', "") + "}")
+    assert main(["train", "model=speech_llm", "features=raw",
+                 f"model.llm={setup['root'] / 'gpt2'}", f"model.encoder_conf={enc}",
+                 f"data.train={tr}", f"data.dev={dv}", f"exp_dir={exp}", "model.stack=1",
+                 "model.projector_hidden=32", "model.max_new_tokens=10", "trainer.max_epochs=1",
+                 "trainer.num_threads=1", "data.max_frames=2000"]) == 0
+    ck = load_checkpoint(exp / "checkpoints" / "epoch1.pt")["model"]
+    assert not any(k.startswith("encoder.") for k in ck)  # frozen: read from the HF dir
+    out = tmp_path / "dec"
+    assert main(["decode", str(exp), str(dv), "--method", "llm_beam", "--beam", "1",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert len((out / "text").read_text().splitlines()) == 2

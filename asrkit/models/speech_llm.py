@@ -4,8 +4,10 @@ The SLAM-ASR design (Ma et al., 2024, "An embarrassingly simple approach for LLM
 ASR capacity") as icefall's Zipformer + Qwen2 recipe also uses it:
 
 * **encoder**: a trained asrkit acoustic model (``encoder_exp``: our Conformer, Transformer,
-  CNN, LSTM or ``pretrained_encoder`` experiment; its own CMVN and checkpoint), its
-  ``encode`` output ``(B, T', D)``, frozen by default;
+  CNN, LSTM or ``pretrained_encoder`` experiment; its own CMVN and checkpoint), or a
+  self-supervised wav2vec 2.0 / HuBERT encoder from local weights (``encoder_conf``, e.g. a
+  Hugging Face directory; raw-waveform features), its ``encode`` output ``(B, T', D)``,
+  frozen by default;
 * **projector**: ``stack`` consecutive encoder frames concatenated (``(B, T'/k, k·D)``, a
   k-fold lower frame rate) then ``Linear → ReLU → Linear`` to the LLM's embedding width;
 * **LLM**: any Hugging Face causal LM in a local directory (``llm``: asrkit's own
@@ -22,7 +24,8 @@ with the KV cache (:meth:`SpeechLLM.recognize`).
 
 Checkpoints hold only what training changes (the projector, the LoRA weights, and the encoder
 when it is trained): the frozen LLM and encoder are read again from ``llm`` and
-``encoder_exp``, which must stay where they were (decoding needs them too).
+``encoder_exp`` / ``encoder_conf.pretrained``, which must stay where they were (decoding needs
+them too).
 
 Targets are the LLM tokenizer's ids (:class:`asrkit.lm.hf.HFTextTokenizer`, with
 ``text_case: lower`` for an LLM trained on natural text: hypotheses are upper-cased back, as
@@ -51,7 +54,11 @@ class SpeechLLM(nn.Module):
         input_dim: feature dimension F (must be the encoder experiment's).
         vocab_size: the LLM tokenizer's size (given by the trainer; checked).
         llm: local Hugging Face causal LM directory.
-        encoder_exp: asrkit acoustic-model experiment whose encoder is used.
+        encoder_exp: asrkit acoustic-model experiment whose encoder is used; or
+        encoder_conf: a self-supervised speech encoder read from local weights instead:
+            :class:`asrkit.models.pretrained.PretrainedEncoderCTC` arguments (``arch``,
+            ``arch_config``, ``pretrained``: a torchaudio state dict or a Hugging Face
+            wav2vec 2.0 / HuBERT directory, required; raw-waveform features, F = 160).
         cmvn_stats: unused (the encoder normalises with its own training statistics).
         stack: encoder frames per LLM input embedding (k).
         projector_hidden: the projector's hidden width.
@@ -73,6 +80,8 @@ class SpeechLLM(nn.Module):
 
     Raises:
         FileNotFoundError: no ``llm`` or ``encoder_exp`` (or their files).
+        ValueError: neither or both of ``encoder_exp`` and ``encoder_conf``, or
+            ``encoder_conf`` without ``pretrained``.
         ImportError: ``transformers`` (or, with ``lora``, ``peft``) not installed.
         ValueError: ``input_dim`` or ``vocab_size`` not matching, ``stack < 1``, a bad
             ``text_case`` or ``family``, an LLM tokenizer without EOS.
@@ -82,7 +91,8 @@ class SpeechLLM(nn.Module):
     has_decoder = False
 
     def __init__(self, input_dim: int, vocab_size: int, llm: str | os.PathLike,
-                 encoder_exp: str | os.PathLike, cmvn_stats=None, stack: int = 4,
+                 encoder_exp: str | os.PathLike | None = None,
+                 encoder_conf: Mapping[str, Any] | None = None, cmvn_stats=None, stack: int = 4,
                  projector_hidden: int = 1024, lora: Mapping[str, Any] | None = None,
                  freeze_encoder: bool = True, prompt: str = "Transcribe the speech:",
                  text_case: str = "keep", max_new_tokens: int = 200,
@@ -98,11 +108,22 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"stack must be >= 1, got {stack}")
         if text_case not in ("keep", "lower"):
             raise ValueError(f"text_case must be keep or lower, got {text_case!r}")
-        self.encoder, enc_cfg = load_model(encoder_exp, device="cpu")
-        enc_dim = int(enc_cfg["model_dims"]["input_dim"])
-        if enc_dim != input_dim:
-            raise ValueError(f"the features have {input_dim} dims, the encoder {encoder_exp} "
-                             f"was trained on {enc_dim}")
+        if (encoder_exp is None) == (encoder_conf is None):
+            raise ValueError("give one speech encoder: model.encoder_exp (an asrkit "
+                             "experiment) or model.encoder_conf (pretrained local weights)")
+        if encoder_conf is not None:
+            from asrkit.models.pretrained import PretrainedEncoderCTC
+
+            if not encoder_conf.get("pretrained"):
+                raise ValueError("model.encoder_conf.pretrained: the speech encoder's weights "
+                                 "(a torchaudio state dict or a Hugging Face model dir)")
+            self.encoder = PretrainedEncoderCTC(input_dim, 3, **encoder_conf).eval()
+        else:
+            self.encoder, enc_cfg = load_model(encoder_exp, device="cpu")
+            enc_dim = int(enc_cfg["model_dims"]["input_dim"])
+            if enc_dim != input_dim:
+                raise ValueError(f"the features have {input_dim} dims, the encoder "
+                                 f"{encoder_exp} was trained on {enc_dim}")
         self.freeze_encoder = bool(freeze_encoder)
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
