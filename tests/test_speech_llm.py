@@ -63,6 +63,10 @@ def _train_args(s, exp, llm, *extra):
 def test_speech_llm_trains_resumes_and_decodes(setup, tmp_path, llm):
     exp = tmp_path / llm
     assert main(_train_args(setup, exp, llm, "trainer.max_epochs=2")) == 0
+    import yaml
+
+    saved = yaml.safe_load((exp / "config.yaml").read_text())["model"]
+    assert saved["llm"] == str((setup["root"] / llm).resolve())  # decodes from anywhere
     rows = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert all(r.get("dev_wer") is not None for r in rows)
@@ -241,6 +245,10 @@ def test_speech_llm_on_a_hugging_face_wav2vec2_encoder(setup, tmp_path):
                  "trainer.num_threads=1", "data.max_frames=2000"]) == 0
     ck = load_checkpoint(exp / "checkpoints" / "epoch1.pt")["model"]
     assert not any(k.startswith("encoder.") for k in ck)  # frozen: read from the HF dir
+    import yaml
+
+    saved = yaml.safe_load((exp / "config.yaml").read_text())["model"]
+    assert saved["encoder_conf"]["pretrained"] == str((tmp_path / "w2v").resolve())
     out = tmp_path / "dec"
     assert main(["decode", str(exp), str(dv), "--method", "llm_beam", "--beam", "1",
                  "--out", str(out), "--device", "cpu"]) == 0

@@ -390,6 +390,13 @@ def _train(cfg: DictConfig, exp_dir: Path, info: DistInfo, device: torch.device)
         if cfg.model.get("family") == "speech_llm":
             from asrkit.lm.hf import HFTextTokenizer
 
+            # its frozen LLM and encoder stay outside the experiment (a 7 B LLM is not
+            # copied): absolute paths, so it decodes from any working directory
+            for node, key in ((cfg.model, "llm"), (cfg.model, "encoder_exp"),
+                              (cfg.model.get("encoder_conf") or {}, "pretrained")):
+                if node.get(key):
+                    node[key] = str(Path(node[key]).resolve())
+
             tok = HFTextTokenizer(cfg.model.llm, case=cfg.model.get("text_case", "keep"))
         else:
             tok = Tokenizer(dc.tokenizer)
