@@ -202,3 +202,54 @@ def test_dev_subset_keeps_evenly_spaced_utterances(tmp_path):
     assert len(ds.lengths) == len(ds.tokens) == 4
     _thin_dataset(ds, 0)
     assert len(ds.ids) == 4
+
+
+def test_raising_max_epochs_continues_a_finished_run_to_the_same_model(synth, tmp_path):
+    """3 epochs, then the same experiment with trainer.max_epochs=5: it goes on from last.pt
+    and ends with the weights of one uninterrupted 5-epoch run; the same caps again skip."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = tmp_path / "ref"
+        train(compose_train_config(overrides(synth, ref, "trainer.max_epochs=5")))
+        exp = tmp_path / "pieces"
+        train(compose_train_config(overrides(synth, exp, "trainer.max_epochs=3")))
+        assert json.loads((exp / "train_summary.json").read_text())["epochs"] == 3
+        cfg5 = compose_train_config(overrides(synth, exp, "trainer.max_epochs=5"))
+        train(cfg5)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert json.loads((exp / "train_summary.json").read_text())["epochs"] == 5
+    a = load_checkpoint(ref / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(exp / "checkpoints" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    mtime = (exp / "checkpoints" / "last.pt").stat().st_mtime
+    train(cfg5)
+    assert (exp / "checkpoints" / "last.pt").stat().st_mtime == mtime
+
+
+def test_finished_run_is_not_continued_after_early_stop_or_at_its_caps(tmp_path):
+    from omegaconf import OmegaConf
+
+    from asrkit.train.loop import extends_finished_run
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+    summary = tmp_path / "train_summary.json"
+    tr = OmegaConf.create({"max_epochs": 10, "max_steps": 0})
+    summary.write_text(json.dumps({"epochs": 6, "updates": 600, "stopped_early_at": None}))
+    assert extends_finished_run(tmp_path, tr)
+    assert not extends_finished_run(tmp_path, OmegaConf.create({"max_epochs": 6, "max_steps": 0}))
+    # a step cap still in force, or already passed
+    assert not extends_finished_run(tmp_path, OmegaConf.create({"max_epochs": 10, "max_steps": 600}))
+    assert extends_finished_run(tmp_path, OmegaConf.create({"max_epochs": 10, "max_steps": 900}))
+    summary.write_text(json.dumps({"epochs": 6, "updates": 600, "stopped_early_at": 6}))
+    assert not extends_finished_run(tmp_path, tr)
+    summary.write_text("{not json")
+    assert not extends_finished_run(tmp_path, tr)
+    summary.write_text(json.dumps({"epochs": 6, "updates": 600, "stopped_early_at": None}))
+    (tmp_path / "checkpoints" / "last.pt").unlink()
+    assert not extends_finished_run(tmp_path, tr)

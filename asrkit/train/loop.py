@@ -33,8 +33,14 @@ Step cap (``trainer.max_steps`` = N, 0 = none): training ends after N optimizer 
 all (resumed ones included), or at ``trainer.max_epochs``, whichever comes first. Reached
 mid-epoch, ``last.pt`` is saved with the position in the epoch (no epoch record, epoch
 checkpoint or dev pass for the unfinished epoch); ``train_summary.json`` says
-``max_steps_reached``. Like a finished run it is marked ``.done``: delete that file and raise
-the cap to continue.
+``max_steps_reached``. Like a finished run it is marked ``.done``.
+
+Longer schedules in pieces: rerunning a finished experiment with a larger
+``trainer.max_epochs`` (or ``trainer.max_steps``) than the run ended at continues it from
+``last.pt`` (:func:`extends_finished_run`); the same caps, or a run
+that stopped early, leave it finished. A schedule that depends on the total length (cosine decay
+to ``max_epochs``) then changes its course from the resumed update on; ``WarmupLR`` (the
+default) does not depend on it.
 
 Checkpoint retention (``trainer.keep_checkpoints`` = N, 0 keeps all): the last N epoch
 checkpoints plus, for each metric in ``trainer.keep_best_by`` (``dev_loss``, ``dev_wer``), the
@@ -325,7 +331,8 @@ def train(cfg: DictConfig) -> Path:
     exp_dir = Path(cfg.exp_dir)
     tr = cfg.trainer
     with distributed(tr.device, timeout_s=float(tr.get("ddp_timeout_s", 3600))) as (info, dev):
-        done = broadcast_object(is_done(exp_dir) if info.is_main else None, info)
+        done = broadcast_object(is_done(exp_dir) and not extends_finished_run(exp_dir, tr)
+                                if info.is_main else None, info)
         if done:
             if info.is_main:
                 logger.info("%s is complete (.done exists); nothing to train", exp_dir)
@@ -336,6 +343,30 @@ def train(cfg: DictConfig) -> Path:
         exp_dir.mkdir(parents=True, exist_ok=True)
         with stage_log(exp_dir / "train.log"):
             return _train(cfg, exp_dir, info, dev)
+
+
+def extends_finished_run(exp_dir: Path, tr: DictConfig) -> bool:
+    """Whether ``tr`` (the ``trainer`` config) asks a finished run in ``exp_dir`` to go on.
+
+    True when ``exp_dir/train_summary.json`` says the run ended at its epoch or step cap (not
+    by early stopping) and ``tr.max_epochs`` / ``tr.max_steps`` now allow more: training then
+    resumes from ``checkpoints/last.pt`` (logged). False when the summary or ``last.pt`` is
+    missing or unreadable, the run stopped early, or the caps allow nothing more.
+    """
+    try:
+        summary = json.loads((exp_dir / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if summary.get("stopped_early_at") is not None or not (exp_dir / "checkpoints/last.pt").is_file():
+        return False
+    epochs, updates = int(summary.get("epochs", 0)), int(summary.get("updates", 0))
+    max_steps = int(tr.get("max_steps", 0) or 0)
+    go_on = int(tr.max_epochs) > epochs and (max_steps == 0 or max_steps > updates)
+    if go_on:
+        logger.info("%s finished at epoch %d, update %d; trainer.max_epochs=%d, max_steps=%d "
+                    "allow more: continuing from checkpoints/last.pt", exp_dir, epochs, updates,
+                    int(tr.max_epochs), max_steps)
+    return go_on
 
 
 def _thin_dataset(ds: FeatureDataset, n: int) -> None:
