@@ -1109,7 +1109,14 @@ backend and option: value lines); options given on the command line override it.
                    help=f"attention methods: at most this × encoder frames output tokens "
                    f"(default: {joint.maxlen_ratio})")
     p.add_argument("--avg", type=int, default=1,
-                   help="average the weights of the last N epoch checkpoints")
+                   help="average the weights of N epoch checkpoints (--select chooses which)")
+    p.add_argument("--select", choices=("last", "best"), default=None,
+                   help="which epoch checkpoints --avg averages: the latest, or the best by "
+                   "--select-by (default: last for end-to-end models; best by dev_loss for "
+                   "a hybrid DNN-HMM)")
+    p.add_argument("--select-by", choices=("dev_loss", "dev_wer"), default="dev_loss",
+                   help="--select best: the dev metric ranked (dev_wer of a hybrid is its "
+                   "frame error %%; default %(default)s)")
     p.add_argument("--checkpoint", type=Path, help="decode this checkpoint file instead")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 …")
     p.add_argument("--max-frames", type=int, default=60000, help="padded frames per batch")
@@ -1172,10 +1179,14 @@ def _run_decode(args) -> int:
             rep = decode_gmm_data_dir(args.exp_dir, args.graph or args.exp_dir / "graph",
                                       args.data_dir, args.out,
                                       device="cpu" if args.device == "auto" else args.device,
+                                      avg=args.avg, checkpoint=args.checkpoint,
+                                      select=args.select or "best", metric=args.select_by,
                                       progress=bar.update, **gmm)
         else:
             rep = decode_data_dir(args.exp_dir, args.data_dir, args.out,
-                                  checkpoint=args.checkpoint, avg=args.avg, device=args.device,
+                                  checkpoint=args.checkpoint, avg=args.avg,
+                                  select=args.select or "last", metric=args.select_by,
+                                  device=args.device,
                                   max_frames=args.max_frames, chunk_seconds=args.chunk_seconds,
                                   chunk_overlap=args.chunk_overlap, progress=bar.update,
                                   **_neural_decode_options(args))

@@ -131,13 +131,16 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
 
     # A rerun trains and decodes no GMM again; with --hybrid tri3 it adds the hybrid DNN-HMM
     # rung: fMLLR features of every set (tri3 is SAT), a (tiny, one-epoch) TDNN on tri3's
-    # alignments, decoded through tri3's KN3 graph.
+    # alignments, decoded through tri3's KN3 graph; with --rescore-lms its n-best lists are
+    # rescored with the corpus LM in place of KN3 (weight from dev).
     mdl = exp / "tri2" / "final.mdl"
     text = exp / "tri2" / "decode_test_graph_kn3" / "text"
     before = (mdl.stat().st_mtime_ns, text.stat().st_mtime_ns)
     hyb = ["--hybrid", "tri3", "--hybrid-acwt", "0.2", "--hybrid-opts",
            ("trainer.max_epochs=1 model.tdnn.hidden_dim=32 model.tdnn.layers=[[3,1],[3,1]] "
-            "trainer.num_threads=2 trainer.plot=false trainer.tensorboard=false")]
+            "trainer.num_threads=2 trainer.plot=false trainer.tensorboard=false"),
+           "--gmm-decode", "tri3", "--gmm-lms", "kn3", "--rescore-lms", "an4", "--nbest", "10",
+           "--rescore-weights", "0.5 1.0"]
     res2 = subprocess.run(cmd[:-len(GMM_QUICK) - 1] + hyb + cmd[-len(GMM_QUICK) - 1:], env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     assert res2.returncode == 0, res2.stderr[-3000:]
@@ -151,3 +154,18 @@ def test_an4_recipe_hmm_gmm_end_to_end(tmp_path):
     hyp = read_kaldi_map(hexp / "decode_test_graph_kn3" / "text", allow_empty_value=True)
     assert len(hyp) == 130 and sum(bool(v) for v in hyp.values()) > 65
     assert "== exp/gmm_hybrid_tri3 graph_kn3: dev WER" in res2.stdout
+    nbest = hexp / "decode_test_graph_kn3_nbest" / "nbest"
+    assert nbest.stat().st_size > 0
+    resc = hexp / "decode_test_graph_kn3_rescore_an4"
+    assert (resc / "lm-weight").read_text().strip() in ("0.5", "1.0")
+    rhyp = read_kaldi_map(resc / "text", allow_empty_value=True)
+    assert set(rhyp) == set(hyp)
+    # each rescored 1-best is one of its utterance's n-best hypotheses (the one-epoch TDNN
+    # is too weak for a WER bound), and the recipe scored it against all 130 references
+    cands: dict[str, set[str]] = {}
+    for line in nbest.read_text().splitlines():
+        key, _, *words = line.split()
+        cands.setdefault(key.rsplit("-", 1)[0], set()).add(" ".join(words))
+    assert all(rhyp[u] in cands[u] for u in rhyp if u in cands)
+    assert len(cands) >= 0.9 * len(rhyp)
+    assert json.loads((resc / "score.json").read_text())["wer"]["sentences"] == 130

@@ -17,7 +17,8 @@ from synth import PHONE_LEXICON, make_phone_feature_dir
 
 from asrkit.cli import main
 from asrkit.data.datadir import read_kaldi_map
-from asrkit.exp.checkpoint import load_checkpoint
+from asrkit.decode.gmm import decode_gmm_data_dir
+from asrkit.exp.checkpoint import average_checkpoints, load_checkpoint, select_checkpoints
 from asrkit.features.cmvn import compute_cmvn_stats, write_cmvn_stats
 from asrkit.models.hmm_gmm import AcousticModel, read_int_vectors, write_int_vectors
 from asrkit.models.hybrid import (
@@ -112,6 +113,29 @@ def test_decode_through_the_gmm_graph(system):
     report = score_files(test / "text", out / "text")
     assert report.wer.rate <= 10.0, report.wer
     assert (out / "ctm").is_file() and (out / "decode_summary.json").is_file()
+
+
+def test_decode_averages_the_chosen_checkpoints(system, tmp_path):
+    exp, test, graph = system["exp"], system["test"], system["gmm"] / "graph"
+    out = tmp_path / "avg2"
+    assert main(["decode", str(exp), str(test), "--graph", str(graph), "--acwt", "0.3",
+                 "--avg", "2", "--select", "last", "--out", str(out)]) == 0
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["checkpoints"] == {"avg": "2", "select": "last", "metric": "dev_loss"}
+    # the network scored with is the mean of the two latest epochs' weights
+    used = select_checkpoints(exp, 2, select="last")
+    assert [p.name for p in used] == ["epoch7.pt", "epoch8.pt"]
+    scorer = HybridScorer.load(exp, avg=2, select="last")
+    expected = average_checkpoints(used)
+    for k, v in scorer.model.state_dict().items():
+        assert torch.allclose(v, expected[k].to(v.dtype)), k
+    one = HybridScorer.load(exp, checkpoint=exp / "checkpoints" / "epoch7.pt")
+    w7 = load_checkpoint(exp / "checkpoints" / "epoch7.pt")["model"]
+    assert all(torch.equal(v, w7[k]) for k, v in one.model.state_dict().items())
+    # the GMM has no checkpoints: the options are refused by name, before any work
+    with pytest.raises(ValueError, match="HMM-GMM model: avg"):
+        decode_gmm_data_dir(system["gmm"], graph, test, tmp_path / "x", avg=2)
+    assert not (tmp_path / "x").exists()
 
 
 def test_align_with_the_network_matches_the_gmm_alignment(system):

@@ -228,9 +228,10 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     opts = dict(opts)
     batch_size = opts.pop("batch_size", 1)
     word_ins_penalty = opts.pop("word_ins_penalty", 0.0)  # asrkit backend only (checked)
+    weights = opts.pop("weights", {})  # hybrid: which checkpoints (HybridScorer.load)
     dev = torch.device(device)
     hybrid = is_hybrid_exp(Path(model_path).parent)  # final.mdl of a model=hybrid exp dir
-    am = HybridScorer.load(Path(model_path).parent, dev) if hybrid else \
+    am = HybridScorer.load(Path(model_path).parent, dev, **weights) if hybrid else \
         AcousticModel.load(model_path, dev)
     if backend == "kaldi":
         from asrkit.decode.kaldi import KaldiFasterDecoder
@@ -337,6 +338,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                         nbest: int = 1, lattice_beam: float = 8.0, backend: str = "asrkit",
                         fmllr_passes: int = 2, fmllr_silence_weight: float = 0.01,
                         batch_size: int = 16, word_ins_penalty: float = 0.0,
+                        avg: int = 1, checkpoint: str | os.PathLike | None = None,
+                        select: str = "best", metric: str = "dev_loss",
                         progress: Callable[[int], None] | None = None) -> DecodeReport:
     """Decode a feature data dir with an HMM-GMM model and a graph dir (Kaldi
     ``steps/decode.sh`` 1-best; outputs in the module docstring).
@@ -377,6 +380,12 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
         word_ins_penalty: graph cost added per output word (Kaldi's scoring
             ``--word-ins-penalty``, swept over 0.0 / 0.5 / 1.0 beside the LM weight by its
             ``score.sh``); ``asrkit`` backend only.
+        avg, select, metric, checkpoint: hybrid DNN-HMM experiments only: the network's
+            weights are the average of ``avg`` epoch checkpoints chosen by ``select``
+            (``"best"``: lowest ``metric``, ``"dev_loss"`` or ``"dev_wer"`` -- the hybrid's
+            frame error %; ``"last"``: the latest), or the file ``checkpoint``
+            (:func:`asrkit.exp.checkpoint.load_model`). Default: the single best epoch by
+            dev loss.
         progress: called with the number of utterances of each finished job.
 
     Returns:
@@ -385,7 +394,9 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
 
     Raises:
         FileNotFoundError: a missing model, graph or data file.
-        ValueError: ``nj < 1``, ``batch_size < 1``, ``nbest < 1``, a word insertion
+        ValueError: checkpoint options (``avg != 1``, ``checkpoint``, ``select``, ``metric``
+            other than the defaults) for an HMM-GMM model, which has no checkpoints; an
+            unknown ``select`` / ``metric``; ``nj < 1``, ``batch_size < 1``, ``nbest < 1``, a word insertion
             penalty with the ``kaldi`` backend, ``lattice_beam <= 0``, an unknown
             ``backend`` or ``nbest > 1`` with ``kaldi``, or features of another dimension
             than the model's.
@@ -402,9 +413,10 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
         "cpu" if device in (None, "auto") else device)
     utts = list(read_kaldi_map(data_dir / "feats.scp"))
+    weights = _hybrid_weights(mpath, avg, checkpoint, select, metric)
     opts = {"acoustic_scale": acoustic_scale, "beam": beam, "max_active": max_active,
             "nbest": nbest, "lattice_beam": lattice_beam, "batch_size": batch_size,
-            "word_ins_penalty": word_ins_penalty}
+            "word_ins_penalty": word_ins_penalty, "weights": weights}
     fmllr = not is_hybrid_exp(mpath.parent) and bool(
         (AcousticModel.load(mpath).meta.get("features") or {}).get("fmllr"))
     if fmllr and fmllr_passes < 1:
@@ -435,6 +447,8 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                    "batch_size": batch_size if backend == "asrkit" and nbest == 1 else 1,
                    "word_ins_penalty": word_ins_penalty,
                    "fmllr_passes": fmllr_passes if fmllr else None,
+                   "checkpoints": ({k: str(v) for k, v in weights.items()}
+                                   if is_hybrid_exp(mpath.parent) else None),
                    "nj": nj, "num_utts": len(hyps), "num_failed": len(failed),
                    "audio_seconds": round(audio, 3), "wall_seconds": round(search_seconds, 3),
                    "elapsed_seconds": round(wall, 3), "rtf": round(report.rtf, 6),
@@ -447,6 +461,28 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                     "%.4f per core; elapsed %.1f s", len(hyps), len(failed), audio,
                     search_seconds, report.rtf, wall)
     return report
+
+
+def _hybrid_weights(mpath: Path, avg: int, checkpoint: str | os.PathLike | None,
+                    select: str, metric: str) -> dict:
+    """The checkpoint choice of a hybrid experiment, as :meth:`HybridScorer.load` keywords;
+    for an HMM-GMM model (no checkpoints) anything but the defaults is an error."""
+    if not is_hybrid_exp(mpath.parent):
+        if (avg, checkpoint, select, metric) != (1, None, "best", "dev_loss"):
+            raise ValueError(f"{mpath} is an HMM-GMM model: avg / checkpoint / select / metric "
+                             "choose the checkpoints of a hybrid DNN-HMM experiment")
+        return {}
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    if metric not in ("dev_loss", "dev_wer"):
+        raise ValueError(f"metric must be 'dev_loss' or 'dev_wer', got {metric!r}")
+    if not (isinstance(avg, int) and avg >= 1):
+        raise ValueError(f"avg must be an integer >= 1, got {avg!r}")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+        return {"checkpoint": str(checkpoint)}
+    return {"avg": avg, "select": select, "metric": metric}
 
 
 def _check_options(nj: int, batch_size: int, nbest: int, lattice_beam: float, backend: str,

@@ -186,6 +186,7 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
                     backend: str = "asrkit", opts: SearchOptions | None = None,
                     fusion: LmFusionOptions | None = None,
                     checkpoint: str | os.PathLike | None = None, avg: int = 1,
+                    select: str = "last", metric: str = "dev_loss",
                     device: str | None = "auto", max_frames: int = 60000,
                     chunk_seconds: float | None = 30.0, chunk_overlap: float = 4.0,
                     progress=None, **options) -> DecodeReport:
@@ -206,8 +207,10 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
             and defaults are its options class's fields: beam sizes, ``nbest``, ``graph``
             and cost beams for ``wfst``, ``lexicon`` for ``backend="flashlight"``…).
         opts, fusion: or the options objects themselves (then no ``**options``).
-        checkpoint: decode this checkpoint instead of the average of the last ``avg`` epochs.
-        avg: number of last epoch checkpoints to average.
+        checkpoint: decode this checkpoint instead of an average of epoch checkpoints.
+        avg, select, metric: average ``avg`` epoch checkpoints, the latest
+            (``select="last"``) or the lowest by ``metric`` (``"best"``; ``dev_loss`` or
+            ``dev_wer``), as :func:`asrkit.exp.checkpoint.load_model`.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``…
         max_frames: padded frames per batch.
         chunk_seconds: utterances longer than this are encoded in windows whose kept centres
@@ -241,7 +244,8 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     with stage_log(out_dir / "decode.log"):
         dev = pick_device(device)
-        model, cfg = load_model(exp_dir, checkpoint=checkpoint, avg=avg, device=dev)
+        model, cfg = load_model(exp_dir, checkpoint=checkpoint, avg=avg, select=select,
+                                metric=metric, device=dev)
         tok = load_exp_tokenizer(exp_dir, cfg)  # the experiment's copy
         if opts.method in ATTENTION_METHODS and not getattr(model, "has_decoder", False):
             raise ValueError(f"{opts.method} needs a model with an attention decoder; "

@@ -453,8 +453,9 @@ class HybridScorer:
 
     @classmethod
     def load(cls, exp: str | os.PathLike, device: str | torch.device = "cpu", *,
-             avg: int = 1, select: str = "best", metric: str = "dev_loss") -> HybridScorer:
-        """The model of a hybrid experiment (``select``/``avg`` as
+             avg: int = 1, select: str = "best", metric: str = "dev_loss",
+             checkpoint: str | os.PathLike | None = None) -> HybridScorer:
+        """The model of a hybrid experiment (``select``/``avg``/``checkpoint`` as
         :func:`asrkit.exp.checkpoint.load_model`; ``best`` falls back to ``last`` when no
         checkpoint has ``metric``) and the transition model of its ``final.mdl``.
 
@@ -471,9 +472,10 @@ class HybridScorer:
             raise FileNotFoundError(f"{mdl} not found: a hybrid experiment holds the GMM's "
                                     "final.mdl (copied by asrkit train model=hybrid)")
         try:
-            model, _ = load_model(d, avg=avg, select=select, metric=metric, device=device)
+            model, _ = load_model(d, avg=avg, select=select, metric=metric, device=device,
+                                  checkpoint=checkpoint)
         except ValueError:
-            if select != "best":
+            if select != "best" or checkpoint is not None:
                 raise
             model, _ = load_model(d, avg=avg, select="last", device=device)
         if not isinstance(model, HybridModel):

@@ -284,7 +284,8 @@ gmm_system() {  # the HMM-GMM path of one config: $1 conf, $2 exp dir
 # with those of S's decodes at the dev-best acwt; dump/fmllr_S/<set>), else 40-dim fbank
 # (dump/fbank40/<set>); trains GMM_EXP_hybrid_S (asrkit train model=hybrid, frame CE on S's
 # pdf alignments; resumes from its checkpoints) and decodes it through S's graph of the first
-# --gmm-lms LM, acwt tuned on dev over --hybrid-acwt, test once.
+# --gmm-lms LM, acwt tuned on dev over --hybrid-acwt, test once; with --rescore-lms, its n-best
+# lists rescored as the GMMs' (rescore_then_test).
 hybrid_system() {
   local gmm=$1/$2 hexp=${1}_hybrid_$2 lm=${gmm_lms%% *} feats part trans ali opts
   local graph=$gmm/graph_$lm first_test=${test_sets%% *}
@@ -324,6 +325,7 @@ hybrid_system() {
     data.dev_alignment="$ali" ${opts[@]+"${opts[@]}"}
   tune_then_test "$hexp" "$graph/HCLG.fst" "$feats" --acwt "$hybrid_acwts" "graph_$lm" \
     "$hexp/checkpoints/last.pt" --nj "$nj"
+  rescore_then_test "$hexp" "graph_$lm" "$lm" "$feats" "$graph" acwt --nj "$nj"
 }
 
 nnet_system() {  # the neural path of one config: $1 conf, $2 exp dir
