@@ -11,7 +11,12 @@ import torch
 
 from asrkit.cli import compose_train_config, main
 from asrkit.decode.run import decode_data_dir
-from asrkit.exp.checkpoint import average_checkpoints, epoch_checkpoints, load_checkpoint
+from asrkit.exp.checkpoint import (
+    average_checkpoints,
+    epoch_checkpoints,
+    load_checkpoint,
+    select_checkpoints,
+)
 from asrkit.score import score_files
 from asrkit.text.tokenizer import train_tokenizer
 from asrkit.train.loop import train
@@ -69,6 +74,13 @@ def test_train_learns_writes_experiment_and_decodes(synth, tmp_path):
     score = score_files(synth["dev"] / "text", rep.text)
     assert score.wer.sentences == 12
     assert score.cer.rate < 30.0, score.cer.rate
+    # or the best kept epoch by dev WER, as the CLI's --select best --select-by dev_wer
+    best = select_checkpoints(exp, 1, select="best", metric="dev_wer")[0]
+    out = tmp_path / "best"
+    decode_data_dir(exp, synth["dev"], out, avg=1, select="best", metric="dev_wer",
+                    device="cpu")
+    assert f"from {best.name} (best by dev_wer)" in (out / "decode.log").read_text()
+    assert json.loads((out / "decode_summary.json").read_text())["select"] == "best:dev_wer"
     # a finished experiment is skipped on rerun
     mtime = (exp / "checkpoints" / "last.pt").stat().st_mtime
     train(cfg)

@@ -156,13 +156,16 @@ def _encoded(model, ds: FeatureDataset, ch: _Chunking, max_frames: int, dev: tor
 
 
 def _summary(opts: SearchOptions, lm: LmFusionOptions | None, ch: _Chunking,
-             report: DecodeReport, dev: torch.device, checkpoint, avg: int) -> dict:
+             report: DecodeReport, dev: torch.device, checkpoint, avg: int,
+             select: str = "last", metric: str = "dev_loss") -> dict:
     """``decode_summary.json``: the options and what the run measured."""
     wfst = opts.method == "wfst"
     return {"method": opts.method,
             "beam": 1 if opts.method == "ctc_greedy" else opts.beam,
             "ctc_weight": getattr(opts, "ctc_weight", None),
-            "checkpoint": checkpoint, "avg": avg, "num_utts": report.num_utts,
+            "checkpoint": checkpoint, "avg": avg,
+            "select": None if checkpoint else (select if select == "last" else f"best:{metric}"),
+            "num_utts": report.num_utts,
             "lm": str(lm.lm) if lm else None,
             "extra_lms": lm.summary()["extra_lms"] if lm else None,
             "lm_weight": opts.lm_weight if wfst else (lm.lm_weight if lm else None),
@@ -276,5 +279,6 @@ def decode_data_dir(exp_dir: str | os.PathLike, data_dir: str | os.PathLike,
         logger.info("decoded %d utterances (%.1f s of audio) in %.1f s on %s, RTF %.4f",
                     report.num_utts, audio, wall, dev, report.rtf)
         with atomic_write(out_dir / "decode_summary.json") as f:
-            json.dump(_summary(opts, fusion, ch, report, dev, checkpoint, avg), f, indent=1)
+            json.dump(_summary(opts, fusion, ch, report, dev, checkpoint, avg, select, metric),
+                      f, indent=1)
         return report
