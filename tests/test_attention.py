@@ -612,3 +612,44 @@ def test_dev_wer_of_attention_only_model_uses_the_decoder(tmp_path, monkeypatch)
                     ctc_greedy(m.ctc_log_probs_from_encoder(enc), enc_lens)[0])
         assert att != ctc  # the two decoders disagree here, so the check below is real
         assert seen == (att if attention else ctc), weight
+
+
+def test_teacher_forced_accuracy_script_is_batch_independent(tmp_path):
+    """scripts/attention_accuracy.py: accuracy and loss over padded batches equal the
+    token-weighted per-utterance values, and a CTC-only model is refused."""
+    import importlib.util
+
+    from asrkit.data.dataset import FeatureDataset
+    from asrkit.text.tokenizer import Tokenizer, train_tokenizer
+
+    spec = importlib.util.spec_from_file_location(
+        "attention_accuracy", Path(__file__).parents[1] / "scripts" / "attention_accuracy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    d = make_feature_dir(tmp_path / "dev", n_utts=7, seed=5)
+    tok = Tokenizer(train_tokenizer(d / "text", tmp_path / "tok", model_type="char"))
+    ds = FeatureDataset(d, tok, max_frames=10**9)
+    torch.manual_seed(0)
+    args = {"d_model": 16, "nhead": 2, "num_layers": 1, "dim_feedforward": 32,
+            "dropout": 0.0, "subsampling_channels": 4, "specaug": None}
+    m = TransformerCTC(ds[0][1].size(-1), tok.vocab_size, decoder=TF_DEC, ctc_weight=0.3,
+                       **args).eval()
+    batched = script.teacher_forced_accuracy(m, ds, torch.device("cpu"),
+                                             max_frames=3 * max(ds.lengths))
+    correct = loss = 0.0
+    n = 0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            feats = ds[i][1][None]
+            enc, lens = m.encode(feats, torch.tensor([feats.size(1)]))
+            toks = torch.tensor([ds.tokens[i]])
+            att, acc = m.attention_loss_from_encoder(enc, lens, toks, torch.tensor([toks.size(1)]))
+            correct += float(acc) * (toks.size(1) + 1)
+            loss += float(att)
+            n += toks.size(1) + 1
+    assert batched["utterances"] == 7 and batched["tokens"] == n
+    assert batched["accuracy"] == pytest.approx(correct / n, abs=1e-6)
+    assert batched["loss_per_utt"] == pytest.approx(loss / 7, rel=1e-4)
+    ctc_only = TransformerCTC(ds[0][1].size(-1), tok.vocab_size, **args)
+    with pytest.raises(RuntimeError, match="no attention decoder"):
+        script.teacher_forced_accuracy(ctc_only, ds, torch.device("cpu"))
