@@ -1096,6 +1096,13 @@ backend and option: value lines); options given on the command line override it.
     p.add_argument("--fmllr-passes", type=int, default=None,
                    help="HMM-GMM SAT models (sat stage): adapted passes after the speaker-"
                         "independent one (Kaldi decode_fmllr.sh: 2; 1 is faster)")
+    p.add_argument("--fmllr-stats", choices=("1best", "lattice"), default=None,
+                   help="HMM-GMM SAT models: the test speakers' fMLLR statistics from each "
+                   "pass's best path or its lattice posteriors (Kaldi decode_fmllr.sh's "
+                   f"lattice-to-post; asrkit backend; default {gmm['fmllr_stats']})")
+    p.add_argument("--fmllr-lattice-beam", type=float, default=None,
+                   help="--fmllr-stats lattice: lattice beam of the passes that feed a "
+                   f"transform (default {gmm['fmllr_lattice_beam']})")
     p.add_argument("--lattice-beam", type=float, default=None,
                    help=f"--method wfst and HMM-GMM with --nbest N > 1: lattice pruning beam "
                    f"in cost units (default {wfst.lattice_beam} and {gmm['lattice_beam']})")
@@ -1140,6 +1147,7 @@ def _float_arg(option: str, text: str) -> float:
 _GMM_DECODE_ARGS = {"acwt": "acoustic_scale", "beam": "beam", "max_active": "max_active",
                     "nj": "nj", "nbest": "nbest", "lattice_beam": "lattice_beam",
                     "backend": "backend", "fmllr_passes": "fmllr_passes",
+                    "fmllr_stats": "fmllr_stats", "fmllr_lattice_beam": "fmllr_lattice_beam",
                     "batch_size": "batch_size", "word_ins_penalty": "word_ins_penalty"}
 _NEURAL_DECODE_ARGS = ("method", "backend", "beam", "nbest", "ctc_weight", "length_penalty",
                        "maxlen_ratio", "lm", "lm_weight", "word_bonus", "graph",

@@ -111,6 +111,25 @@ def test_sat_stage_writes_transforms_and_decodes_in_two_passes(system):
     assert sorted(read_fmllr(root / "ali_sat" / "trans.ark")) == [f"spk{i}" for i in range(4)]
     errs = _boundary_errors(read_ctm(root / "ali_sat" / "word.ctm"), system["test_truth"])
     assert sum(e <= 2 for e in errs) / len(errs) > 0.9
+    # lattice-posterior fMLLR statistics (decode_fmllr.sh's lattice-to-post)
+    assert main(["decode", str(sat), str(test), "--fmllr-stats", "lattice",
+                 "--out", str(root / "lat")]) == 0
+    report = score_files(test / "text", root / "lat" / "text")
+    assert report.wer.sub + report.wer.dele + report.wer.ins <= 1, report.wer
+    summary = json.loads((root / "lat" / "decode_summary.json").read_text())
+    assert summary["fmllr_stats"] == "lattice" and summary["fmllr_lattice_beam"] == 4.0
+    lat_trans = read_fmllr(root / "lat" / "trans.ark")
+    best_trans = read_fmllr(out / "trans.ark")
+    assert sorted(lat_trans) == sorted(best_trans)
+    assert any(not torch.allclose(lat_trans[s], best_trans[s], atol=1e-4) for s in lat_trans)
+    # a lattice holding only the best path gives the 1-best statistics' transforms
+    assert main(["decode", str(sat), str(test), "--fmllr-stats", "lattice",
+                 "--fmllr-lattice-beam", "1e-6", "--out", str(root / "lat0")]) == 0
+    narrow = read_fmllr(root / "lat0" / "trans.ark")
+    for s in best_trans:
+        assert torch.allclose(narrow[s], best_trans[s], atol=1e-5), s
+    assert main(["decode", str(sat), str(test), "--fmllr-stats", "lattice", "--backend",
+                 "kaldi", "--out", str(root / "x")]) == 2
     # without its speaker-independent model a SAT stage cannot decode
     (sat / "final.alimdl").rename(sat / "alimdl.bak")
     try:

@@ -63,6 +63,7 @@ from asrkit.models.hmm_gmm.fmllr import (
     adapt_features,
     compose_fmllr,
     pdf_alignments,
+    silence_pdf_weights,
     speaker_transforms,
     write_fmllr,
 )
@@ -246,7 +247,7 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
     else:
         graph = DecodingGraph.from_fst(read_fst(graph_path), word_ins_penalty).to(dev)
         tid2pdf = am.tmodel.tid2pdf.to(dev)
-        if opts["nbest"] > 1:
+        if opts["nbest"] > 1 or opts.get("posteriors"):
             batch_size = 1
         # the batch's per-state buffers hold batch x states entries (16 bytes each)
         batch_size = max(1, min(batch_size, MAX_BATCH_STATES // graph.num_states))
@@ -261,8 +262,8 @@ def _decode_job(model_path: str, graph_path: str, data_dir: str, utts: list[str]
         load_features(data_dir, am.meta.get("features") or {}, utt_ids=utts)
     if transforms is not None:
         feats = adapt_features(feats, transforms, read_kaldi_map(Path(data_dir) / "utt2spk"))
-    out = {"hyps": {}, "ctm": {}, "failed": {}, "nbest": {}, "tids": {}, "frames": 0,
-           "seconds": 0.0, "am_cost": 0.0}
+    out = {"hyps": {}, "ctm": {}, "failed": {}, "nbest": {}, "tids": {}, "posts": {},
+           "frames": 0, "seconds": 0.0, "am_cost": 0.0}
     for u in utts:
         x = feats.get(u)
         if x is None:
@@ -321,6 +322,8 @@ def _collect(out: dict, u: str, res, frames: int, id2word: dict[int, str],
     out["tids"][u] = res.tids.cpu()
     if res.nbest is not None:
         out["nbest"][u] = [(" ".join(id2word[w] for w in ws), -c) for ws, c in res.nbest]
+    if res.posteriors is not None:
+        out["posts"][u] = res.posteriors
     out["frames"] += frames
     out["am_cost"] += res.am_cost
     if not res.reached_final:
@@ -337,6 +340,7 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                         max_active: int = 7000, nj: int = 1, device: str | None = "cpu",
                         nbest: int = 1, lattice_beam: float = 8.0, backend: str = "asrkit",
                         fmllr_passes: int = 2, fmllr_silence_weight: float = 0.01,
+                        fmllr_stats: str = "1best", fmllr_lattice_beam: float = 4.0,
                         batch_size: int = 16, word_ins_penalty: float = 0.0,
                         avg: int = 1, checkpoint: str | os.PathLike | None = None,
                         select: str = "best", metric: str = "dev_loss",
@@ -373,6 +377,14 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             ``out_dir/trans.ark``.
         fmllr_silence_weight: weight of silence frames in the test speakers' fMLLR
             statistics (``decode_fmllr.sh --silence-weight`` 0.01).
+        fmllr_stats: where the test speakers' fMLLR statistics come from: ``"1best"``
+            (each frame's pdf on the previous pass's best path) or ``"lattice"`` (every
+            transition id's posterior in that pass's lattice, Kaldi's ``lattice-to-post
+            --acoustic-scale`` in ``decode_fmllr.sh``; the passes that feed a transform then
+            search one utterance at a time, recording a lattice). ``asrkit`` backend.
+        fmllr_lattice_beam: ``fmllr_stats="lattice"``: the lattice beam of those passes
+            (4.0: ``decode_fmllr.sh``'s ``--first-lattice-beam`` and the beam of its
+            ``lattice-determinize-pruned`` before the second transform).
         batch_size: ``asrkit`` backend, 1-best: utterances of similar length searched
             together (:func:`asrkit.decode.wfst.decode_fst_batch`; the same output as one
             at a time, several times faster per core), at most
@@ -398,12 +410,20 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
             other than the defaults) for an HMM-GMM model, which has no checkpoints; an
             unknown ``select`` / ``metric``; ``nj < 1``, ``batch_size < 1``, ``nbest < 1``, a word insertion
             penalty with the ``kaldi`` backend, ``lattice_beam <= 0``, an unknown
-            ``backend`` or ``nbest > 1`` with ``kaldi``, or features of another dimension
-            than the model's.
+            ``backend`` or ``nbest > 1`` with ``kaldi``, an unknown ``fmllr_stats``,
+            ``"lattice"`` with ``kaldi`` or ``fmllr_lattice_beam <= 0``, or features of
+            another dimension than the model's.
         ImportError: ``backend="kaldi"`` without kaldi-decoder/kaldifst (the message names
             the install command).
     """
     _check_options(nj, batch_size, nbest, lattice_beam, backend, word_ins_penalty)
+    if fmllr_stats not in ("1best", "lattice"):
+        raise ValueError(f"fmllr_stats must be '1best' or 'lattice', got {fmllr_stats!r}")
+    if fmllr_stats == "lattice" and backend != "asrkit":
+        raise ValueError("fmllr_stats='lattice' needs the asrkit backend (Kaldi's "
+                         "FasterDecoder keeps no lattice); use '1best'")
+    if not fmllr_lattice_beam > 0:
+        raise ValueError(f"fmllr_lattice_beam must be > 0, got {fmllr_lattice_beam}")
     mpath = model_file(exp)
     graph_dir, data_dir = Path(graph_dir), Path(data_dir)
     gpath = graph_dir / "HCLG.fst"
@@ -427,12 +447,16 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                     acoustic_scale, beam, max_active, nj, backend)
         wall_start = time.perf_counter()
 
-        def run(model_path: Path, transforms: dict | None = None) -> list[dict]:
-            return _run_jobs(model_path, gpath, data_dir, utts, opts, nj, dev, backend,
+        def run(model_path: Path, transforms: dict | None = None,
+                posteriors: bool = False) -> list[dict]:
+            o = opts if not posteriors else {**opts, "nbest": 1, "posteriors": True,
+                                             "lattice_beam": fmllr_lattice_beam}
+            return _run_jobs(model_path, gpath, data_dir, utts, o, nj, dev, backend,
                              transforms, progress)
 
-        results, adapt_seconds = _fmllr_passes(mpath, run, data_dir, out, fmllr_passes,
-                                               fmllr_silence_weight) if fmllr else (run(mpath), 0.0)
+        results, adapt_seconds = _fmllr_passes(
+            mpath, run, data_dir, out, fmllr_passes, fmllr_silence_weight,
+            fmllr_stats == "lattice") if fmllr else (run(mpath), 0.0)
         wall = time.perf_counter() - wall_start
         hyps, failed, nbest_path = _write_outputs(out, results, nbest)
         search_seconds = sum(r["seconds"] for r in results) + adapt_seconds
@@ -447,6 +471,9 @@ def decode_gmm_data_dir(exp: str | os.PathLike, graph_dir: str | os.PathLike,
                    "batch_size": batch_size if backend == "asrkit" and nbest == 1 else 1,
                    "word_ins_penalty": word_ins_penalty,
                    "fmllr_passes": fmllr_passes if fmllr else None,
+                   "fmllr_stats": fmllr_stats if fmllr else None,
+                   "fmllr_lattice_beam": (fmllr_lattice_beam
+                                          if fmllr and fmllr_stats == "lattice" else None),
                    "checkpoints": ({k: str(v) for k, v in weights.items()}
                                    if is_hybrid_exp(mpath.parent) else None),
                    "nj": nj, "num_utts": len(hyps), "num_failed": len(failed),
@@ -554,11 +581,13 @@ def _run_jobs(model_path: Path, gpath: Path, data_dir: Path, utts: list[str], op
 
 
 def _fmllr_passes(mpath: Path, run: Callable[..., list[dict]], data_dir: Path, out: Path,
-                  passes: int, silence_weight: float) -> tuple[list[dict], float]:
-    """Kaldi ``decode_fmllr.sh`` with 1-best statistics: decode with the speaker-independent
-    ``final.alimdl``, then ``passes`` times estimate each speaker's fMLLR transform with
-    ``final.mdl`` from the last pass's best paths (silence weighted ``silence_weight``),
-    compose it with the speaker's previous one and decode the adapted features again.
+                  passes: int, silence_weight: float, lattice: bool = False
+                  ) -> tuple[list[dict], float]:
+    """Kaldi ``decode_fmllr.sh``: decode with the speaker-independent ``final.alimdl``,
+    then ``passes`` times estimate each speaker's fMLLR transform with ``final.mdl`` from
+    the last pass's best paths, or with ``lattice`` from its lattice posteriors (silence
+    weighted ``silence_weight``), compose it with the speaker's previous one and decode the
+    adapted features again.
 
     Returns:
         ``(the last pass's job results, seconds of all passes but the last plus estimation)``.
@@ -571,7 +600,7 @@ def _fmllr_passes(mpath: Path, run: Callable[..., list[dict]], data_dir: Path, o
     if not alimdl.is_file():
         raise FileNotFoundError(f"{alimdl} not found: a SAT model (sat stage) decodes its "
                                 "first pass with the speaker-independent final.alimdl")
-    results = run(alimdl)
+    results = run(alimdl, posteriors=lattice)
     write_kaldi_map(out / "si" / "text", {u: h for r in results for u, h in r["hyps"].items()})
     spent = sum(r["seconds"] for r in results)
     model = AcousticModel.load(mpath)
@@ -580,9 +609,12 @@ def _fmllr_passes(mpath: Path, run: Callable[..., list[dict]], data_dir: Path, o
     feats = load_features(data_dir, model.meta["features"])
     transforms: dict[str, torch.Tensor] = {}
     for p in range(passes):
-        tids = {u: t for r in results for u, t in r["tids"].items()}
-        pdfs, weights = pdf_alignments(model.tmodel, tids, silence_weight)
         cur = adapt_features(feats, transforms, spk_of) if transforms else feats
+        if lattice:
+            cur, pdfs, weights = _posterior_frames(model, cur, results, silence_weight)
+        else:
+            tids = {u: t for r in results for u, t in r["tids"].items()}
+            pdfs, weights = pdf_alignments(model.tmodel, tids, silence_weight)
         new, impr = speaker_transforms(model.gmm, cur, pdfs, weights, spk_of)
         transforms = {s: compose_fmllr(W, transforms[s]) if s in transforms else W
                       for s, W in new.items()}
@@ -591,7 +623,27 @@ def _fmllr_passes(mpath: Path, run: Callable[..., list[dict]], data_dir: Path, o
         spent += time.perf_counter() - start
         if p:
             spent += sum(r["seconds"] for r in results)
-        results = run(mpath, transforms)
+        results = run(mpath, transforms, posteriors=lattice and p + 1 < passes)
         start = time.perf_counter()
     write_fmllr(out / "trans.ark", transforms)
     return results, spent
+
+
+def _posterior_frames(model: AcousticModel, feats: dict[str, torch.Tensor],
+                      results: list[dict], silence_weight: float
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                 dict[str, torch.Tensor]]:
+    """Lattice posteriors as weighted frames for :func:`speaker_transforms`: per utterance
+    one row per (frame, transition id) with posterior mass -- the frame's features, the
+    pdf, the posterior times the silence weight (Kaldi's ``weight-silence-post``). The fMLLR
+    statistics are sums over rows, so this equals accumulating soft posteriors."""
+    t2p = model.tmodel.tid2pdf
+    rows, pdfs, weights = {}, {}, {}
+    for r in results:
+        for u, (frames, tids, post) in r["posts"].items():
+            if u not in feats:
+                continue
+            rows[u] = feats[u][frames]
+            pdfs[u] = t2p[tids]
+            weights[u] = post * silence_pdf_weights(model.tmodel, tids, silence_weight)
+    return rows, pdfs, weights

@@ -400,6 +400,10 @@ class DecodeResult:
             best path in the lattice), cheapest first; the first is ``(words, cost)``. Fewer
             when the lattice holds fewer within ``lattice_beam`` of the best. None when
             ``nbest == 1``.
+        posteriors: with ``posteriors=True``: ``(frames, ilabels, post)``, three ``(N,)``
+            tensors (int64, int64, float64): the lattice's posterior of each input label
+            (transition id) at each frame, the entries of a frame summing to 1 (Kaldi's
+            ``lattice-to-post``); None otherwise.
     """
 
     words: list[int]
@@ -410,6 +414,7 @@ class DecodeResult:
     reached_final: bool
     num_active: torch.Tensor
     nbest: list[tuple[list[int], float]] | None = None
+    posteriors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -475,6 +480,30 @@ def _mark(size: int, idx: torch.Tensor, same: torch.Tensor | None) -> torch.Tens
     return mask
 
 
+@dataclass
+class _PrunedLattice:
+    """:meth:`_Lattice._pruned`: node keys, the kept arcs (node ids, costs, word labels,
+    input labels, chunk ``bounds`` in layer order), Viterbi forward/backward costs of the
+    nodes, the end nodes ``e_id`` with their final costs and path totals, the best total
+    and ``limit`` (best + lattice beam), and the start node."""
+
+    keys: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    weight: torch.Tensor
+    label: torch.Tensor
+    ilabel: torch.Tensor
+    bounds: list[tuple[int, int]]
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    e_id: torch.Tensor
+    end_final: torch.Tensor
+    total: torch.Tensor
+    best: float
+    limit: float
+    start_id: int
+
+
 class _Lattice:
     """The state-level lattice recorded during the search (``nbest > 1``; module docstring).
 
@@ -495,6 +524,7 @@ class _Lattice:
         self.dst: list[torch.Tensor] = []
         self.weight: list[torch.Tensor] = []
         self.label: list[torch.Tensor] = []
+        self.ilabel: list[torch.Tensor] = []  # emitting arcs: the input label; others 0
 
     def _keep(self, cost: torch.Tensor, best: float, winners: torch.Tensor) -> torch.Tensor:
         """Candidates within the lattice beam of ``best``, and the ``winners``."""
@@ -503,12 +533,13 @@ class _Lattice:
         return _where(mask)
 
     def _add(self, src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor,
-             label: torch.Tensor) -> None:
+             label: torch.Tensor, ilabel: torch.Tensor | None = None) -> None:
         base = self.layer * self.n
         self.src.append(src + base)
         self.dst.append(dst + (base + self.n))
         self.weight.append(weight)
         self.label.append(label)
+        self.ilabel.append(torch.zeros_like(label) if ilabel is None else ilabel)
 
     def identity(self, st: torch.Tensor) -> None:
         """The emitting-step tokens ``st`` of the current frame, into the epsilon layer."""
@@ -533,7 +564,7 @@ class _Lattice:
         ac = _take(frame_costs, _take(self._col, arc))
         self.layer += 1
         self._add(_take(src, k), _take(g.e_dst, arc), _take(g.weight, arc) + ac,
-                  _take(g.olabel, arc))
+                  _take(g.olabel, arc), _take(g.ilabel, arc))
         self.layer += 1
 
     def _closure_words(self, c: int) -> list[int]:
@@ -541,16 +572,16 @@ class _Lattice:
         arcs = g.c_arcs[int(g.c_arc_offsets[c]):int(g.c_arc_offsets[c + 1])]
         return [int(w) for w in _take(g.olabel, arcs).tolist() if w]
 
-    def nbest(self, end_states: torch.Tensor, end_final: torch.Tensor, n: int
-              ) -> list[tuple[list[int], float]]:
-        """The ``n`` best distinct word sequences of the paths ending in ``end_states``
-        (the last frame's tokens after the epsilon step, final costs ``end_final``), with
-        their costs minus the best path's, cheapest first."""
+    def _pruned(self, end_states: torch.Tensor, end_final: torch.Tensor) -> _PrunedLattice:
+        """The recorded arcs on paths within ``lattice_beam`` of the best, with the nodes'
+        forward and backward (Viterbi) costs; ``end_states`` are the last frame's tokens
+        after the epsilon step, ``end_final`` their final costs."""
         g = self.g
         dev = end_states.device
         sizes = [x.numel() for x in self.src]
         src, dst = torch.cat(self.src), torch.cat(self.dst)
         weight, label = torch.cat(self.weight), torch.cat(self.label)
+        ilabel = torch.cat(self.ilabel)
         num = src.numel()
         end_keys = end_states + (self.layer + 1) * self.n
         keys, inv = torch.unique(
@@ -572,9 +603,63 @@ class _Lattice:
         limit = best + self.beam
         through = alpha[s_id] + weight + beta[d_id]
         k = _where(through <= limit if math.isfinite(limit) else through < math.inf)
-        s_id, d_id, label = s_id[k], d_id[k], label[k]
+        # the kept arcs' chunk boundaries (the arcs stay in layer order)
+        kept_before = torch.searchsorted(k, torch.tensor([hi for _, hi in bounds],
+                                                         device=dev)).tolist()
+        kb = list(itertools.pairwise([0, *kept_before]))
+        return _PrunedLattice(keys, s_id[k], d_id[k], weight[k], label[k], ilabel[k], kb,
+                              alpha, beta, e_id, end_final, total, best, limit, start_id)
+
+    def posteriors(self, end_states: torch.Tensor, end_final: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Arc posteriors of the lattice (forward-backward in the log semiring over the
+        arcs within ``lattice_beam`` of the best path; Kaldi's ``lattice-to-post``, whose
+        ``--acoustic-scale`` is already in the recorded costs): ``(frames, ilabels, post)``,
+        one entry per frame and input label with posterior mass, each frame's summing to 1.
+        """
+        lat = self._pruned(end_states, end_final)
+        dev = lat.alpha.device
+        n_keys = lat.keys.numel()
+        # Forward and backward sums relative to the Viterbi costs (alpha/beta): a node's
+        # log-semiring forward cost is alpha - log(fwd); every factor below is <= fwd[src],
+        # so nothing overflows unless an astronomical number of paths ties.
+        fwd = torch.zeros(n_keys, dtype=torch.float64, device=dev)
+        fwd[lat.start_id] = 1.0
+        rel = lat.alpha[lat.src] + lat.weight - lat.alpha[lat.dst]  # >= 0 on kept arcs
+        for lo, hi in lat.bounds:
+            fwd.index_add_(0, lat.dst[lo:hi], fwd[lat.src[lo:hi]] * torch.exp(-rel[lo:hi]))
+        bwd = torch.zeros_like(fwd)
+        end_ok = lat.total <= lat.limit if math.isfinite(lat.limit) else lat.total < math.inf
+        e_id, e_fin = lat.e_id[end_ok], lat.end_final[end_ok]
+        bwd.index_add_(0, e_id, torch.exp(-(e_fin - lat.beta[e_id])))
+        rel_b = lat.weight + lat.beta[lat.dst] - lat.beta[lat.src]  # >= 0
+        for lo, hi in reversed(lat.bounds):
+            bwd.index_add_(0, lat.src[lo:hi], bwd[lat.dst[lo:hi]] * torch.exp(-rel_b[lo:hi]))
+        z = float((fwd[e_id] * torch.exp(-(lat.alpha[e_id] + e_fin - lat.best))).sum())
+        em = _where(lat.ilabel != 0)
+        s, d = lat.src[em], lat.dst[em]
+        through = lat.alpha[s] + lat.weight[em] + lat.beta[d] - lat.best  # >= 0
+        post = fwd[s] * bwd[d] * torch.exp(-through) / z
+        frame = torch.div(torch.div(lat.keys[s], self.n, rounding_mode="floor") - 1, 2,
+                          rounding_mode="floor")
+        il = lat.ilabel[em]
+        pair, inv = torch.unique(torch.stack([frame, il]), dim=1, return_inverse=True)
+        summed = torch.zeros(pair.shape[1], dtype=torch.float64, device=dev)
+        summed.index_add_(0, inv, post)
+        keep = summed > 1e-8
+        return pair[0, keep].cpu(), pair[1, keep].cpu(), summed[keep].cpu()
+
+    def nbest(self, end_states: torch.Tensor, end_final: torch.Tensor, n: int
+              ) -> list[tuple[list[int], float]]:
+        """The ``n`` best distinct word sequences of the paths ending in ``end_states``
+        (the last frame's tokens after the epsilon step, final costs ``end_final``), with
+        their costs minus the best path's, cheapest first."""
+        lat = self._pruned(end_states, end_final)
+        dev = lat.alpha.device
+        alpha, s_id, d_id, label = lat.alpha, lat.src, lat.dst, lat.label
+        total, best, limit, e_id, start_id = lat.total, lat.best, lat.limit, lat.e_id, lat.start_id
         # Shift by the forward costs: the best path costs 0, every arc >= 0.
-        rel = (alpha[s_id] + weight[k] - alpha[d_id]).clamp_min(0.0)
+        rel = (alpha[s_id] + lat.weight - alpha[d_id]).clamp_min(0.0)
         fk = _where(total <= limit if math.isfinite(limit) else total < math.inf)
         f_id, f_rel = e_id[fk], (total[fk] - best).clamp_min(0.0)
         nodes = torch.unique(torch.cat([s_id, d_id, f_id,
@@ -892,7 +977,8 @@ class _Search:
 def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | FrameScores,
                tid2pdf: torch.Tensor, *, acoustic_scale: float = 0.1, beam: float = 13.0,
                max_active: int = 7000, gc_threshold: int = 1_000_000, gc_frames: int = 1000,
-               nbest: int = 1, lattice_beam: float = 8.0) -> DecodeResult:
+               nbest: int = 1, lattice_beam: float = 8.0,
+               posteriors: bool = False) -> DecodeResult:
     """Viterbi beam search for the cheapest path of ``graph`` given per-frame scores (Kaldi's
     ``decode-faster`` / ``gmm-decode-faster``); the algorithm is in the module docstring.
 
@@ -929,6 +1015,12 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
             all).
             Memory grows with it: the recorded transitions of all frames are held until the
             end of the utterance (so, unlike the 1-best search, it grows with ``T``).
+        posteriors: also record the lattice and return the posterior of every transition
+            id at every frame (:attr:`DecodeResult.posteriors`): forward-backward in the log
+            semiring over the lattice's arcs within ``lattice_beam`` of the best path, with
+            the acoustic costs scaled by ``acoustic_scale`` (Kaldi's ``lattice-to-post
+            --acoustic-scale``). A state-level lattice: every alignment of a word sequence
+            counts, where Kaldi's determinized lattices keep each word sequence's best one.
 
     Returns:
         The best path (:class:`DecodeResult`), with the n-best list when asked for.
@@ -954,11 +1046,12 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
     T = loglikes.num_frames
     col = _emitting_columns(g, tid2pdf, loglikes.num_columns)
 
-    if nbest > 1 and T > _LONG_LATTICE_FRAMES:
-        logger.warning("n-best from a lattice of %d frames: the lattice grows with the "
+    record = nbest > 1 or posteriors
+    if record and T > _LONG_LATTICE_FRAMES:
+        logger.warning("n-best or posteriors from a lattice of %d frames: the lattice grows with the "
                        "utterance (only the 1-best search is bounded); segment long "
                        "recordings for n-best lists", T)
-    lattice = _Lattice(g, float(lattice_beam), col) if nbest > 1 else None
+    lattice = _Lattice(g, float(lattice_beam), col) if record else None
     search = _Search(g, float(beam), max_active, lattice, gc_threshold=gc_threshold,
                      gc_frames=gc_frames)
     e_weight = g.weight[:g.num_emitting]
@@ -991,7 +1084,7 @@ def decode_fst(graph: pynini.Fst | DecodingGraph, loglikes: torch.Tensor | Frame
         idx = search.collect(idx)
 
     return _best_path(g, search, lattice, states, costs, idx, num_active, acoustic_scale,
-                      nbest)
+                      nbest, posteriors)
 
 
 def decode_fst_batch(graph: pynini.Fst | DecodingGraph, loglikes: Sequence[torch.Tensor],
@@ -1165,7 +1258,8 @@ def _emitting_columns(g: DecodingGraph, tid2pdf: torch.Tensor, num_columns: int
 
 def _best_path(g: DecodingGraph, search: _Search, lattice: _Lattice | None,
                states: torch.Tensor, costs: torch.Tensor, idx: torch.Tensor,
-               num_active: torch.Tensor, acoustic_scale: float, nbest: int) -> DecodeResult:
+               num_active: torch.Tensor, acoustic_scale: float, nbest: int,
+               posteriors: bool = False) -> DecodeResult:
     """The :class:`DecodeResult` of the search's surviving tokens after the last frame: the
     best final token (else the best token, with a warning), its traced arcs, words and
     costs, and the n-best list of the lattice when one was recorded."""
@@ -1196,10 +1290,14 @@ def _best_path(g: DecodingGraph, search: _Search, lattice: _Lattice | None,
     # are gone): the same float64 vector, summed the same way, as indexing them afterwards
     am_cost = -float(path_ll.sum()) if T else 0.0
     cost = lm_cost + acoustic_scale * am_cost
-    nbest_list = None
+    nbest_list = posts = None
     if lattice is not None:
         end_final = g.final[states] if reached_final else torch.zeros_like(costs)
-        nbest_list = _rank_first(lattice.nbest(states, end_final, nbest), words, cost, nbest)
+        if nbest > 1:
+            nbest_list = _rank_first(lattice.nbest(states, end_final, nbest), words, cost,
+                                     nbest)
+        if posteriors:
+            posts = lattice.posteriors(states, end_final)
     return DecodeResult(words=words, tids=tids.cpu(), cost=cost, am_cost=am_cost,
                         lm_cost=lm_cost, reached_final=reached_final, num_active=num_active,
-                        nbest=nbest_list)
+                        nbest=nbest_list, posteriors=posts)
