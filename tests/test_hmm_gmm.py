@@ -177,6 +177,23 @@ def test_mixup_reaches_target_and_does_not_lower_loglik():
     # min_count caps the allocation: pdf 2 has 300 frames -> at most 300 / 100 - 1 = 2
     assert split_targets(stats.pdf_occs(), 100, min_count=100)[2] <= 2
     assert gmm.mixup(3, stats.pdf_occs()) is gmm  # already at target: unchanged
+    # Kaldi's random split directions: mean +- perturb * std * r, seeded (deterministic)
+    rand = gmm.mixup(6, stats.pdf_occs(), power=0.2, perturb=0.01, direction="random", seed=5)
+    again = gmm.mixup(6, stats.pdf_occs(), power=0.2, perturb=0.01, direction="random", seed=5)
+    other = gmm.mixup(6, stats.pdf_occs(), power=0.2, perturb=0.01, direction="random", seed=6)
+    torch.testing.assert_close(rand.means, again.means)
+    assert not torch.allclose(rand.means, other.means)
+    fixed = gmm.mixup(6, stats.pdf_occs(), power=0.2, perturb=0.01)
+    assert rand.num_comps.tolist() == fixed.num_comps.tolist()
+    pdf0 = rand.means[0, :2]  # pdf 0's single component split in two
+    shift = (pdf0[0] - pdf0[1]) / 2
+    std = gmm.variances[0, 0].sqrt()
+    torch.testing.assert_close(pdf0.mean(0), gmm.means[0, 0])  # symmetric about the mean
+    assert not torch.allclose(shift.abs(), shift.abs()[0].expand_as(shift))  # not diagonal
+    assert float((shift.abs() / std).max()) < 0.05  # 0.01 std x a standard normal
+    torch.testing.assert_close((fixed.means[0, 0] - fixed.means[0, 1]).abs() / 2, 0.01 * std)
+    with pytest.raises(ValueError, match="direction"):
+        gmm.mixup(6, stats.pdf_occs(), direction="sideways")
 
 
 def test_update_floors_variances_and_removes_low_count_components():

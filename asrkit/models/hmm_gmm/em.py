@@ -62,7 +62,11 @@ class EmOptions:
         acoustic_scale: acoustic scale of the alignment (0.1).
         transition_scale: HMM transition scale of the alignment (0.1).
         var_floor: absolute GMM variance floor.
-        perturb: mix-up mean offset in standard deviations.
+        perturb: mix-up mean offset in standard deviations (0.2 with ``split_direction``
+            ``fixed``; Kaldi's ``--perturb-factor`` is 0.01 with its random directions).
+        split_direction: mix-up: ``fixed`` (every dimension moved by ``perturb`` standard
+            deviations, HTK) or ``random`` (a standard-normal direction, Kaldi's
+            ``DiagGmm::Split``), :meth:`.gmm.DiagGMM.mixup`.
         min_count: mix-up: fewest frames per Gaussian (``--min-count`` 20).
         final_align: realign with the final model (else the last alignments are returned).
         boost_silence: factor on the silence pdfs' likelihoods in every alignment of the loop
@@ -81,6 +85,7 @@ class EmOptions:
     transition_scale: float = 0.1
     var_floor: float = 0.001
     perturb: float = 0.2
+    split_direction: str = "fixed"
     min_count: float = 20.0
     final_align: bool = True
     boost_silence: float = 1.0
@@ -92,6 +97,9 @@ class EmOptions:
             raise ValueError(f"max_iter_inc must be >= 1, got {self.max_iter_inc}")
         if not self.boost_silence > 0:
             raise ValueError(f"boost_silence must be > 0, got {self.boost_silence}")
+        if self.split_direction not in ("fixed", "random"):
+            raise ValueError(f"split_direction must be 'fixed' or 'random', got "
+                             f"{self.split_direction!r}")
 
     def align_kwargs(self, beam: float | None = None) -> dict:
         """Keyword arguments of :func:`.align.align_viterbi` (``beam`` overrides)."""
@@ -233,7 +241,8 @@ def _em_update(model: AcousticModel, stats: GmmStats, tcounts: torch.Tensor,
                                      min_gaussian_occupancy=min_gaussian_occupancy)
     updated = new_gmm.num_gauss
     new_gmm = new_gmm.mixup(num_gauss_target, stats.pdf_occs(), power=opts.power,
-                            min_count=opts.min_count, perturb=opts.perturb)
+                            min_count=opts.min_count, perturb=opts.perturb,
+                            direction=opts.split_direction, seed=num_gauss_target)
     plain_em = new_gmm.num_gauss == updated and info.num_removed == 0
     return AcousticModel(model.tmodel.update(tcounts), new_gmm), info, plain_em
 

@@ -18,8 +18,9 @@ active components of pdf ``s`` are ``0 .. num_comps[s]-1``; the padding has weig
 * :meth:`DiagGMM.mixup` grows the number of Gaussians toward a total, allocating it to pdfs in
   proportion to ``occupancy ** power`` (Kaldi ``GetSplitTargets`` / ``gmm-est --mix-up``) and
   splitting each pdf's heaviest component, with the means moved by ``+-perturb`` standard
-  deviations (HTK ``HHEd MU``, Young et al., *The HTK Book*, sec. 10.6; Kaldi perturbs in a
-  random direction instead).
+  deviations (HTK ``HHEd MU``, Young et al., *The HTK Book*, sec. 10.6), or by
+  ``+-perturb`` times a standard-normal vector of standard deviations (``direction="random"``:
+  Kaldi's ``DiagGmm::Split``, whose ``gmm-est --perturb-factor`` is 0.01).
 
 Everything runs on the device of the parameter tensors (CPU or GPU).
 """
@@ -345,13 +346,17 @@ class DiagGMM:
 
     # ------------------------------------------------------------------ mix-up
     def mixup(self, target: int, occs: torch.Tensor, *, power: float = 0.2,
-              min_count: float = 20.0, perturb: float = 0.2) -> DiagGMM:
+              min_count: float = 20.0, perturb: float = 0.2, direction: str = "fixed",
+              seed: int = 0) -> DiagGMM:
         """Split Gaussians toward ``target`` in total (Kaldi ``gmm-est --mix-up``).
 
         Each pdf's share comes from :func:`split_targets` (``occs ** power``, at most one
         Gaussian per ``min_count`` frames); a pdf below its share repeatedly splits its
         heaviest component into two of half the weight, same variance, means ``mean +-
-        perturb * std``. Pdfs never lose components here.
+        perturb * std`` (``direction="fixed"``, every dimension moved alike) or ``mean +-
+        perturb * std * r`` with ``r`` a standard-normal vector (``"random"``, Kaldi's
+        ``DiagGmm::Split``; drawn from a generator seeded with ``seed``, so training stays
+        deterministic). Pdfs never lose components here.
 
         Args:
             target: desired total number of Gaussians.
@@ -359,13 +364,17 @@ class DiagGMM:
             power: allocation exponent (Kaldi ``--power``; ``train_mono.sh`` uses 0.25).
             min_count: Kaldi ``--min-count``.
             perturb: mean offset in standard deviations.
+            direction: ``"fixed"`` or ``"random"`` (above).
+            seed: seed of the ``"random"`` directions.
 
         Returns:
             A new model (or self when nothing splits).
 
         Raises:
-            ValueError: ``occs`` is not ``(S,)``.
+            ValueError: ``occs`` is not ``(S,)``, or an unknown ``direction``.
         """
+        if direction not in ("fixed", "random"):
+            raise ValueError(f"direction must be 'fixed' or 'random', got {direction!r}")
         occs = torch.as_tensor(occs, dtype=torch.float64).cpu()
         if occs.shape != (self.num_pdfs,):
             raise ValueError(f"occs has shape {tuple(occs.shape)}, expected ({self.num_pdfs},)")
@@ -383,12 +392,16 @@ class DiagGMM:
         mu[:, :mm] = self.means.double().cpu()
         var[:, :mm] = torch.where((self.weights > 0)[..., None], self.variances,
                                   torch.ones_like(self.variances)).double().cpu()
+        gen = torch.Generator().manual_seed(seed) if direction == "random" else None
         for s in (want > n).nonzero().flatten().tolist():
             for j in range(int(n[s]), int(want[s])):
                 i = int(w[s, :j].argmax())
                 w[s, i] *= 0.5
                 w[s, j] = w[s, i]
                 shift = perturb * var[s, i].sqrt()
+                if gen is not None:
+                    shift = shift * torch.randn(self.feat_dim, generator=gen,
+                                                dtype=torch.float64)
                 var[s, j] = var[s, i]
                 mu[s, j] = mu[s, i] + shift
                 mu[s, i] = mu[s, i] - shift
