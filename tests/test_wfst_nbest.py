@@ -1,11 +1,15 @@
-"""Tests of the n-best lists of the WFST Viterbi decoder (``decode_fst(nbest=N)``): on small
-random graphs the n-best equals OpenFst's n best distinct output strings of ``scores o graph``
-and a brute-force enumeration of the paths; the first entry is the 1-best."""
+"""Tests of the lattice outputs of the WFST Viterbi decoder. N-best lists
+(``decode_fst(nbest=N)``): on small random graphs the n-best equals OpenFst's n best distinct
+output strings of ``scores o graph`` and a brute-force enumeration of the paths; the first
+entry is the 1-best. Lattice posteriors (``decode_fst(posteriors=True)``, Kaldi's
+``lattice-to-post``): with unbounded beams they equal a brute-force sum over every path; each
+frame's posteriors sum to 1; pruning keeps the best path's labels."""
 
 from __future__ import annotations
 
 import math
 import random
+from collections import defaultdict
 
 import pynini
 import pytest
@@ -16,9 +20,12 @@ from asrkit.decode.wfst import DecodingGraph, decode_fst
 TID2PDF = torch.tensor([0, 0, 1, 2])  # input labels 1..3 -> score columns 0..2
 
 
-def _random_graph(seed: int, num_states: int = 5, num_words: int = 4) -> pynini.Fst:
+def _random_graph(seed: int, num_states: int = 5, num_words: int = 4,
+                  acyclic_eps: bool = False) -> pynini.Fst:
     """Emitting arcs with random words (or none), at most one epsilon arc per state (so the
-    epsilon path between two states is unique), random final costs."""
+    epsilon path between two states is unique), random final costs. ``acyclic_eps``: epsilon
+    arcs only to a higher state, so there are no epsilon cycles either (the decoder's epsilon
+    closure keeps one path per pair of states; the posterior tests sum over every path)."""
     rng = random.Random(seed)
     f = pynini.Fst()
     f.add_states(num_states)
@@ -27,8 +34,11 @@ def _random_graph(seed: int, num_states: int = 5, num_words: int = 4) -> pynini.
         for _ in range(3):
             f.add_arc(s, pynini.Arc(rng.randint(1, 3), rng.choice(range(num_words + 1)),
                                     rng.uniform(0.0, 2.0), rng.randrange(num_states)))
-        d = rng.randrange(num_states)
-        if s % 2 == 0 and d != s:
+        if acyclic_eps:
+            if s + 1 < num_states and rng.random() < 0.5:
+                f.add_arc(s, pynini.Arc(0, rng.choice([0, 1]), rng.uniform(0.0, 1.0),
+                                        rng.randrange(s + 1, num_states)))
+        elif (d := rng.randrange(num_states)) != s and s % 2 == 0:
             f.add_arc(s, pynini.Arc(0, rng.choice([0, 1, 2]), rng.uniform(0.0, 1.0), d))
         if rng.random() < 0.6:
             f.set_final(s, rng.uniform(0.0, 1.0))
@@ -85,18 +95,23 @@ def _brute_force(graph: pynini.Fst, costs: torch.Tensor) -> dict[tuple[int, ...]
     return best
 
 
+def _exact_decodes(graph: pynini.Fst, seed: int, T: int, acwt: float, **lattice):
+    """Random scores, then the exact 1-best search and the same with a lattice recorded
+    (``lattice``: ``nbest`` / ``posteriors``); the 1-best must be unchanged by recording."""
+    ll = torch.randn(T, 3, generator=torch.Generator().manual_seed(seed)) * 2.0
+    exact = {"beam": math.inf, "max_active": 10**9, "acoustic_scale": acwt}
+    one = decode_fst(graph, ll, TID2PDF, **exact)
+    r = decode_fst(graph, ll, TID2PDF, lattice_beam=math.inf, **lattice, **exact)
+    assert one.nbest is None and one.posteriors is None
+    assert r.words == one.words and r.cost == one.cost and torch.equal(r.tids, one.tids)
+    return ll, one, r
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_nbest_equals_openfst_and_brute_force(seed):
     graph = _random_graph(seed)
-    T = 6
-    ll = torch.randn(T, 3, generator=torch.Generator().manual_seed(seed)) * 2.0
     acwt = 0.7
-    exact = {"beam": math.inf, "max_active": 10**9, "acoustic_scale": acwt}
-    one = decode_fst(graph, ll, TID2PDF, **exact)
-    r = decode_fst(graph, ll, TID2PDF, nbest=5, lattice_beam=math.inf, **exact)
-    assert one.nbest is None
-    # The 1-best is unchanged by recording the lattice.
-    assert r.words == one.words and r.cost == one.cost and torch.equal(r.tids, one.tids)
+    ll, one, r = _exact_decodes(graph, seed, 6, acwt, nbest=5)
     assert r.nbest[0] == (one.words, one.cost)
     costs = [c for _, c in r.nbest]
     assert costs == sorted(costs)
@@ -173,3 +188,66 @@ def test_decode_data_dir_wfst_writes_the_nbest_file(tmp_path):
     assert not (tmp_path / "out" / "nbest").exists()
     assert dict(line.split(" ", 1) if " " in line else (line, "")
                 for line in (tmp_path / "out" / "text").read_text().splitlines()) == text
+
+
+def _brute_force_posteriors(graph: pynini.Fst, costs: torch.Tensor
+                            ) -> dict[tuple[int, int], float]:
+    """``{(frame, ilabel): posterior}`` by enumerating every path (tiny graphs)."""
+    T = costs.shape[0]
+    paths: list[tuple[tuple[int, ...], float]] = []
+
+    def walk(state: int, t: int, labels: tuple[int, ...], cost: float) -> None:
+        final = float(graph.final(state))
+        if t == T and math.isfinite(final):
+            paths.append((labels, cost + final))
+        for a in graph.arcs(state):
+            if a.ilabel == 0:
+                walk(a.nextstate, t, labels, cost + float(a.weight))
+            elif t < T:
+                walk(a.nextstate, t + 1, labels + (a.ilabel,),
+                     cost + float(a.weight) + float(costs[t, a.ilabel - 1]))
+
+    walk(graph.start(), 0, (), 0.0)
+    best = min(c for _, c in paths)
+    z = sum(math.exp(-(c - best)) for _, c in paths)
+    post: dict[tuple[int, int], float] = defaultdict(float)
+    for labels, c in paths:
+        for t, lab in enumerate(labels):
+            post[t, lab] += math.exp(-(c - best)) / z
+    return dict(post)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_posteriors_equal_the_sum_over_all_paths(seed):
+    graph = _random_graph(seed, acyclic_eps=True)
+    acwt = 0.7
+    ll, _, r = _exact_decodes(graph, seed, 5, acwt, posteriors=True)
+    assert r.nbest is None
+    frames, labels, post = r.posteriors
+    got = {(int(t), int(lab)): float(p) for t, lab, p in zip(frames, labels, post)}
+    ref = _brute_force_posteriors(graph, -acwt * ll[:, TID2PDF[1:]])
+    ref = {k: v for k, v in ref.items() if v > 1e-8}
+    assert sorted(got) == sorted(ref)
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, abs=1e-6)  # float32 scores
+
+
+def test_posteriors_sum_to_one_per_frame_and_pruning_keeps_the_best_path():
+    graph = _random_graph(2, num_states=8, acyclic_eps=True)
+    T = 40
+    ll = torch.randn(T, 3, generator=torch.Generator().manual_seed(3)) * 3.0
+    r = decode_fst(graph, ll, TID2PDF, beam=8.0, max_active=6, posteriors=True,
+                   lattice_beam=2.0)
+    frames, labels, post = r.posteriors
+    assert frames.dtype == labels.dtype == torch.int64 and post.dtype == torch.float64
+    per_frame = torch.zeros(T, dtype=torch.float64).index_add_(0, frames, post)
+    assert torch.allclose(per_frame, torch.ones(T, dtype=torch.float64), atol=1e-9)
+    # the best path's label has posterior mass at every frame
+    on_best = {(t, int(lab)) for t, lab in enumerate(r.tids)}
+    assert on_best <= {(int(t), int(lab)) for t, lab in zip(frames, labels)}
+    # a tiny lattice beam leaves (almost) only the best path
+    narrow = decode_fst(graph, ll, TID2PDF, beam=8.0, max_active=6, posteriors=True,
+                        lattice_beam=1e-6)
+    nf, nl, npost = narrow.posteriors
+    best = {(int(t), int(lab)): float(p) for t, lab, p in zip(nf, nl, npost)}
+    assert all(best.get((t, int(lab)), 0.0) > 0.5 for t, lab in enumerate(r.tids))

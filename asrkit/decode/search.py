@@ -31,6 +31,7 @@ Shallow-fusion scorers come from :func:`asrkit.lm.fusion.fused_scorer`.
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,7 @@ def distinct_texts(nbest: list[tuple[list[int], float]], tok: Tokenizer, n: int
     return out
 
 
-class _TokenSearch:
+class _TokenSearch(abc.ABC):
     """Base of the searches over tokens: each utterance's beam of ``(ids, score)`` becomes a
     :class:`Hypothesis`; the fusion scorer's cache is reset after every batch."""
 
@@ -169,8 +170,10 @@ class _TokenSearch:
         self.opts, self.tok, self.scorer = opts, tok, scorer
         self.fusion = {"scorer": scorer, "lm_weight": lm_weight} if scorer is not None else {}
 
+    @abc.abstractmethod
     def _beams(self, enc, lens, log_probs) -> list[list[tuple[list[int], float]]]:
-        raise NotImplementedError
+        """Per utterance of the batch, its hypotheses ``(token ids, score)``, best first
+        (arguments as :meth:`__call__`)."""
 
     def __call__(self, enc: torch.Tensor | None, lens: torch.Tensor,
                  log_probs: torch.Tensor) -> list[Hypothesis]:
@@ -188,11 +191,10 @@ class _TokenSearch:
 class CtcGreedySearch(_TokenSearch):
     """Best path: argmax per frame, repeats merged, blanks dropped."""
 
-    def __call__(self, enc, lens, log_probs) -> list[Hypothesis]:
-        """As :meth:`_TokenSearch.__call__` (1-best only)."""
+    def _beams(self, enc, lens, log_probs):
         from asrkit.decode.ctc import ctc_greedy
 
-        return [Hypothesis(self.tok.decode(ids), list(ids)) for ids in ctc_greedy(log_probs, lens)]
+        return [[(list(ids), 0.0)] for ids in ctc_greedy(log_probs, lens)]
 
 
 class CtcPrefixBeamSearch(_TokenSearch):

@@ -3,26 +3,20 @@
 # data prep, CMU-dictionary lexicon and book LMs; all stages from ../TEMPLATE/asr.sh (`--help`).
 # Systems: the HMM-GMM ladder (conf/gmm.yaml) and a Conformer-CTC (conf/conformer.yaml).
 #   recipes/mini_librispeech/run.sh --data-dir DIR --books-dir BOOKS --work-dir WORK
-# data: DIR/LibriSpeech/train-clean-5. Without dev-clean-2 (as here) the speakers are split:
-# dev 1970, 3664; test 3242, 4680, 6272, 6848; train the other 22. With dev-clean-2 (Kaldi's
-# egs/mini_librispeech): train all of train-clean-5, dev and test both dev-clean-2.
-# lang: CMUdict (stress removed), the --vocab-words most frequent words of the LM text plus
-# every training word it has (--g2p: a G2P pronounces the rest). LMs over the transcripts plus
-# book text (asrkit lm-text; the dev/test speakers' books left out): "tg" trigram, --lm-words;
-# "tgsmall" (graphs) tg pruned at --prune; second pass (Kaldi's tglarge/fglarge) "fglarge"
-# 4-gram and "tglarge" trigram over --big-lm-words (train-lm ngram --large); "gpt" (a GPT
-# pretrained on the same text, --gpt-opts) rescores n-best lists too.
+# Without dev-clean-2 the speakers are split (dev 1970, 3664; test 3242, 4680, 6272, 6848);
+# with it, dev and test are dev-clean-2 (Kaldi's egs/mini_librispeech). lang: CMUdict, the
+# --vocab-words most frequent LM-text words plus training words (--g2p for the rest). LMs over
+# transcripts + books (dev/test speakers' books left out): tg, tgsmall (pruned, graphs), and
+# for rescoring tglarge/fglarge over --big-lm-words and "gpt" (--gpt-opts).
 set -euo pipefail
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
 recipe_name=mini_librispeech
 data_dir= books_dir= lm_words=5000000 vocab_words=20000 big_lm_words=50000000 g2p=
 dev_speakers=1970,3664 test_speakers=3242,4680,6272,6848
 conf="$recipe_dir/conf/gmm.yaml $recipe_dir/conf/conformer.yaml"
-vocab_size=300 gmm_lms=tgsmall ctc_lms=tgsmall lm_weights="0.3 0.5 0.8 1.0" prune=1e-6
-rescore_lms=fglarge
-recipe_opts=("data-dir:data_dir" "books-dir:books_dir" "lm-words:lm_words"
-             "vocab-words:vocab_words" "dev-speakers:dev_speakers" "test-speakers:test_speakers"
-             "prune:prune" "big-lm-words:big_lm_words")
+vocab_size=300 gmm_lms=tgsmall ctc_lms=tgsmall lm_weights="0.3 0.5 0.8 1.0" prune=1e-6 rescore_lms=fglarge
+recipe_opts=("data-dir:data_dir" "books-dir:books_dir" "lm-words:lm_words" "vocab-words:vocab_words"
+  "dev-speakers:dev_speakers" "test-speakers:test_speakers" "prune:prune" "big-lm-words:big_lm_words")
 recipe_flags=("g2p:g2p")
 recipe_usage="  --data-dir DIR    folder holding LibriSpeech/train-clean-5 (and maybe dev-clean-2)
   --books-dir DIR   Project Gutenberg books (.txt) for the LM text (no books: transcripts only)
